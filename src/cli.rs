@@ -1,0 +1,207 @@
+//! The subcommands behind `main.rs`. Each returns its exit code (sysexits)
+//! and reports errors on stderr in one sentence that names the file.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Config};
+use crate::seal;
+use crate::telemetry::{self, Stats};
+use crate::uplink;
+
+pub const EX_OK: u8 = 0;
+pub const EX_DATAERR: u8 = 65;
+pub const EX_SOFTWARE: u8 = 70;
+pub const EX_OSERR: u8 = 71;
+
+fn fail(code: i32, message: impl std::fmt::Display) -> u8 {
+    eprintln!("sensorgate: {message}");
+    u8::try_from(code).unwrap_or(EX_SOFTWARE)
+}
+
+fn load(path: &Path) -> Result<Config, u8> {
+    config::load(path).map_err(|e| fail(e.exit_code(), e))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, u8> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            fail(
+                i32::from(EX_OSERR),
+                format!("cannot start the async runtime: {e}"),
+            )
+        })
+}
+
+/// Cancels `stop` on SIGTERM or SIGINT.
+pub fn stop_on_signals(stop: CancellationToken) -> io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!(signal = "SIGTERM", "stop requested"),
+            _ = int.recv() => tracing::info!(signal = "SIGINT", "stop requested"),
+        }
+        stop.cancel();
+    });
+    Ok(())
+}
+
+/// `sensorgate run`
+pub fn run(config_path: &Path) -> u8 {
+    let cfg = match load(config_path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    telemetry::init(&cfg.log);
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %config_path.display(), "sensorgate starting");
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    rt.block_on(async {
+        let stop = CancellationToken::new();
+        if let Err(e) = stop_on_signals(stop.clone()) {
+            return fail(
+                i32::from(EX_OSERR),
+                format!("cannot install signal handlers: {e}"),
+            );
+        }
+        match crate::pipeline::run(cfg, Arc::new(Stats::default()), stop).await {
+            Ok(_) => EX_OK,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                fail(e.exit_code(), e)
+            }
+        }
+    })
+}
+
+/// `sensorgate check-config`
+pub fn check_config(config_path: &Path) -> u8 {
+    let cfg = match load(config_path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let mut problems: Vec<(i32, String)> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    match seal::load_signing_key(&cfg.seal.signing_key) {
+        Ok(k) => notes.push(format!(
+            "seal.signing_key {}: ok, kid {}",
+            cfg.seal.signing_key.display(),
+            k.kid()
+        )),
+        Err(e) => problems.push((e.exit_code(), e.to_string())),
+    }
+    match seal::load_public_key(&cfg.seal.recipient_key) {
+        Ok(k) => notes.push(format!(
+            "seal.recipient_key {}: ok, kid {}",
+            cfg.seal.recipient_key.display(),
+            k.kid()
+        )),
+        Err(e) => problems.push((e.exit_code(), e.to_string())),
+    }
+    if cfg.mqtt.tls {
+        match uplink::tls::check(&cfg.mqtt) {
+            Ok(r) => {
+                notes.push(format!(
+                    "mqtt TLS: ok, client certificate {} valid until {} ({} days), {} CA certificate(s)",
+                    r.client_cert_subject, r.not_after, r.days_left, r.ca_certs
+                ));
+                if r.days_left < 30 {
+                    notes.push(format!(
+                        "warning: the client certificate expires in {} days",
+                        r.days_left
+                    ));
+                }
+            }
+            Err(e) => problems.push((e.exit_code(), e.to_string())),
+        }
+    } else {
+        notes.push("warning: mqtt.tls = false: plaintext MQTT".into());
+    }
+    for s in &cfg.sensor {
+        if !s.device.exists() {
+            notes.push(format!(
+                "warning: sensor {:?}: device {} is not present now; `run` keeps retrying until it appears",
+                s.name,
+                s.device.display()
+            ));
+        }
+    }
+    print!("{cfg}");
+    let _ = io::stdout().flush();
+    for n in &notes {
+        eprintln!("check-config: {n}");
+    }
+    if let Some((code, _)) = problems.first() {
+        for (_, p) in &problems {
+            eprintln!("sensorgate: {p}");
+        }
+        return u8::try_from(*code).unwrap_or(EX_SOFTWARE);
+    }
+    eprintln!("check-config: {} is valid", config_path.display());
+    EX_OK
+}
+
+/// `sensorgate keygen`
+pub fn keygen(out: &Path, name: &str) -> u8 {
+    match seal::keygen(out, name) {
+        Ok(k) => {
+            eprintln!(
+                "wrote {} (private, mode 0600) and {}",
+                k.key_path.display(),
+                k.pub_path.display()
+            );
+            println!("{}", k.kid);
+            EX_OK
+        }
+        Err(e) => fail(e.exit_code(), e),
+    }
+}
+
+/// `sensorgate open`
+pub fn open(recipient_key: &Path, trust: &[PathBuf]) -> u8 {
+    let recipient = match seal::load_recipient_key(recipient_key) {
+        Ok(k) => k,
+        Err(e) => return fail(e.exit_code(), e),
+    };
+    let mut trusted = Vec::new();
+    for p in trust {
+        match seal::load_public_key(p) {
+            Ok(k) => trusted.push(k),
+            Err(e) => return fail(e.exit_code(), e),
+        }
+    }
+    let mut opener = seal::Opener::new(trusted, Some(recipient));
+    let stdin = io::stdin();
+    match seal::open_stream(stdin.lock(), io::stdout().lock(), io::stderr(), &mut opener) {
+        Ok(summary) if summary.rejected == 0 => EX_OK,
+        Ok(_) => EX_DATAERR,
+        Err(e) => fail(74, format!("I/O error while opening messages: {e}")),
+    }
+}
+
+/// `sensorgate demo`
+#[cfg(feature = "demo")]
+pub fn demo(count: u64, rate: Option<f64>) -> u8 {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    rt.block_on(crate::demo::run(count, rate))
+}
+
+#[cfg(not(feature = "demo"))]
+pub fn demo(_count: u64, _rate: Option<f64>) -> u8 {
+    fail(
+        69,
+        "this build has no demo (built without the `demo` feature)",
+    )
+}

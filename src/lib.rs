@@ -1,0 +1,21 @@
+//! sensorgate: serial sensors to a cloud MQTT broker over mutual TLS,
+//! sealed (signed and partly encrypted) and spooled until acknowledged.
+//!
+//! The stages, in the order data flows: [`serial`] → [`batch`] → [`seal`]
+//! → [`spool`] → [`uplink`]; [`pipeline`] wires them.
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod batch;
+pub mod cli;
+pub mod config;
+#[cfg(feature = "demo")]
+pub mod demo;
+pub mod pipeline;
+pub mod record;
+pub mod seal;
+pub mod secret_file;
+pub mod serial;
+pub mod spool;
+pub mod telemetry;
+pub mod uplink;

@@ -1,0 +1,183 @@
+//! Starts the stages, wires them with bounded channels, and stops them in
+//! order: stop reading, flush batches, seal, drain the spool to the broker
+//! within `drain_timeout`, record the sequence counters.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::batch::{self, Batcher};
+use crate::config::Config;
+use crate::record::Record;
+use crate::seal::{self, KeyError, Sealer};
+use crate::serial::SensorSource;
+use crate::spool::Spool;
+use crate::spool::sequences::{StateDir, StateError};
+use crate::telemetry::{self, Snapshot, Stats};
+use crate::uplink::{self, UplinkSettings, tls::TlsError};
+
+/// Records waiting between a sensor's reader and its batcher.
+const RECORD_CHANNEL: usize = 1024;
+/// Batches waiting to be sealed.
+const BATCH_CHANNEL: usize = 16;
+
+/// Why the pipeline could not start. Runtime faults are never errors: they
+/// are logged, counted and survived.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+impl StartError {
+    /// The sysexits code for this failure.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            StartError::State(_) => 73,
+            StartError::Key(e) => e.exit_code(),
+            StartError::Tls(e) => e.exit_code(),
+        }
+    }
+}
+
+/// Runs until `stop` is cancelled, then shuts down in order. Returns the
+/// final counters.
+pub async fn run(
+    cfg: Config,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) -> Result<Snapshot, StartError> {
+    let state = StateDir::open(&cfg.gateway.state_dir)?;
+    let key = seal::load_signing_key(&cfg.seal.signing_key)?;
+    let recipient = seal::load_public_key(&cfg.seal.recipient_key)?;
+    info!(gateway = %cfg.gateway.id, kid = %key.kid(), recipient_kid = %recipient.kid(),
+        epoch = %state.epoch(), "sealing keys loaded");
+    let sealer = Sealer::new(
+        &cfg.gateway.id,
+        state.epoch(),
+        key,
+        recipient,
+        &cfg.seal.encrypt,
+    );
+    let tls = if cfg.mqtt.tls {
+        Some(uplink::tls::load_client_config(&cfg.mqtt)?)
+    } else {
+        warn!(broker = %cfg.mqtt.host,
+            "TLS IS OFF (mqtt.tls = false): messages and the client identity travel in plaintext; \
+             the payloads are still signed and the selected fields encrypted");
+        None
+    };
+
+    let spool = Arc::new(Spool::new(
+        cfg.buffer.memory,
+        cfg.buffer.when_full,
+        stats.clone(),
+    ));
+    let stop_reading = CancellationToken::new();
+    let abort = CancellationToken::new();
+    let (batch_tx, batch_rx) = mpsc::channel::<Vec<Record>>(BATCH_CHANNEL);
+
+    let mut sources = JoinSet::new();
+    let mut batchers = JoinSet::new();
+    for sensor in &cfg.sensor {
+        let source = SensorSource::new(sensor);
+        let (rec_tx, rec_rx) = mpsc::channel(RECORD_CHANNEL);
+        sources.spawn(source.run(
+            state.allocator(&sensor.name),
+            rec_tx,
+            stats.clone(),
+            stop_reading.clone(),
+        ));
+        batchers.spawn(batch::run(
+            Batcher::new(cfg.batch.max_records, cfg.batch.linger),
+            rec_rx,
+            batch_tx.clone(),
+        ));
+    }
+    drop(batch_tx);
+    let mut sealing = tokio::spawn(seal_loop(sealer, batch_rx, spool.clone(), stats.clone()));
+    let mut uplink = tokio::spawn(uplink::run(
+        UplinkSettings::new(&cfg, tls),
+        spool.clone(),
+        stats.clone(),
+        abort.clone(),
+    ));
+    let stats_task = tokio::spawn(telemetry::stats_loop(
+        stats.clone(),
+        cfg.log.stats_interval,
+        abort.clone(),
+    ));
+    info!(sensors = cfg.sensor.len(), broker = %cfg.mqtt.host, port = cfg.mqtt.port, "started");
+
+    stop.cancelled().await;
+    info!("stopping: no more reading; sending what is queued");
+    stop_reading.cancel();
+    // Everything below is bounded by drain_timeout as a whole: with the
+    // broker gone and `when_full = "block"`, the stages would wait forever.
+    let orderly = async {
+        while let Some(done) = sources.join_next().await {
+            match done {
+                Ok(seq) => {
+                    if let Err(e) = seq.close() {
+                        error!(error = %e, "cannot record sequence counters; the next run skips ahead");
+                    }
+                }
+                Err(e) => error!(error = %e, "serial source task failed"),
+            }
+        }
+        while batchers.join_next().await.is_some() {}
+        if let Err(e) = (&mut sealing).await {
+            error!(error = %e, "seal task failed");
+        }
+        spool.close();
+        // The uplink returns by itself once the closed spool is empty.
+        let _ = (&mut uplink).await;
+    };
+    let drained = tokio::time::timeout(cfg.mqtt.drain_timeout, orderly)
+        .await
+        .is_ok();
+    abort.cancel();
+    if !drained {
+        let (messages, bytes) = spool.backlog();
+        warn!(messages, bytes, timeout = ?cfg.mqtt.drain_timeout,
+            "broker did not take everything before drain_timeout; unsent messages are lost with this version's memory spool");
+        sources.abort_all();
+        batchers.abort_all();
+        sealing.abort();
+        let _ = uplink.await;
+    }
+    let _ = stats_task.await;
+    let last = stats.snapshot();
+    telemetry::log_stats(&last);
+    info!("stopped");
+    Ok(last)
+}
+
+async fn seal_loop(
+    mut sealer: Sealer,
+    mut batches: mpsc::Receiver<Vec<Record>>,
+    spool: Arc<Spool>,
+    stats: Arc<Stats>,
+) {
+    while let Some(batch) = batches.recv().await {
+        match sealer.seal(&batch) {
+            Ok(msg) => {
+                Stats::add(&stats.messages_sealed, 1);
+                Stats::add(&stats.records_sealed, u64::from(msg.records));
+                spool.push(msg).await;
+            }
+            Err(e) => {
+                Stats::add(&stats.seal_errors, 1);
+                error!(sensor = %batch[0].sensor, seq_first = batch[0].seq,
+                    records = batch.len(), error = %e, "cannot seal batch; records lost");
+            }
+        }
+    }
+}

@@ -1,0 +1,576 @@
+//! Keys: the gateway's ES256 signing key, P-256 public keys (gateway verify
+//! keys and the recipient's encryption key) and the recipient's private key.
+//!
+//! Every key is named on the wire by its RFC 7638 JWK thumbprint (`kid`), so
+//! a consumer can pick the right trusted key without any registry of ours,
+//! and a stock JOSE library computes the same name from the PEM file.
+
+use std::fmt;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use p256::ecdsa::{SigningKey, VerifyingKey};
+use p256::elliptic_curve::Generate;
+use p256::elliptic_curve::sec1::ToSec1Point;
+use p256::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding,
+};
+use rand::rngs::SysRng;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use super::b64;
+use crate::secret_file::{self, SecretFileError};
+
+/// Why a key could not be loaded or generated. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("key file {path} does not exist or cannot be read: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The private-key file rule of [`crate::secret_file`] (mode, readability).
+    #[error("{source}")]
+    Secret {
+        path: PathBuf,
+        #[source]
+        source: SecretFileError,
+    },
+    #[error("key file {path} is not {expected}: {detail}")]
+    BadContent {
+        path: PathBuf,
+        expected: &'static str,
+        detail: String,
+    },
+    #[error("key file {path} already exists; refusing to overwrite it (move it away first)")]
+    Exists { path: PathBuf },
+    #[error("cannot write key file {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "invalid key name {name:?} for directory {dir}: use a plain file name (no '/', not empty)"
+    )]
+    BadName { dir: PathBuf, name: String },
+    #[error("cannot generate a key for {path}: the system random generator failed: {detail}")]
+    Random { path: PathBuf, detail: String },
+}
+
+impl KeyError {
+    /// The `sysexits` code for this failure: 66 missing file, 77 permission,
+    /// 65 bad content, 73 cannot create (already exists), 64 bad name.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            KeyError::Read { source, .. } if source.kind() == io::ErrorKind::PermissionDenied => 77,
+            KeyError::Read { .. } => 66,
+            KeyError::Secret { source, .. } if source.is_permission() => 77,
+            KeyError::Secret {
+                source: SecretFileError::NotText { .. },
+                ..
+            } => 65,
+            KeyError::Secret { .. } => 66,
+            KeyError::BadContent { .. } => 65,
+            KeyError::Exists { .. } | KeyError::Write { .. } => 73,
+            KeyError::BadName { .. } => 64,
+            KeyError::Random { .. } => 71,
+        }
+    }
+
+    /// The file this error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            KeyError::Read { path, .. }
+            | KeyError::Secret { path, .. }
+            | KeyError::BadContent { path, .. }
+            | KeyError::Exists { path }
+            | KeyError::Write { path, .. }
+            | KeyError::Random { path, .. } => path,
+            KeyError::BadName { dir, .. } => dir,
+        }
+    }
+}
+
+/// A P-256 public key with its `kid`: a gateway's verify key (in `open`) or
+/// the recipient's encryption key (in the gateway).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PublicKey {
+    key: p256::PublicKey,
+    kid: String,
+}
+
+impl PublicKey {
+    /// Wraps a p256 key, computing its thumbprint once.
+    pub fn from_p256(key: p256::PublicKey) -> PublicKey {
+        let (x, y) = coordinates(&key);
+        let kid = thumbprint(&x, &y);
+        PublicKey { key, kid }
+    }
+
+    /// Parses an SPKI PEM (`-----BEGIN PUBLIC KEY-----`).
+    pub fn from_pem(pem: &str) -> Result<PublicKey, String> {
+        p256::PublicKey::from_public_key_pem(&tidy_pem(pem))
+            .map(PublicKey::from_p256)
+            .map_err(|e| e.to_string())
+    }
+
+    /// RFC 7638 JWK thumbprint (SHA-256, base64url): the `kid` on the wire.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The key as SPKI PEM, as `keygen` writes it.
+    pub fn to_pem(&self) -> String {
+        self.key
+            .to_public_key_pem(LineEnding::LF)
+            .expect("encoding a valid P-256 public key as SPKI cannot fail")
+    }
+
+    /// The key as a public JWK (`{"kty":"EC","crv":"P-256","x":..,"y":..,"kid":..}`),
+    /// for consumers that configure stock JOSE libraries with JWKs.
+    pub fn to_jwk(&self) -> String {
+        let (x, y) = coordinates(&self.key);
+        format!(
+            r#"{{"kty":"EC","crv":"P-256","x":"{x}","y":"{y}","kid":"{}"}}"#,
+            self.kid
+        )
+    }
+
+    pub(crate) fn p256(&self) -> &p256::PublicKey {
+        &self.key
+    }
+
+    pub(crate) fn verifying_key(&self) -> VerifyingKey {
+        VerifyingKey::from(&self.key)
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PublicKey").field("kid", &self.kid).finish()
+    }
+}
+
+/// The gateway's ES256 signing key. The scalar is wiped on drop (p256's
+/// `SigningKey` zeroizes itself) and never shown by `Debug`.
+pub struct GatewayKey {
+    key: SigningKey,
+    public: PublicKey,
+}
+
+impl GatewayKey {
+    pub(crate) fn from_signing_key(key: SigningKey) -> GatewayKey {
+        let public = PublicKey::from_p256(p256::PublicKey::from(key.verifying_key()));
+        GatewayKey { key, public }
+    }
+
+    /// Parses a PKCS#8 PEM private key (for tests and embedders; files go
+    /// through [`load_signing_key`], which also checks the mode).
+    pub fn from_pkcs8_pem(pem: &str) -> Result<GatewayKey, String> {
+        SigningKey::from_pkcs8_pem(&tidy_pem(pem))
+            .map(GatewayKey::from_signing_key)
+            .map_err(|e| e.to_string())
+    }
+
+    /// A fresh random key (tests, `demo`).
+    pub fn generate() -> GatewayKey {
+        let secret = p256::SecretKey::try_generate_from_rng(&mut SysRng)
+            .expect("the system random generator failed");
+        GatewayKey::from_signing_key(SigningKey::from(&secret))
+    }
+
+    /// The matching verify key, to hand to consumers.
+    pub fn public(&self) -> PublicKey {
+        self.public.clone()
+    }
+
+    /// The `kid` put in every JWS header this key signs.
+    pub fn kid(&self) -> &str {
+        self.public.kid()
+    }
+
+    pub(crate) fn signing_key(&self) -> &SigningKey {
+        &self.key
+    }
+}
+
+impl fmt::Debug for GatewayKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatewayKey")
+            .field("kid", &self.public.kid)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The recipient's P-256 private key, used by `open` to unwrap the content
+/// key of each sealed message. Wiped on drop; never shown by `Debug`.
+pub struct RecipientKey {
+    secret: p256::SecretKey,
+    public: PublicKey,
+}
+
+impl RecipientKey {
+    pub(crate) fn from_secret(secret: p256::SecretKey) -> RecipientKey {
+        let public = PublicKey::from_p256(secret.public_key());
+        RecipientKey { secret, public }
+    }
+
+    /// Parses a PKCS#8 PEM private key (files go through [`load_recipient_key`]).
+    pub fn from_pkcs8_pem(pem: &str) -> Result<RecipientKey, String> {
+        p256::SecretKey::from_pkcs8_pem(&tidy_pem(pem))
+            .map(RecipientKey::from_secret)
+            .map_err(|e| e.to_string())
+    }
+
+    /// A fresh random key (tests, `demo`).
+    pub fn generate() -> RecipientKey {
+        let secret = p256::SecretKey::try_generate_from_rng(&mut SysRng)
+            .expect("the system random generator failed");
+        RecipientKey::from_secret(secret)
+    }
+
+    /// The public half, for the gateway's `recipient_key`.
+    pub fn public(&self) -> PublicKey {
+        self.public.clone()
+    }
+
+    /// The `kid` a JWE for this key carries.
+    pub fn kid(&self) -> &str {
+        self.public.kid()
+    }
+
+    pub(crate) fn secret(&self) -> &p256::SecretKey {
+        &self.secret
+    }
+}
+
+impl fmt::Debug for RecipientKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecipientKey")
+            .field("kid", &self.public.kid)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The affine coordinates as base64url (the JWK `x` and `y`).
+pub(crate) fn coordinates(key: &p256::PublicKey) -> (String, String) {
+    let point = key.to_sec1_point(false);
+    let x = point.x().expect("an uncompressed point has x");
+    let y = point.y().expect("an uncompressed point has y");
+    (b64::encode(x), b64::encode(y))
+}
+
+/// RFC 7638 thumbprint of an EC public JWK: SHA-256 over the required
+/// members in lexicographic order with no whitespace, base64url.
+pub(crate) fn thumbprint(x: &str, y: &str) -> String {
+    let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
+    b64::encode(Sha256::digest(canonical.as_bytes()))
+}
+
+/// The PEM parser is strict about surrounding whitespace; files edited by
+/// hand or pasted often end with blank lines. The copy is wiped on drop.
+fn tidy_pem(text: &str) -> Zeroizing<String> {
+    let mut tidy = Zeroizing::new(String::with_capacity(text.len() + 1));
+    tidy.push_str(text.trim());
+    tidy.push('\n');
+    tidy
+}
+
+const PKCS8_EXPECTED: &str = "a P-256 private key in PKCS#8 PEM (-----BEGIN PRIVATE KEY-----)";
+const SPKI_EXPECTED: &str = "a P-256 public key in SPKI PEM (-----BEGIN PUBLIC KEY-----)";
+
+/// Reads a private key file (mode-checked) and parses it as PKCS#8 P-256.
+fn load_private(path: &Path) -> Result<p256::SecretKey, KeyError> {
+    let text = secret_file::read_private(path).map_err(|source| KeyError::Secret {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    p256::SecretKey::from_pkcs8_pem(&tidy_pem(&text)).map_err(|e| {
+        let detail = if text.contains("BEGIN EC PRIVATE KEY") {
+            "it is a SEC1 \"EC PRIVATE KEY\"; convert it with \
+             `openssl pkcs8 -topk8 -nocrypt -in OLD -out NEW`"
+                .to_string()
+        } else if text.contains("BEGIN PUBLIC KEY") {
+            "it is a public key; give the private key here".to_string()
+        } else {
+            format!("{e}; generate one with `sensorgate keygen`")
+        };
+        KeyError::BadContent {
+            path: path.to_path_buf(),
+            expected: PKCS8_EXPECTED,
+            detail,
+        }
+    })
+}
+
+/// Loads the gateway's signing key. The file must not be readable by group
+/// or others (see [`crate::secret_file`]).
+pub fn load_signing_key(path: &Path) -> Result<GatewayKey, KeyError> {
+    let secret = load_private(path)?;
+    Ok(GatewayKey::from_signing_key(SigningKey::from(&secret)))
+}
+
+/// Loads the recipient's private key for `open`; mode-checked like every
+/// private key.
+pub fn load_recipient_key(path: &Path) -> Result<RecipientKey, KeyError> {
+    load_private(path).map(RecipientKey::from_secret)
+}
+
+/// Loads a P-256 public key (SPKI PEM): a trusted gateway key or the
+/// recipient's key.
+pub fn load_public_key(path: &Path) -> Result<PublicKey, KeyError> {
+    let text = fs::read_to_string(path).map_err(|source| {
+        if source.kind() == io::ErrorKind::InvalidData {
+            KeyError::BadContent {
+                path: path.to_path_buf(),
+                expected: SPKI_EXPECTED,
+                detail: "the file is not UTF-8 text".to_string(),
+            }
+        } else {
+            KeyError::Read {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    })?;
+    PublicKey::from_pem(&text).map_err(|e| {
+        let detail = if text.contains("PRIVATE KEY") {
+            "it is a private key; give the .pub file written by `sensorgate keygen`".to_string()
+        } else {
+            e
+        };
+        KeyError::BadContent {
+            path: path.to_path_buf(),
+            expected: SPKI_EXPECTED,
+            detail,
+        }
+    })
+}
+
+/// What [`keygen`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeygenOutput {
+    pub key_path: PathBuf,
+    pub pub_path: PathBuf,
+    pub kid: String,
+}
+
+/// Generates a P-256 key pair as `DIR/NAME.key` (PKCS#8 PEM, mode 0600) and
+/// `DIR/NAME.pub` (SPKI PEM, mode 0644). Used for both the gateway's signing
+/// key and the cloud side's recipient key: the curve and formats are the
+/// same, only the role differs.
+///
+/// Never overwrites: if either file exists nothing is created, and the
+/// private key is opened with `create_new` so a race cannot clobber one.
+pub fn keygen(out_dir: &Path, name: &str) -> Result<KeygenOutput, KeyError> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." || name.contains('\0') {
+        return Err(KeyError::BadName {
+            dir: out_dir.to_path_buf(),
+            name: name.to_string(),
+        });
+    }
+    let key_path = out_dir.join(format!("{name}.key"));
+    let pub_path = out_dir.join(format!("{name}.pub"));
+    // A missing folder is made private: it is about to hold a private key.
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(out_dir)
+            .map_err(|e| KeyError::Write {
+                path: key_path.clone(),
+                source: e,
+            })?;
+    }
+    for path in [&key_path, &pub_path] {
+        if fs::symlink_metadata(path).is_ok() {
+            return Err(KeyError::Exists { path: path.clone() });
+        }
+    }
+
+    let secret =
+        p256::SecretKey::try_generate_from_rng(&mut SysRng).map_err(|e| KeyError::Random {
+            path: key_path.clone(),
+            detail: e.to_string(),
+        })?;
+    let public = PublicKey::from_p256(secret.public_key());
+    let key_pem = secret
+        .to_pkcs8_pem(LineEnding::LF)
+        .expect("encoding a valid P-256 key as PKCS#8 cannot fail");
+    drop(secret);
+
+    write_new(&key_path, key_pem.as_bytes(), 0o600)?;
+    if let Err(e) = write_new(&pub_path, public.to_pem().as_bytes(), 0o644) {
+        // Leave nothing half-made behind: a key without its .pub is confusing.
+        let _ = fs::remove_file(&key_path);
+        return Err(e);
+    }
+    Ok(KeygenOutput {
+        key_path,
+        pub_path,
+        kid: public.kid,
+    })
+}
+
+/// Creates `path` (never replacing an existing file) with `mode` and writes
+/// `bytes` durably.
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|source| {
+            if source.kind() == io::ErrorKind::AlreadyExists {
+                KeyError::Exists {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                KeyError::Write {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
+        })?;
+    let write_err = |source| KeyError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    // The umask may have removed bits from a public file; set them exactly.
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(write_err)?;
+    file.write_all(bytes).map_err(write_err)?;
+    file.sync_all().map_err(write_err)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keygen_writes_a_0600_key_and_a_0644_public_key_whose_kids_match() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = keygen(dir.path(), "gateway").unwrap();
+        assert_eq!(out.key_path, dir.path().join("gateway.key"));
+        assert_eq!(out.pub_path, dir.path().join("gateway.pub"));
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&out.key_path), 0o600);
+        assert_eq!(mode(&out.pub_path), 0o644);
+
+        let signing = load_signing_key(&out.key_path).unwrap();
+        let public = load_public_key(&out.pub_path).unwrap();
+        let recipient = load_recipient_key(&out.key_path).unwrap();
+        assert_eq!(signing.kid(), out.kid);
+        assert_eq!(public.kid(), out.kid);
+        assert_eq!(recipient.kid(), out.kid);
+        assert_eq!(signing.public(), public);
+        assert_eq!(out.kid.len(), 43, "SHA-256 base64url without padding");
+    }
+
+    #[test]
+    fn keygen_refuses_to_overwrite_and_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("r.pub"), "old").unwrap();
+        let e = keygen(dir.path(), "r").unwrap_err();
+        assert_eq!(e.exit_code(), 73);
+        assert!(e.to_string().contains("r.pub"), "{e}");
+        assert!(!dir.path().join("r.key").exists());
+        assert_eq!(fs::read_to_string(dir.path().join("r.pub")).unwrap(), "old");
+
+        let first = keygen(dir.path(), "g").unwrap();
+        let before = fs::read(&first.key_path).unwrap();
+        let e = keygen(dir.path(), "g").unwrap_err();
+        assert!(matches!(e, KeyError::Exists { .. }));
+        assert!(e.to_string().contains("g.key"), "{e}");
+        assert_eq!(fs::read(&first.key_path).unwrap(), before);
+    }
+
+    #[test]
+    fn keygen_rejects_names_that_are_not_plain_file_names() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in ["", "a/b", "..", "."] {
+            let e = keygen(dir.path(), bad).unwrap_err();
+            assert!(matches!(e, KeyError::BadName { .. }), "{bad:?}");
+            assert_eq!(e.exit_code(), 64);
+        }
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_private_key_readable_by_others_is_refused_with_exit_77() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = keygen(dir.path(), "k").unwrap();
+        fs::set_permissions(&out.key_path, fs::Permissions::from_mode(0o640)).unwrap();
+        let e = load_signing_key(&out.key_path).unwrap_err();
+        assert_eq!(e.exit_code(), 77);
+        assert!(e.to_string().contains("k.key") && e.to_string().contains("chmod 600"));
+        let e = load_recipient_key(&out.key_path).unwrap_err();
+        assert_eq!(e.exit_code(), 77);
+    }
+
+    #[test]
+    fn missing_and_malformed_key_files_get_66_and_65_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.key");
+        let e = load_signing_key(&missing).unwrap_err();
+        assert_eq!(e.exit_code(), 66);
+        assert!(e.to_string().contains("nope.key"));
+        let e = load_public_key(&dir.path().join("nope.pub")).unwrap_err();
+        assert_eq!(e.exit_code(), 66);
+        assert!(e.to_string().contains("nope.pub"));
+
+        let junk = dir.path().join("junk.key");
+        fs::write(&junk, "not a key").unwrap();
+        fs::set_permissions(&junk, fs::Permissions::from_mode(0o600)).unwrap();
+        let e = load_signing_key(&junk).unwrap_err();
+        assert_eq!(e.exit_code(), 65);
+        assert!(e.to_string().contains("junk.key") && e.to_string().contains("PKCS#8"));
+        let e = load_public_key(&junk).unwrap_err();
+        assert_eq!(e.exit_code(), 65);
+
+        // The two halves swapped get a pointed hint.
+        let out = keygen(dir.path(), "x").unwrap();
+        let e = load_public_key(&out.key_path).unwrap_err();
+        assert!(e.to_string().contains("is a private key"), "{e}");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let g = GatewayKey::generate();
+        let r = RecipientKey::generate();
+        let shown = format!("{g:?} {r:?}");
+        assert!(shown.contains("<redacted>") && shown.contains(g.kid()));
+        let d = b64::encode(g.signing_key().to_bytes());
+        assert!(!shown.contains(&d));
+    }
+
+    /// The thumbprint follows RFC 7638 §3.2 exactly (members in lexicographic
+    /// order, no whitespace), checked against the RFC 7518 Appendix C key.
+    #[test]
+    fn kid_is_the_rfc7638_thumbprint() {
+        let x = "weNJy2HscCSM6AEDTDg04biOvhFhyyWvOHQfeF_PxMQ";
+        let y = "e8lnCO-AlStT-NJVX-crhB7QRYhiix03illJOVAOyck";
+        let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
+        let expected = b64::encode(Sha256::digest(canonical.as_bytes()));
+        assert_eq!(thumbprint(x, y), expected);
+
+        let mut sec1 = vec![4u8];
+        sec1.extend(b64::decode(x).unwrap());
+        sec1.extend(b64::decode(y).unwrap());
+        let key = PublicKey::from_p256(p256::PublicKey::from_sec1_bytes(&sec1).unwrap());
+        assert_eq!(key.kid(), expected);
+        assert!(key.to_jwk().contains(&format!(r#""x":"{x}","y":"{y}""#)));
+        assert_eq!(PublicKey::from_pem(&key.to_pem()).unwrap(), key);
+        let padded = format!("\n{}\n\n", key.to_pem());
+        assert_eq!(PublicKey::from_pem(&padded).unwrap(), key);
+    }
+}

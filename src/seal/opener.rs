@@ -1,0 +1,642 @@
+//! Opening: the consumer side. Verifies a sealed message against trusted
+//! gateway keys, checks every binding, decrypts the encrypted fields with
+//! the recipient key, and drops records already seen.
+//!
+//! Checks run cheapest-first and nothing inside the payload is trusted
+//! before the signature verifies; the duplicate/gap tracker is updated only
+//! for messages that pass every check, so a rejected message never hides a
+//! later genuine one as a "duplicate".
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{self, BufRead, Write};
+
+use p256::ecdsa::signature::MultipartVerifier;
+use p256::ecdsa::{Signature, VerifyingKey};
+use serde::Serialize;
+
+use super::b64;
+use super::format::{
+    FORMAT_VERSION, FieldMap, JWS_ALG, JWS_TYP, JwsHeader, JwsIn, PayloadIn, VersionOnly, merge,
+};
+use super::jwe::{self, Binding, expect_param};
+use super::keys::{PublicKey, RecipientKey};
+use super::tracker::SequenceTracker;
+use crate::record::parse_ts;
+
+/// The largest sealed message `open` accepts (bounded memory on hostile
+/// input). Far above any batch the gateway produces.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Why a sealed message was rejected. Values taken from the message are
+/// shown escaped and shortened, so a rejection stays one readable line.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("message is {len} bytes, more than the {max}-byte limit")]
+    TooLong { len: u64, max: usize },
+    #[error(
+        "not a sealed message (a JSON object with exactly protected, payload and signature): {0}"
+    )]
+    NotJws(String),
+    #[error("the {member} is not base64url without padding")]
+    BadBase64 { member: &'static str },
+    #[error("bad {part} protected header: {detail}")]
+    BadHeader { part: &'static str, detail: String },
+    #[error("{part} header {param} is {}, expected {expected:?}", shown(found))]
+    WrongAlgorithm {
+        part: &'static str,
+        param: &'static str,
+        found: String,
+        expected: &'static str,
+    },
+    #[error(
+        "signed with key kid {}, which is not a trusted gateway key (trust its .pub file if it is one of yours)",
+        shown(kid)
+    )]
+    UntrustedKey { kid: String },
+    #[error(
+        "signature does not verify with trusted key kid {kid} ({reason}): the message was altered or forged"
+    )]
+    BadSignature { kid: String, reason: &'static str },
+    #[error(
+        "payload format version {found} is not supported (this build reads version {FORMAT_VERSION})"
+    )]
+    UnsupportedVersion { found: String },
+    #[error("bad payload: {0}")]
+    BadPayload(String),
+    #[error("records do not form the declared seq range [{first}, {last}]: {detail}")]
+    SeqRange {
+        first: u64,
+        last: u64,
+        detail: String,
+    },
+    #[error(
+        "the JWE is bound to {field} {} but the message says {}: encrypted fields from another message",
+        shown(header),
+        shown(payload)
+    )]
+    BindingMismatch {
+        field: &'static str,
+        header: String,
+        payload: String,
+    },
+    #[error(
+        "the message has encrypted fields for recipient kid {} but no recipient key was given",
+        shown(kid)
+    )]
+    MissingRecipientKey { kid: String },
+    #[error(
+        "the encrypted fields are for recipient kid {} but the recipient key given has kid {ours}",
+        shown(sealed_for)
+    )]
+    WrongRecipient { sealed_for: String, ours: String },
+    #[error("decryption failed: {reason}")]
+    Decryption { reason: String },
+    #[error("bad decrypted fields: {0}")]
+    BadPlaintext(String),
+}
+
+/// A value from the message for an error line: escaped, at most 80 chars.
+fn shown(s: &str) -> String {
+    const MAX: usize = 80;
+    if s.chars().count() <= MAX {
+        format!("{s:?}")
+    } else {
+        let cut: String = s.chars().take(MAX).collect();
+        format!("{cut:?}...")
+    }
+}
+
+/// One record as `open` prints it:
+/// `{"gateway":..,"sensor":..,"seq":..,"ts":..,"fields":{..}}`, fields in
+/// the gateway's column order with the decrypted ones back in place.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OpenedRecord {
+    pub gateway: String,
+    pub sensor: String,
+    pub seq: u64,
+    pub ts: String,
+    pub fields: FieldMap,
+}
+
+/// A verified, decrypted sealed message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenedMessage {
+    pub gateway: String,
+    pub sensor: String,
+    pub epoch: String,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// Only the records not seen before.
+    pub records: Vec<OpenedRecord>,
+    /// Records of this message dropped as already seen.
+    pub duplicates: u64,
+}
+
+/// Totals since the opener was made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct OpenSummary {
+    pub messages: u64,
+    pub records: u64,
+    pub duplicates: u64,
+    pub gaps: u64,
+    pub rejected: u64,
+}
+
+impl fmt::Display for OpenSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "opened {} messages, {} records, {} duplicates, {} gaps, {} rejected",
+            self.messages, self.records, self.duplicates, self.gaps, self.rejected
+        )
+    }
+}
+
+/// Opens sealed messages from any number of trusted gateways.
+pub struct Opener {
+    trusted: HashMap<String, VerifyingKey>,
+    recipient: Option<RecipientKey>,
+    tracker: SequenceTracker,
+    messages: u64,
+    records: u64,
+    duplicates: u64,
+    rejected: u64,
+}
+
+impl fmt::Debug for Opener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut kids: Vec<&String> = self.trusted.keys().collect();
+        kids.sort();
+        f.debug_struct("Opener")
+            .field("trusted", &kids)
+            .field("recipient", &self.recipient)
+            .field("summary", &self.summary())
+            .finish()
+    }
+}
+
+/// A message that passed every check, before duplicate tracking.
+struct Verified {
+    gateway: String,
+    sensor: String,
+    epoch: String,
+    first_seq: u64,
+    last_seq: u64,
+    records: Vec<OpenedRecord>,
+}
+
+impl Opener {
+    /// `trusted`: the gateway verify keys whose messages are accepted.
+    /// `recipient`: the private key for the encrypted fields; without it,
+    /// messages that carry encrypted fields are rejected.
+    pub fn new(trusted: Vec<PublicKey>, recipient: Option<RecipientKey>) -> Opener {
+        let trusted = trusted
+            .into_iter()
+            .map(|k| (k.kid().to_string(), k.verifying_key()))
+            .collect();
+        Opener {
+            trusted,
+            recipient,
+            tracker: SequenceTracker::new(),
+            messages: 0,
+            records: 0,
+            duplicates: 0,
+            rejected: 0,
+        }
+    }
+
+    /// Verifies, checks bindings, decrypts, and updates duplicate/gap
+    /// tracking. The returned message holds only records not seen before.
+    pub fn open(&mut self, message: &[u8]) -> Result<OpenedMessage, OpenError> {
+        let verified = match self.verify(message) {
+            Ok(v) => v,
+            Err(e) => {
+                self.rejected += 1;
+                return Err(e);
+            }
+        };
+        let Verified {
+            gateway,
+            sensor,
+            epoch,
+            first_seq,
+            last_seq,
+            mut records,
+        } = verified;
+        let stream = self.tracker.stream_mut(&gateway, &sensor, &epoch);
+        let before = records.len();
+        records.retain(|r| stream.insert(r.seq));
+        let duplicates = (before - records.len()) as u64;
+        self.messages += 1;
+        self.records += records.len() as u64;
+        self.duplicates += duplicates;
+        Ok(OpenedMessage {
+            gateway,
+            sensor,
+            epoch,
+            first_seq,
+            last_seq,
+            records,
+            duplicates,
+        })
+    }
+
+    /// Counts a message rejected before it could be handed to [`Opener::open`]
+    /// (an over-long line).
+    pub fn count_rejected(&mut self) {
+        self.rejected += 1;
+    }
+
+    /// Totals so far; `gaps` is computed over everything seen.
+    pub fn summary(&self) -> OpenSummary {
+        OpenSummary {
+            messages: self.messages,
+            records: self.records,
+            duplicates: self.duplicates,
+            gaps: self.tracker.gaps(),
+            rejected: self.rejected,
+        }
+    }
+
+    /// The duplicate/gap state, e.g. for per-stream reporting.
+    pub fn tracker(&self) -> &SequenceTracker {
+        &self.tracker
+    }
+
+    fn verify(&self, message: &[u8]) -> Result<Verified, OpenError> {
+        if message.len() > MAX_MESSAGE_BYTES {
+            return Err(OpenError::TooLong {
+                len: message.len() as u64,
+                max: MAX_MESSAGE_BYTES,
+            });
+        }
+        let jws: JwsIn<'_> =
+            serde_json::from_slice(message).map_err(|e| OpenError::NotJws(e.to_string()))?;
+
+        // 1. The JWS header: exact algorithm and type, a trusted kid.
+        let header_json =
+            b64::decode(jws.protected.as_bytes()).map_err(|_| OpenError::BadBase64 {
+                member: "JWS protected header",
+            })?;
+        let header: JwsHeader<'_> =
+            serde_json::from_slice(&header_json).map_err(|e| OpenError::BadHeader {
+                part: "JWS",
+                detail: e.to_string(),
+            })?;
+        expect_param("JWS", "alg", &header.alg, JWS_ALG)?;
+        expect_param("JWS", "typ", &header.typ, JWS_TYP)?;
+        let Some(key) = self.trusted.get(&*header.kid) else {
+            return Err(OpenError::UntrustedKey {
+                kid: header.kid.into_owned(),
+            });
+        };
+
+        // 2. The signature, over the base64 text exactly as received.
+        let bad_signature = |reason| OpenError::BadSignature {
+            kid: header.kid.to_string(),
+            reason,
+        };
+        let signature =
+            b64::decode(jws.signature.as_bytes()).map_err(|_| OpenError::BadBase64 {
+                member: "JWS signature",
+            })?;
+        if signature.len() != 64 {
+            return Err(bad_signature("ES256 signatures are 64 bytes r||s"));
+        }
+        let signature =
+            Signature::from_slice(&signature).map_err(|_| bad_signature("r or s out of range"))?;
+        key.multipart_verify(
+            &[jws.protected.as_bytes(), b".", jws.payload.as_bytes()],
+            &signature,
+        )
+        .map_err(|_| bad_signature("ES256"))?;
+
+        // 3. The payload (signed, so now worth parsing).
+        let payload_json =
+            b64::decode(jws.payload.as_bytes()).map_err(|_| OpenError::BadBase64 {
+                member: "JWS payload",
+            })?;
+        let payload: PayloadIn<'_> =
+            serde_json::from_slice(&payload_json).map_err(|e| payload_error(&payload_json, e))?;
+        if payload.v != FORMAT_VERSION {
+            return Err(OpenError::UnsupportedVersion {
+                found: payload.v.to_string(),
+            });
+        }
+        let [first, last] = payload.seq;
+        check_range(&payload, first, last)?;
+
+        // 4. The JWE, if any: bound to this message, for our key.
+        let mut decrypted: Option<Vec<FieldMap>> = None;
+        if let Some(jwe) = &payload.jwe {
+            let binding = Binding {
+                gateway: &payload.gateway,
+                sensor: &payload.sensor,
+                epoch: &payload.epoch,
+                seq: payload.seq,
+            };
+            let jwe_header_json =
+                b64::decode(jwe.protected.as_bytes()).map_err(|_| OpenError::BadBase64 {
+                    member: "JWE protected header",
+                })?;
+            let jwe_header = jwe::check_header(
+                &jwe_header_json,
+                &binding,
+                self.recipient.as_ref().map(RecipientKey::kid),
+            )?;
+            let recipient = self
+                .recipient
+                .as_ref()
+                .expect("check_header refuses a JWE without a recipient key");
+            let plaintext = jwe::decrypt(jwe, &jwe_header, recipient)?;
+            let per_record: Vec<FieldMap> = serde_json::from_slice(&plaintext)
+                .map_err(|e| OpenError::BadPlaintext(e.to_string()))?;
+            if per_record.len() != payload.records.len() {
+                return Err(OpenError::BadPlaintext(format!(
+                    "{} entries for {} records",
+                    per_record.len(),
+                    payload.records.len()
+                )));
+            }
+            decrypted = Some(per_record);
+        }
+
+        // 5. The records, decrypted fields merged back in column order.
+        let gateway = payload.gateway.into_owned();
+        let sensor = payload.sensor.into_owned();
+        let mut decrypted = decrypted.map(Vec::into_iter);
+        let mut records = Vec::with_capacity(payload.records.len());
+        for record in payload.records {
+            if parse_ts(&record.ts).is_none() {
+                return Err(OpenError::BadPayload(format!(
+                    "record {} has timestamp {}, not RFC 3339",
+                    record.seq,
+                    shown(&record.ts)
+                )));
+            }
+            let encrypted = decrypted.as_mut().and_then(Iterator::next);
+            let fields = match encrypted {
+                Some(enc) => merge(record.fields, enc, &record.encrypted)
+                    .map_err(|e| OpenError::BadPlaintext(format!("record {}: {e}", record.seq)))?,
+                None if record.encrypted.is_empty() => record.fields,
+                None => {
+                    return Err(OpenError::BadPayload(format!(
+                        "record {} lists encrypted fields but the message has no jwe",
+                        record.seq
+                    )));
+                }
+            };
+            records.push(OpenedRecord {
+                gateway: gateway.clone(),
+                sensor: sensor.clone(),
+                seq: record.seq,
+                ts: record.ts.into_owned(),
+                fields,
+            });
+        }
+        Ok(Verified {
+            gateway,
+            sensor,
+            epoch: payload.epoch.into_owned(),
+            first_seq: first,
+            last_seq: last,
+            records,
+        })
+    }
+}
+
+/// Explains a payload that does not parse: another version, or malformed.
+fn payload_error(json: &[u8], e: serde_json::Error) -> OpenError {
+    match serde_json::from_slice::<VersionOnly>(json) {
+        Ok(VersionOnly { v }) if v != FORMAT_VERSION => OpenError::UnsupportedVersion {
+            found: shown(&v.to_string()),
+        },
+        _ => OpenError::BadPayload(e.to_string()),
+    }
+}
+
+/// The records must be exactly `first..=last`, in order.
+fn check_range(payload: &PayloadIn<'_>, first: u64, last: u64) -> Result<(), OpenError> {
+    let err = |detail: String| {
+        Err(OpenError::SeqRange {
+            first,
+            last,
+            detail,
+        })
+    };
+    if first > last {
+        return err("first is after last".to_string());
+    }
+    if payload.records.is_empty() {
+        return err("no records".to_string());
+    }
+    let declared = u128::from(last) - u128::from(first) + 1;
+    if declared != payload.records.len() as u128 {
+        return err(format!("{} records present", payload.records.len()));
+    }
+    for (i, record) in payload.records.iter().enumerate() {
+        let expected = first + i as u64;
+        if record.seq != expected {
+            return err(format!(
+                "record {i} has seq {}, expected {expected}",
+                record.seq
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reads one message per line from `input` (blank lines skipped, a trailing
+/// `\r` tolerated), prints each new record as one JSON line on `out`, a line
+/// `rejected message at line N: <reason>` on `err` for each rejected message,
+/// and the summary line on `err` at the end.
+pub fn open_stream(
+    mut input: impl BufRead,
+    mut out: impl Write,
+    mut err: impl Write,
+    opener: &mut Opener,
+) -> io::Result<OpenSummary> {
+    let mut line = Vec::new();
+    let mut rendered = Vec::new();
+    let mut line_no: u64 = 0;
+    loop {
+        line.clear();
+        let read = read_bounded_line(&mut input, &mut line, MAX_MESSAGE_BYTES)?;
+        let message = match read {
+            LineRead::Eof => break,
+            LineRead::TooLong(len) => {
+                line_no += 1;
+                opener.count_rejected();
+                let e = OpenError::TooLong {
+                    len,
+                    max: MAX_MESSAGE_BYTES,
+                };
+                writeln!(err, "rejected message at line {line_no}: {e}")?;
+                continue;
+            }
+            LineRead::Line => {
+                line_no += 1;
+                trim_line_end(&line)
+            }
+        };
+        if message.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match opener.open(message) {
+            Ok(opened) => {
+                rendered.clear();
+                for record in &opened.records {
+                    serde_json::to_writer(&mut rendered, record).map_err(io::Error::other)?;
+                    rendered.push(b'\n');
+                }
+                out.write_all(&rendered)?;
+                out.flush()?;
+            }
+            Err(e) => writeln!(
+                err,
+                "rejected message at line {line_no}: {}",
+                one_line(&e.to_string())
+            )?,
+        }
+    }
+    let summary = opener.summary();
+    writeln!(err, "{summary}")?;
+    err.flush()?;
+    Ok(summary)
+}
+
+/// Escapes control characters, so a reason quoting hostile input (e.g. a
+/// JSON member name with an escaped newline) stays one line.
+fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().any(char::is_control) {
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect::<String>()
+            .into()
+    } else {
+        text.into()
+    }
+}
+
+fn trim_line_end(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+enum LineRead {
+    Eof,
+    Line,
+    /// The line (this many bytes) was longer than the limit and skipped.
+    TooLong(u64),
+}
+
+/// Reads up to and including the next `\n` into `line`, never holding more
+/// than `max` (+2 for the line end) bytes: an over-long line is consumed and
+/// discarded.
+fn read_bounded_line(
+    input: &mut impl BufRead,
+    line: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<LineRead> {
+    let mut total: u64 = 0;
+    let mut too_long = false;
+    loop {
+        let chunk = match input.fill_buf() {
+            Ok(chunk) => chunk,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if chunk.is_empty() {
+            return Ok(match (total, too_long) {
+                (0, _) => LineRead::Eof,
+                (_, true) => LineRead::TooLong(total),
+                (_, false) => LineRead::Line,
+            });
+        }
+        let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        total += take as u64;
+        if !too_long {
+            if line.len() + take > max + 2 {
+                too_long = true;
+                line.clear();
+                line.shrink_to(64 * 1024);
+            } else {
+                line.extend_from_slice(&chunk[..take]);
+            }
+        }
+        input.consume(take);
+        if done {
+            return Ok(if too_long {
+                LineRead::TooLong(total)
+            } else {
+                LineRead::Line
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn over_long_lines_are_skipped_without_buffering() {
+        let text = format!("{}\nshort\r\n\nlast", "x".repeat(100));
+        let mut input = io::BufReader::with_capacity(7, text.as_bytes());
+        let mut line = Vec::new();
+        let mut seen = Vec::new();
+        loop {
+            line.clear();
+            match read_bounded_line(&mut input, &mut line, 10).unwrap() {
+                LineRead::Eof => break,
+                LineRead::TooLong(n) => seen.push(format!("too long {n}")),
+                LineRead::Line => {
+                    seen.push(String::from_utf8(trim_line_end(&line).to_vec()).unwrap())
+                }
+            }
+            assert!(line.capacity() <= 64 * 1024);
+        }
+        assert_eq!(seen, ["too long 101", "short", "", "last"]);
+    }
+
+    #[test]
+    fn rejection_reasons_stay_on_one_line() {
+        assert_eq!(one_line("plain"), "plain");
+        assert_eq!(one_line("unknown field `a\nb`"), "unknown field `a\\nb`");
+    }
+
+    #[test]
+    fn summary_line_reads_like_a_sentence() {
+        let s = OpenSummary {
+            messages: 3,
+            records: 10,
+            duplicates: 2,
+            gaps: 1,
+            rejected: 4,
+        };
+        assert_eq!(
+            s.to_string(),
+            "opened 3 messages, 10 records, 2 duplicates, 1 gaps, 4 rejected"
+        );
+    }
+
+    #[test]
+    fn values_from_the_message_are_escaped_and_shortened_in_errors() {
+        let e = OpenError::UntrustedKey {
+            kid: format!("evil\nline{}", "k".repeat(200)),
+        };
+        let text = e.to_string();
+        assert!(!text.contains('\n'));
+        assert!(text.contains("evil\\nline") && text.len() < 250, "{text}");
+    }
+}

@@ -1,0 +1,262 @@
+//! Per-sensor sequence numbers and the gateway's epoch, kept in the state
+//! directory so that a sequence number is never reused after a restart.
+//!
+//! Writing the counter for every record would wear an SD card out, so
+//! numbers are *reserved* in blocks: the file holds the first number not yet
+//! reserved, written before any number of the block is used. A clean stop
+//! writes the exact next number. After a crash or power cut the sequence
+//! jumps to the end of the last reserved block: the consumer sees a gap
+//! (numbers never used, plus whatever was in memory), never a reuse.
+//!
+//! The epoch is a random id made when the state is created. If the state
+//! file is lost or unreadable a new epoch starts, so a consumer can tell a
+//! counter that restarted from 0 apart from a replay.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+/// How many sequence numbers one write of the state file reserves.
+pub const RESERVE_BLOCK: u64 = 4096;
+
+const STATE_FILE: &str = "sequences.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(
+        "cannot create state directory {path}: {source}; check [gateway] state_dir and its permissions"
+    )]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot write state file {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StateFile {
+    epoch: String,
+    /// Per sensor: the first sequence number not yet used or reserved.
+    next: BTreeMap<String, u64>,
+}
+
+/// The state directory: epoch and sequence counters.
+#[derive(Debug)]
+pub struct StateDir {
+    dir: PathBuf,
+    epoch: String,
+    file: Mutex<BTreeMap<String, u64>>,
+}
+
+impl StateDir {
+    /// Opens (creating if needed, mode 0700) the state directory. A state
+    /// file that cannot be parsed is moved aside and a new epoch begins.
+    pub fn open(dir: &Path) -> Result<Arc<StateDir>, StateError> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| StateError::CreateDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        let path = dir.join(STATE_FILE);
+        let loaded = match fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice::<StateFile>(&bytes) {
+                Ok(s) if !s.epoch.is_empty() => Some(s),
+                _ => {
+                    let aside = dir.join(format!("{STATE_FILE}.corrupt"));
+                    tracing::error!(
+                        path = %path.display(),
+                        moved_to = %aside.display(),
+                        "state file unreadable; starting a new epoch"
+                    );
+                    let _ = fs::rename(&path, &aside);
+                    None
+                }
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot read state file; starting a new epoch");
+                None
+            }
+        };
+        let state = match loaded {
+            Some(s) => StateDir {
+                dir: dir.to_path_buf(),
+                epoch: s.epoch,
+                file: Mutex::new(s.next),
+            },
+            None => {
+                let s = StateDir {
+                    dir: dir.to_path_buf(),
+                    epoch: new_epoch(),
+                    file: Mutex::new(BTreeMap::new()),
+                };
+                s.write(&BTreeMap::new())?;
+                tracing::info!(epoch = %s.epoch, state_dir = %dir.display(), "new epoch");
+                s
+            }
+        };
+        Ok(Arc::new(state))
+    }
+
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The sequence allocator for one sensor, continuing where the last run
+    /// stopped (or reserved).
+    pub fn allocator(self: &Arc<Self>, sensor: &str) -> SeqAllocator {
+        let next = *self.lock().get(sensor).unwrap_or(&0);
+        SeqAllocator {
+            state: self.clone(),
+            sensor: sensor.to_string(),
+            next,
+            reserved_until: next,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, u64>> {
+        self.file.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn record(&self, sensor: &str, next: u64) -> Result<(), StateError> {
+        let mut map = self.lock();
+        map.insert(sensor.to_string(), next);
+        self.write(&map)
+    }
+
+    /// Write-temp, fsync, rename, fsync the directory: after a power cut
+    /// the file is either the old or the new version.
+    fn write(&self, next: &BTreeMap<String, u64>) -> Result<(), StateError> {
+        let path = self.dir.join(STATE_FILE);
+        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
+        let err = |source| StateError::Write {
+            path: path.clone(),
+            source,
+        };
+        let body = serde_json::to_vec_pretty(&StateFile {
+            epoch: self.epoch.clone(),
+            next: next.clone(),
+        })
+        .expect("state serializes");
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(err)?;
+        f.write_all(&body).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        fs::rename(&tmp, &path).map_err(err)?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err)?;
+        Ok(())
+    }
+}
+
+fn new_epoch() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Hands out one sensor's sequence numbers, reserving them in blocks.
+#[derive(Debug)]
+pub struct SeqAllocator {
+    state: Arc<StateDir>,
+    sensor: String,
+    next: u64,
+    reserved_until: u64,
+}
+
+impl SeqAllocator {
+    /// The next sequence number. When a new block must be reserved and the
+    /// state file cannot be written (disk full), the number is still given
+    /// out and the error returned beside it, so reading goes on; the next
+    /// number retries the write.
+    pub fn allocate(&mut self) -> (u64, Option<StateError>) {
+        let mut error = None;
+        if self.next >= self.reserved_until {
+            let until = self.next + RESERVE_BLOCK;
+            match self.state.record(&self.sensor, until) {
+                Ok(()) => self.reserved_until = until,
+                Err(e) => error = Some(e),
+            }
+        }
+        let seq = self.next;
+        self.next += 1;
+        (seq, error)
+    }
+
+    /// The number the next record will get.
+    pub fn peek(&self) -> u64 {
+        self.next
+    }
+
+    /// Records the exact next number (clean stop), so the next run goes on
+    /// without a gap.
+    pub fn close(self) -> Result<(), StateError> {
+        self.state.record(&self.sensor, self.next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_continues_after_clean_stop_and_never_repeats_after_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let epoch = state.epoch().to_string();
+        let mut a = state.allocator("bike");
+        for i in 0..10 {
+            assert_eq!(a.allocate().0, i);
+        }
+        a.close().unwrap();
+        drop(state);
+
+        let state = StateDir::open(dir.path()).unwrap();
+        assert_eq!(state.epoch(), epoch);
+        let mut a = state.allocator("bike");
+        assert_eq!(a.allocate().0, 10);
+        // Crash: the allocator is dropped without close.
+        drop(a);
+        drop(state);
+
+        let state = StateDir::open(dir.path()).unwrap();
+        let mut a = state.allocator("bike");
+        let (seq, err) = a.allocate();
+        assert!(err.is_none());
+        assert_eq!(seq, 10 + RESERVE_BLOCK, "jumps past the reserved block");
+        assert_eq!(state.allocator("gps").peek(), 0);
+    }
+
+    #[test]
+    fn a_corrupt_state_file_starts_a_new_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = StateDir::open(dir.path()).unwrap().epoch().to_string();
+        fs::write(dir.path().join(STATE_FILE), b"{garbage").unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        assert_ne!(state.epoch(), first);
+        assert!(dir.path().join("sequences.json.corrupt").exists());
+    }
+}

@@ -1,0 +1,898 @@
+//! TLS material for the uplink: the broker's CA, the gateway's client
+//! certificate and its private key, turned into a rustls client
+//! configuration for mutual TLS.
+//!
+//! Only the *ring* provider is used, named explicitly, so that a dependency
+//! enabling another provider cannot change which crypto the uplink runs on.
+//! The private key is read through [`crate::secret_file`], so a key that
+//! others can read is refused here exactly as the signing key is in `seal`.
+//!
+//! [`check`] is the `check-config` side: it loads the same files and also
+//! looks at what a connection attempt would only reveal at the broker — a
+//! key that belongs to another certificate, an expired certificate — so the
+//! operator learns it before deploying, with the dates.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore};
+
+use crate::config::Mqtt;
+use crate::secret_file::{self, SecretFileError};
+
+/// A client certificate this close to its end gets a warning from [`check`].
+pub const EXPIRY_WARNING_DAYS: i64 = 30;
+
+const DAY: i64 = 24 * 60 * 60;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error(
+        "{key} is not set; mutual TLS needs mqtt.ca_file, mqtt.cert_file and mqtt.key_file (or mqtt.tls = false for a broker on this machine)"
+    )]
+    NotConfigured { key: &'static str },
+
+    #[error("{what} {} does not exist; put the file there or fix {key}", path.display())]
+    Missing {
+        what: &'static str,
+        key: &'static str,
+        path: PathBuf,
+    },
+
+    #[error("cannot read {what} {}: {source}", path.display())]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// The private key file: not readable, readable by others, not text.
+    #[error(transparent)]
+    PrivateKey(#[from] SecretFileError),
+
+    /// A file (or an in-memory certificate or key) that is not what it should
+    /// be; `what` names it, `problem` says what is wrong and what is expected.
+    #[error("{what}: {problem}")]
+    Invalid { what: String, problem: String },
+
+    #[error(
+        "the private key {key} does not belong to the client certificate {cert}; install the key and certificate that were issued together"
+    )]
+    KeyMismatch { cert: String, key: String },
+
+    #[error(
+        "client certificate {} expired on {not_after} (valid from {not_before}, now is {now}); renew it",
+        path.display()
+    )]
+    Expired {
+        path: PathBuf,
+        not_before: String,
+        not_after: String,
+        now: String,
+    },
+
+    #[error(
+        "client certificate {} is not valid before {not_before} (now is {now}); check the system clock: a Raspberry Pi has no real-time clock and needs time synchronisation after boot",
+        path.display()
+    )]
+    NotYetValid {
+        path: PathBuf,
+        not_before: String,
+        now: String,
+    },
+}
+
+impl TlsError {
+    /// The sysexits code: 66 for a missing file, 77 for permissions, 78 for
+    /// anything invalid or expired.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            TlsError::Missing { .. } => 66,
+            TlsError::Read { source, .. } => io_exit_code(source),
+            TlsError::PrivateKey(e) => match e {
+                _ if e.is_permission() => 77,
+                SecretFileError::Read { source, .. } => io_exit_code(source),
+                _ => 78,
+            },
+            TlsError::NotConfigured { .. }
+            | TlsError::Invalid { .. }
+            | TlsError::KeyMismatch { .. }
+            | TlsError::Expired { .. }
+            | TlsError::NotYetValid { .. } => 78,
+        }
+    }
+}
+
+fn io_exit_code(e: &io::Error) -> i32 {
+    match e.kind() {
+        io::ErrorKind::PermissionDenied => 77,
+        _ => 66,
+    }
+}
+
+/// What `check-config` reports about the TLS material.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsReport {
+    /// The client certificate's subject, e.g. `CN=bike-pi-01`.
+    pub client_cert_subject: String,
+    /// When the client certificate expires, RFC 3339 UTC.
+    pub not_after: String,
+    /// Whole days until then.
+    pub days_left: i64,
+    /// How many CA certificates the CA file holds.
+    pub ca_certs: usize,
+    /// Things that still work but need attention soon (a certificate expiring
+    /// within [`EXPIRY_WARNING_DAYS`], an expired CA certificate).
+    pub warnings: Vec<String>,
+}
+
+/// The three files, from the configuration.
+struct Files<'a> {
+    ca: &'a Path,
+    cert: &'a Path,
+    key: &'a Path,
+}
+
+impl<'a> Files<'a> {
+    fn of(mqtt: &'a Mqtt) -> Result<Self, TlsError> {
+        Ok(Files {
+            ca: mqtt.ca_file.as_deref().ok_or(TlsError::NotConfigured {
+                key: "mqtt.ca_file",
+            })?,
+            cert: mqtt.cert_file.as_deref().ok_or(TlsError::NotConfigured {
+                key: "mqtt.cert_file",
+            })?,
+            key: mqtt.key_file.as_deref().ok_or(TlsError::NotConfigured {
+                key: "mqtt.key_file",
+            })?,
+        })
+    }
+}
+
+/// The material read from the three files.
+struct Material {
+    roots: Vec<CertificateDer<'static>>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+fn read_material(f: &Files<'_>) -> Result<Material, TlsError> {
+    let roots = read_certs(f.ca, "CA file", "mqtt.ca_file")?;
+    let chain = read_certs(f.cert, "client certificate file", "mqtt.cert_file")?;
+    let key = read_key(f.key)?;
+    Ok(Material { roots, chain, key })
+}
+
+/// Builds the uplink's rustls configuration from the files named in `mqtt`:
+/// `ca_file` (one or more PEM certificates the broker must chain to),
+/// `cert_file` (the client certificate, then its chain) and `key_file`
+/// (PKCS#8, SEC1 or PKCS#1 PEM, mode-checked).
+pub fn load_client_config(mqtt: &Mqtt) -> Result<Arc<ClientConfig>, TlsError> {
+    let files = Files::of(mqtt)?;
+    let m = read_material(&files)?;
+    build(m.roots, m.chain, m.key).map_err(|e| e.with_files(&files))
+}
+
+/// Builds a rustls client configuration from material already in memory:
+/// the ring provider, TLS 1.2 and 1.3, server certificates verified against
+/// `roots`, and `chain` with `key` presented for client authentication.
+pub fn client_config(
+    roots: Vec<CertificateDer<'static>>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    build(roots, chain, key).map_err(BuildError::without_files)
+}
+
+/// Checks the TLS material for `check-config`: the files exist and parse,
+/// the key is private (mode) and belongs to the client certificate, and the
+/// certificate is valid now. Whether the client certificate chains to a CA
+/// the broker trusts is for the broker to say; it is not checked here.
+pub fn check(mqtt: &Mqtt) -> Result<TlsReport, TlsError> {
+    check_at(mqtt, unix_now())
+}
+
+fn check_at(mqtt: &Mqtt, now: i64) -> Result<TlsReport, TlsError> {
+    let files = Files::of(mqtt)?;
+    let m = read_material(&files)?;
+    let ca_certs = m.roots.len();
+    let mut warnings = Vec::new();
+
+    for (i, ca) in m.roots.iter().enumerate() {
+        let what = || format!("CA certificate {} in {}", i + 1, files.ca.display());
+        let (_, c) = x509_parser::parse_x509_certificate(ca).map_err(|e| TlsError::Invalid {
+            what: what(),
+            problem: format!("cannot be parsed ({e})"),
+        })?;
+        let not_after = c.validity().not_after.timestamp();
+        if not_after < now {
+            warnings.push(format!(
+                "{} ({}) expired on {}; a broker certificate issued under it will be refused",
+                what(),
+                c.subject(),
+                fmt_time(not_after)
+            ));
+        }
+    }
+
+    let leaf = m.chain[0].clone();
+    build(m.roots, m.chain, m.key).map_err(|e| e.with_files(&files))?;
+
+    let (_, cert) = x509_parser::parse_x509_certificate(&leaf).map_err(|e| TlsError::Invalid {
+        what: format!("client certificate file {}", files.cert.display()),
+        problem: format!("the first certificate cannot be parsed ({e})"),
+    })?;
+    let not_before = cert.validity().not_before.timestamp();
+    let not_after = cert.validity().not_after.timestamp();
+    if now > not_after {
+        return Err(TlsError::Expired {
+            path: files.cert.to_path_buf(),
+            not_before: fmt_time(not_before),
+            not_after: fmt_time(not_after),
+            now: fmt_time(now),
+        });
+    }
+    if now < not_before {
+        return Err(TlsError::NotYetValid {
+            path: files.cert.to_path_buf(),
+            not_before: fmt_time(not_before),
+            now: fmt_time(now),
+        });
+    }
+    let days_left = (not_after - now).div_euclid(DAY);
+    if days_left < EXPIRY_WARNING_DAYS {
+        warnings.push(format!(
+            "client certificate {} expires on {} ({days_left} days left); renew it before then",
+            files.cert.display(),
+            fmt_time(not_after)
+        ));
+    }
+    Ok(TlsReport {
+        client_cert_subject: cert.subject().to_string(),
+        not_after: fmt_time(not_after),
+        days_left,
+        ca_certs,
+        warnings,
+    })
+}
+
+fn unix_now() -> i64 {
+    match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    }
+}
+
+/// RFC 3339 in UTC, seconds precision.
+fn fmt_time(ts: i64) -> String {
+    match u64::try_from(ts) {
+        Ok(secs) => {
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+        }
+        Err(_) => x509_parser::time::ASN1Time::from_timestamp(ts)
+            .map(|t| t.to_string())
+            .unwrap_or_else(|_| format!("{ts} s after 1970")),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Reading files
+// ---------------------------------------------------------------------------
+
+fn must_exist(path: &Path, what: &'static str, key: &'static str) -> Result<(), TlsError> {
+    match std::fs::metadata(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(TlsError::Missing {
+            what,
+            key,
+            path: path.to_path_buf(),
+        }),
+        Err(source) => Err(TlsError::Read {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn read_certs(
+    path: &Path,
+    what: &'static str,
+    key: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    must_exist(path, what, key)?;
+    let bytes = std::fs::read(path).map_err(|source| TlsError::Read {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let invalid = |problem: String| TlsError::Invalid {
+        what: format!("{what} {}", path.display()),
+        problem,
+    };
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(pem_problem(&e)))?;
+    if certs.is_empty() {
+        return Err(invalid(
+            "holds no certificate; expected PEM blocks starting with -----BEGIN CERTIFICATE-----"
+                .to_string(),
+        ));
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    must_exist(path, "client key file", "mqtt.key_file")?;
+    let text = secret_file::read_private(path)?;
+    PrivateKeyDer::from_pem_slice(text.as_bytes()).map_err(|e| TlsError::Invalid {
+        what: format!("client key file {}", path.display()),
+        problem: match e {
+            pem::Error::NoItemsFound => "holds no private key; expected a PEM block starting with -----BEGIN PRIVATE KEY----- (PKCS#8), -----BEGIN EC PRIVATE KEY----- (SEC1) or -----BEGIN RSA PRIVATE KEY----- (PKCS#1); an encrypted key must be decrypted first".to_string(),
+            other => pem_problem(&other),
+        },
+    })
+}
+
+/// Describes a PEM error without echoing file contents (the file may be a
+/// private key).
+fn pem_problem(e: &pem::Error) -> String {
+    let what = match e {
+        pem::Error::MissingSectionEnd { .. } => "a PEM block has no -----END ...----- line",
+        pem::Error::IllegalSectionStart { .. } => "a -----BEGIN ...----- line is malformed",
+        pem::Error::Base64Decode(_) => "the base64 text inside a PEM block is corrupt",
+        pem::Error::NoItemsFound => "holds no PEM block of the expected kind",
+        pem::Error::SectionTooLarge => "a PEM block is too large",
+        _ => "cannot be read as PEM",
+    };
+    format!("is not valid PEM: {what}")
+}
+
+// ---------------------------------------------------------------------------
+// Building the rustls configuration
+// ---------------------------------------------------------------------------
+
+/// Why [`build`] failed, before we know whether file names are available.
+enum BuildError {
+    NoRoots,
+    BadRoot { index: usize, err: rustls::Error },
+    NoChain,
+    Mismatch,
+    BadKey(rustls::Error),
+    Other(rustls::Error),
+}
+
+impl BuildError {
+    fn with_files(self, f: &Files<'_>) -> TlsError {
+        self.describe(
+            &format!("CA file {}", f.ca.display()),
+            &format!("client certificate file {}", f.cert.display()),
+            &format!("client key file {}", f.key.display()),
+            f.cert.display().to_string(),
+            f.key.display().to_string(),
+        )
+    }
+
+    fn without_files(self) -> TlsError {
+        self.describe(
+            "CA certificates",
+            "client certificate chain",
+            "client private key",
+            "given".to_string(),
+            "given".to_string(),
+        )
+    }
+
+    fn describe(
+        self,
+        ca: &str,
+        chain: &str,
+        key: &str,
+        cert_name: String,
+        key_name: String,
+    ) -> TlsError {
+        let invalid = |what: &str, problem: String| TlsError::Invalid {
+            what: what.to_string(),
+            problem,
+        };
+        match self {
+            BuildError::NoRoots => invalid(ca, "holds no certificate".to_string()),
+            BuildError::BadRoot { index, err } => invalid(
+                ca,
+                format!(
+                    "certificate {} is not a usable CA certificate ({err})",
+                    index + 1
+                ),
+            ),
+            BuildError::NoChain => invalid(chain, "holds no certificate".to_string()),
+            BuildError::Mismatch => TlsError::KeyMismatch {
+                cert: cert_name,
+                key: key_name,
+            },
+            BuildError::BadKey(err) => invalid(
+                key,
+                format!(
+                    "is not a usable key ({err}); expected an ECDSA (P-256, P-384), Ed25519 or RSA key"
+                ),
+            ),
+            BuildError::Other(err) => invalid(chain, format!("cannot be used for TLS ({err})")),
+        }
+    }
+}
+
+fn build(
+    roots: Vec<CertificateDer<'static>>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<ClientConfig>, BuildError> {
+    if roots.is_empty() {
+        return Err(BuildError::NoRoots);
+    }
+    if chain.is_empty() {
+        return Err(BuildError::NoChain);
+    }
+    let mut store = RootCertStore::empty();
+    for (index, root) in roots.into_iter().enumerate() {
+        store
+            .add(root)
+            .map_err(|err| BuildError::BadRoot { index, err })?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(BuildError::Other)?
+        .with_root_certificates(store)
+        .with_client_auth_cert(chain, key)
+        .map_err(|err| match err {
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                BuildError::Mismatch
+            }
+            rustls::Error::General(_) => BuildError::BadKey(err),
+            other => BuildError::Other(other),
+        })?;
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, date_time_ymd,
+    };
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A throwaway PKI in a temporary folder: a CA, and a client certificate
+    /// with its key, written where an `Mqtt` configuration points.
+    struct Pki {
+        dir: tempfile::TempDir,
+        ca: Issuer<'static, KeyPair>,
+        ca_pem: String,
+    }
+
+    impl Pki {
+        fn new() -> Pki {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params
+                .distinguished_name
+                .push(DnType::CommonName, "sensorgate test CA");
+            let key = KeyPair::generate().unwrap();
+            let ca_pem = params.self_signed(&key).unwrap().pem();
+            let pki = Pki {
+                dir: tempfile::tempdir().unwrap(),
+                ca: Issuer::new(params, key),
+                ca_pem,
+            };
+            fs::write(pki.path("ca.pem"), &pki.ca_pem).unwrap();
+            let key = KeyPair::generate().unwrap();
+            pki.issue_client(&key, None);
+            pki.write_key(&key.serialize_pem());
+            pki
+        }
+
+        fn path(&self, name: &str) -> PathBuf {
+            self.dir.path().join(name)
+        }
+
+        /// Writes client.pem: a certificate for `key`, valid from/to the
+        /// given dates (rcgen's defaults otherwise).
+        fn issue_client(&self, key: &KeyPair, validity: Option<(i32, i32)>) {
+            let mut params = CertificateParams::new(vec!["gw-test".to_string()]).unwrap();
+            params
+                .distinguished_name
+                .push(DnType::CommonName, "gw-test");
+            if let Some((from, to)) = validity {
+                params.not_before = date_time_ymd(from, 1, 1);
+                params.not_after = date_time_ymd(to, 1, 1);
+            } else {
+                params.not_before = date_time_ymd(2020, 1, 1);
+                params.not_after = date_time_ymd(2999, 1, 1);
+            }
+            let pem = params.signed_by(key, &self.ca).unwrap().pem();
+            fs::write(self.path("client.pem"), pem).unwrap();
+        }
+
+        fn write_key(&self, pem: &str) {
+            let p = self.path("client.key");
+            fs::write(&p, pem).unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+        }
+
+        fn mqtt(&self) -> Mqtt {
+            Mqtt {
+                host: "localhost".to_string(),
+                port: 8883,
+                client_id: None,
+                topic: "sensorgate/{gateway}/{sensor}".to_string(),
+                qos: 1,
+                tls: true,
+                ca_file: Some(self.path("ca.pem")),
+                cert_file: Some(self.path("client.pem")),
+                key_file: Some(self.path("client.key")),
+                server_name: None,
+                keepalive: Duration::from_secs(30),
+                connect_timeout: Duration::from_secs(10),
+                reconnect_min: Duration::from_millis(500),
+                reconnect_max: Duration::from_secs(30),
+                max_inflight: 32,
+                drain_timeout: Duration::from_secs(10),
+            }
+        }
+    }
+
+    fn pem(label: &str, der: &[u8]) -> String {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        let mut s = format!("-----BEGIN {label}-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            s.push_str(std::str::from_utf8(line).unwrap());
+            s.push('\n');
+        }
+        s + &format!("-----END {label}-----\n")
+    }
+
+    /// The private key inside a PKCS#8 PrivateKeyInfo (SEQUENCE { version,
+    /// algorithm, OCTET STRING key }): PKCS#1 for RSA.
+    fn pkcs8_inner(der: &[u8]) -> Vec<u8> {
+        fn tlv(b: &[u8]) -> (u8, &[u8], &[u8]) {
+            let tag = b[0];
+            let (len, hdr) = if b[1] < 0x80 {
+                (b[1] as usize, 2)
+            } else {
+                let n = (b[1] & 0x7f) as usize;
+                let len = b[2..2 + n]
+                    .iter()
+                    .fold(0usize, |a, x| (a << 8) | *x as usize);
+                (len, 2 + n)
+            };
+            (tag, &b[hdr..hdr + len], &b[hdr + len..])
+        }
+        let (_, seq, _) = tlv(der);
+        let (_, _version, rest) = tlv(seq);
+        let (_, _alg, rest) = tlv(rest);
+        let (tag, key, _) = tlv(rest);
+        assert_eq!(tag, 0x04);
+        key.to_vec()
+    }
+
+    /// A test-only RSA key (protects nothing): ring cannot generate RSA keys,
+    /// and PKCS#1 files are still what many CAs hand out.
+    const TEST_RSA_PKCS8: &str = "
+-----BEGIN PRIVATE KEY-----
+MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC3aZxFv3Q/cUjo
+zbk6wcWddLEVYdJhWZfcnpzj6jgipkYlNEkOqNzL8Z8pCmvzEDSoaBvO5nVdf0d4
+EFtcYwf6ruTJ4oS6385CgCgmH1blLy9hBkLyt8ARu5uxrU18EMdhwu8e6uO6du8G
+W+4xg1MjxF5blVbXXn1CMyeOZTyw2meCuagp5rqUWlga4wnxcM8De8tC2LrdXM/P
+mG20IJgdqnU6OLhxELIXmFI90fa0aDFKBVemgNnT2WZD4OHt/eR2CHS1ggKgw+6l
+lyU1UYAzp3Uj8wUe4oHiqpJ82PU8Z+M0TCpzsEvnV8/fzWM15JKAMLpiMOe8rxy2
+aoKHU0InAgMBAAECggEABY/QS1Uo7fDo0xZvSCwuv+g/+R6u8IDKWB2p3ZzGowED
+yNuzCMdvb/JzGcgqdIPIn6q4h9JOkM1BROTKFcfIVX5kNbMGxLFGDJeHoCWnJEAF
+Ych80ztl5E5vbuM1zE398yWkIVM3dfoRTtIO1mAzGeHkh/EZYbfdzdobQvgoRPyX
+9Yc/ZMkX8aZR7J/pRBGRZ2j71gKmNledZUtEycAFZGgprImKcupuw7+Vf03YWHb6
+Gqi2TBPN+K11cFqEufCV2fmnd3gQeNEIRfxKeptD6so/mXVYzC0TwVVK2/hH7ute
+ltgVRP+KeD6SVmrv2q/EwnuOem/XXh9CALkclfapgQKBgQDtu6ddFjzniLlHCLkl
+vPQE0Z2+auNFDTtqnIK69NBUI75kv2V4poIfg8VsC2yLN9QJ3t7cFEi85X550od5
+igQmMnCMn0YrwPImBROenF7cDpXr3K+fJSFYmNFU5ZxXWKD1SaMOyJRROZ+iMByi
+y4JSo2r3CMtDlvlWg9+T9Y9S4QKBgQDFgXD7otgErC+BiMgBZ+gIVG0MB0zwv1If
+F7CyL8taKdAk1BEgIS3qfg1OmFTOCKVXjoMxW4CWTKLJr8mYmDETNdSxlPaLRlW4
+873yxeUBUIBEh0qqOTvjgNjJUnlYLLDWGeRvQmgMkZbed0bUeTQIcHDK6EFtGs8X
+ho8OooW+BwKBgBUsanqa+W+xuLa/6yWWT7GCLeeAw58pz4nuSKJ4HXnw+QsmFNaL
+FfnSlanK1q8LmOIMLJMzZ0sTsZEOFCzaAwaX5XhQ00IgXDDQsO+mg7hbwDSSoj2t
+Y+vtKG/ER4lsBmHyXgh6CuO1Gyep21MQhxnvHh7EdL4fWzO+aRJXg51hAoGBAK/5
+HMmX1hCTueAYFtvp0Htbfa1x88OtM2YwnWal3vF+v82QhZGy/k4n8YNNhoHsgiT4
+/TtE49UGgyRgU6Z6M3+CPvfaWbDOAiLASUW9vMTnDOICCSyRwiJ58q2tpiBB8W1R
+tI7NBBfuwBWHALzfINVEGbswJNspP8seQOgxNiiRAoGAJRkjxxQ/Q7OQy06+ZQWl
+B2XUNYjV9SsWyUt+K9OZ9AjybKgGq4wJwlAMbIpVDgUkZD2vqpM8kNOPSsop5Ts1
+YkHFsWJjPuqvrV4sg9qhuwJ7G5YOmQDuA1AG0fAMKSsUokR0oL+MJcNI+Do9LgLi
+pBXWc63qlbXuWekbj2BIy08=
+-----END PRIVATE KEY-----
+";
+
+    #[test]
+    fn good_material_loads_and_checks() {
+        let pki = Pki::new();
+        let cfg = load_client_config(&pki.mqtt()).unwrap();
+        assert!(cfg.client_auth_cert_resolver.has_certs());
+        let report = check(&pki.mqtt()).unwrap();
+        assert_eq!(report.ca_certs, 1);
+        assert!(
+            report.client_cert_subject.contains("CN=gw-test"),
+            "{report:?}"
+        );
+        assert_eq!(report.not_after, "2999-01-01T00:00:00Z");
+        assert!(report.days_left > 300 * 365);
+        assert!(report.warnings.is_empty());
+
+        // a CA file may hold several CAs (e.g. during a CA rotation)
+        let other = Pki::new();
+        fs::write(
+            pki.path("ca.pem"),
+            format!("{}{}", pki.ca_pem, other.ca_pem),
+        )
+        .unwrap();
+        assert_eq!(check(&pki.mqtt()).unwrap().ca_certs, 2);
+    }
+
+    #[test]
+    fn mutual_tls_handshake_succeeds_with_a_broker_that_requires_client_certificates() {
+        let pki = Pki::new();
+        let client_cfg = load_client_config(&pki.mqtt()).unwrap();
+
+        // the broker side: a server certificate for "localhost" from the same
+        // CA, and client certificates required
+        let server_key = KeyPair::generate().unwrap();
+        let server_cert = CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&server_key, &pki.ca)
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap())
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.into(),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let server_cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                vec![server_cert.der().clone()],
+                PrivateKeyDer::from_pem_slice(server_key.serialize_pem().as_bytes()).unwrap(),
+            )
+            .unwrap();
+
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut client = rustls::ClientConnection::new(client_cfg, name).unwrap();
+        let mut server = rustls::ServerConnection::new(Arc::new(server_cfg)).unwrap();
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            client.write_tls(&mut buf).unwrap();
+            server.read_tls(&mut buf.as_slice()).unwrap();
+            server.process_new_packets().unwrap();
+            let mut buf = Vec::new();
+            server.write_tls(&mut buf).unwrap();
+            client.read_tls(&mut buf.as_slice()).unwrap();
+            client.process_new_packets().unwrap();
+            if !client.is_handshaking() && !server.is_handshaking() {
+                break;
+            }
+        }
+        assert!(!client.is_handshaking() && !server.is_handshaking());
+        let presented = server.peer_certificates().unwrap();
+        let (_, leaf) = x509_parser::parse_x509_certificate(&presented[0]).unwrap();
+        assert!(leaf.subject().to_string().contains("gw-test"));
+    }
+
+    #[test]
+    fn sec1_and_pkcs1_keys_load() {
+        // SEC1 ("EC PRIVATE KEY"), as `openssl ecparam -genkey` writes it
+        let pki = Pki::new();
+        let key = KeyPair::generate().unwrap();
+        pki.issue_client(&key, None);
+        use p256::pkcs8::DecodePrivateKey as _;
+        let sk = p256::SecretKey::from_pkcs8_der(&key.serialize_der()).unwrap();
+        let sec1 = sk.to_sec1_pem(Default::default()).unwrap();
+        assert!(sec1.starts_with("-----BEGIN EC PRIVATE KEY-----"));
+        pki.write_key(&sec1);
+        load_client_config(&pki.mqtt()).unwrap();
+        check(&pki.mqtt()).unwrap();
+
+        // PKCS#1 ("RSA PRIVATE KEY")
+        let rsa = KeyPair::from_pem(TEST_RSA_PKCS8.trim()).unwrap();
+        pki.issue_client(&rsa, None);
+        let pkcs1 = pem("RSA PRIVATE KEY", &pkcs8_inner(&rsa.serialize_der()));
+        pki.write_key(&pkcs1);
+        load_client_config(&pki.mqtt()).unwrap();
+        check(&pki.mqtt()).unwrap();
+    }
+
+    #[test]
+    fn a_missing_file_is_named_with_its_key() {
+        let pki = Pki::new();
+        fs::remove_file(pki.path("ca.pem")).unwrap();
+        let e = load_client_config(&pki.mqtt()).unwrap_err();
+        assert_eq!(e.exit_code(), 66);
+        let msg = e.to_string();
+        assert!(
+            msg.contains("ca.pem") && msg.contains("mqtt.ca_file"),
+            "{msg}"
+        );
+
+        let pki = Pki::new();
+        fs::remove_file(pki.path("client.key")).unwrap();
+        let e = check(&pki.mqtt()).unwrap_err();
+        assert_eq!(e.exit_code(), 66);
+        assert!(e.to_string().contains("client.key"), "{e}");
+    }
+
+    #[test]
+    fn unset_files_are_a_configuration_error() {
+        let pki = Pki::new();
+        let mut m = pki.mqtt();
+        m.cert_file = None;
+        let e = load_client_config(&m).unwrap_err();
+        assert_eq!(e.exit_code(), 78);
+        assert!(e.to_string().contains("mqtt.cert_file"), "{e}");
+    }
+
+    #[test]
+    fn a_key_readable_by_others_is_refused_naming_chmod() {
+        let pki = Pki::new();
+        fs::set_permissions(pki.path("client.key"), fs::Permissions::from_mode(0o644)).unwrap();
+        for e in [
+            load_client_config(&pki.mqtt()).unwrap_err(),
+            check(&pki.mqtt()).unwrap_err(),
+        ] {
+            assert_eq!(e.exit_code(), 77);
+            let msg = e.to_string();
+            assert!(
+                msg.contains("client.key") && msg.contains("chmod 600"),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_is_refused() {
+        let pki = Pki::new();
+        pki.write_key(&KeyPair::generate().unwrap().serialize_pem());
+        let e = load_client_config(&pki.mqtt()).unwrap_err();
+        assert!(matches!(e, TlsError::KeyMismatch { .. }), "{e}");
+        assert_eq!(e.exit_code(), 78);
+        let msg = e.to_string();
+        assert!(
+            msg.contains("client.key") && msg.contains("client.pem"),
+            "{msg}"
+        );
+        assert!(matches!(
+            check(&pki.mqtt()),
+            Err(TlsError::KeyMismatch { .. })
+        ));
+
+        // the same check for material given in memory
+        let m = pki.mqtt();
+        let e = client_config(
+            CertificateDer::pem_file_iter(m.ca_file.unwrap())
+                .unwrap()
+                .map(Result::unwrap)
+                .collect(),
+            CertificateDer::pem_file_iter(m.cert_file.unwrap())
+                .unwrap()
+                .map(Result::unwrap)
+                .collect(),
+            KeyPair::generate()
+                .unwrap()
+                .serialize_der()
+                .try_into()
+                .unwrap(),
+        )
+        .unwrap_err();
+        assert!(matches!(e, TlsError::KeyMismatch { .. }), "{e}");
+    }
+
+    #[test]
+    fn an_expired_certificate_is_refused_with_dates() {
+        let pki = Pki::new();
+        let key = KeyPair::generate().unwrap();
+        pki.issue_client(&key, Some((2019, 2020)));
+        pki.write_key(&key.serialize_pem());
+        let e = check(&pki.mqtt()).unwrap_err();
+        assert!(matches!(e, TlsError::Expired { .. }), "{e}");
+        assert_eq!(e.exit_code(), 78);
+        let msg = e.to_string();
+        assert!(
+            msg.contains("client.pem")
+                && msg.contains("expired on 2020-01-01T00:00:00Z")
+                && msg.contains("2019-01-01T00:00:00Z")
+                && msg.contains("renew"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_certificate_not_yet_valid_points_at_the_clock() {
+        let pki = Pki::new();
+        let key = KeyPair::generate().unwrap();
+        pki.issue_client(&key, Some((2900, 2999)));
+        pki.write_key(&key.serialize_pem());
+        let e = check(&pki.mqtt()).unwrap_err();
+        assert!(matches!(e, TlsError::NotYetValid { .. }), "{e}");
+        assert!(e.to_string().contains("system clock"), "{e}");
+    }
+
+    #[test]
+    fn a_certificate_expiring_soon_is_a_warning() {
+        let pki = Pki::new();
+        let end = 32503680000; // 3000-01-01T00:00:00Z
+        let key = KeyPair::generate().unwrap();
+        pki.issue_client(&key, Some((2020, 3000)));
+        pki.write_key(&key.serialize_pem());
+        let r = check_at(&pki.mqtt(), end - 10 * DAY - 60).unwrap();
+        assert_eq!(r.days_left, 10);
+        assert_eq!(r.warnings.len(), 1, "{r:?}");
+        assert!(r.warnings[0].contains("10 days left"), "{r:?}");
+        let r = check_at(&pki.mqtt(), end - 31 * DAY).unwrap();
+        assert!(r.warnings.is_empty(), "{r:?}");
+    }
+
+    #[test]
+    fn garbage_pem_is_refused_with_what_was_expected() {
+        let cases: [(&str, &str, &str); 6] = [
+            ("client.pem", "hello\n", "holds no certificate"),
+            (
+                "client.pem",
+                "-----BEGIN CERTIFICATE-----\n!!not base64!!\n-----END CERTIFICATE-----\n",
+                "not valid PEM",
+            ),
+            (
+                "client.pem",
+                "-----BEGIN CERTIFICATE-----\nAAAA\n",
+                "not valid PEM",
+            ),
+            (
+                "ca.pem",
+                &pem("CERTIFICATE", b"not a certificate"),
+                "not a usable CA certificate",
+            ),
+            ("client.key", "hello\n", "holds no private key"),
+            (
+                "client.key",
+                &pem("PRIVATE KEY", b"not a key"),
+                "not a usable key",
+            ),
+        ];
+        for (file, text, expect) in cases {
+            let pki = Pki::new();
+            if file == "client.key" {
+                pki.write_key(text);
+            } else {
+                fs::write(pki.path(file), text).unwrap();
+            }
+            let e = load_client_config(&pki.mqtt()).unwrap_err();
+            assert_eq!(e.exit_code(), 78, "{e}");
+            let msg = e.to_string();
+            assert!(msg.contains(file) && msg.contains(expect), "{file}: {msg}");
+        }
+    }
+
+    #[test]
+    fn pem_errors_do_not_echo_key_material() {
+        let pki = Pki::new();
+        pki.write_key(
+            "-----BEGIN PRIVATE KEY-----\nc2VjcmV0c2VjcmV0c2VjcmV0@@@\n-----END PRIVATE KEY-----\n",
+        );
+        let msg = load_client_config(&pki.mqtt()).unwrap_err().to_string();
+        assert!(!msg.contains("c2VjcmV0"), "{msg}");
+    }
+}

@@ -1,0 +1,552 @@
+//! Fixtures shared by the integration tests, written once: a real mosquitto
+//! with mutual TLS, a subscriber that collects what reaches the broker, and
+//! small helpers (free ports, temporary folders mosquitto can read, bounded
+//! waiting). Pseudo-terminals and the simulated sensor live in
+//! `sensorgate::demo::pty`, certificates in `sensorgate::demo::pki`.
+//!
+//! Every wait here is bounded in time, every loop in time or count, and
+//! every spawned process is killed on drop, so a failing test fails with a
+//! message instead of hanging CI.
+//!
+//! Each test crate uses a subset of this module.
+#![allow(dead_code)]
+
+use std::fmt::Write as _;
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use rumqttc::{
+    Client, ConnectReturnCode, Event, MqttOptions, Packet, QoS, RecvTimeoutError, TlsConfiguration,
+    Transport,
+};
+use sensorgate::demo::pki::{self, Identity, Pki};
+
+/// Largest MQTT packet test clients send or accept: a sealed batch may
+/// reach 256 KiB.
+pub const MAX_PACKET: usize = 1024 * 1024;
+
+/// How long a broker or a subscription may take to come up.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A port on 127.0.0.1 that was free a moment ago (the OS picked it).
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port on 127.0.0.1")
+        .port()
+}
+
+/// Calls `f` every `poll` until it returns true or `timeout` has passed;
+/// returns whether it did. `f` runs at least once.
+pub fn wait_until(timeout: Duration, poll: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(poll.min(deadline.saturating_duration_since(Instant::now())));
+    }
+}
+
+/// A temporary folder with mode 0755, removed on drop.
+///
+/// `tempfile` creates folders with mode 0700; mosquitto started as root
+/// drops to the `mosquitto` user and could not read its files there.
+pub struct TempDir {
+    inner: tempfile::TempDir,
+}
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        let inner = tempfile::Builder::new()
+            .prefix("sensorgate-test-")
+            .tempdir()
+            .expect("create a temporary folder");
+        fs::set_permissions(inner.path(), fs::Permissions::from_mode(0o755))
+            .expect("chmod 0755 the temporary folder");
+        TempDir { inner }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.inner.path()
+    }
+
+    /// `path()/name`.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.inner.path().join(name)
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        TempDir::new()
+    }
+}
+
+/// Writes `text` to `path` and sets `mode`.
+fn write_file(path: &Path, text: &str, mode: u32) {
+    fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {:o} {}: {e}", mode, path.display()));
+}
+
+fn mosquitto_binary() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    on_path
+        .into_iter()
+        .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
+        .map(|dir| dir.join("mosquitto"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("mosquitto not installed: apt-get install -y mosquitto"))
+}
+
+/// A mosquitto 2 process of its own on 127.0.0.1, requiring client
+/// certificates signed by the test's [`Pki`]. Killed on drop.
+///
+/// Configuration (see `mosquitto.conf` in [`Mosquitto::dir`]):
+/// `require_certificate` with `use_identity_as_username` (the client
+/// certificate's CN is the user name; no password file and no ACL file, so
+/// an authenticated client may publish and subscribe anywhere) and
+/// `allow_anonymous false`, so a client without a valid certificate never
+/// gets in. Persistence is on, in the temporary folder, so that a graceful
+/// [`Mosquitto::restart`] keeps a persistent subscriber's session and the
+/// messages queued for it: without that, a test of "no gaps across a
+/// broker restart" would see the broker's losses, not the gateway's.
+/// Queues per client are unlimited, so a burst of QoS 1 messages to a slow
+/// subscriber is not dropped by the broker.
+pub struct Mosquitto {
+    dir: TempDir,
+    port: u16,
+    child: Option<Child>,
+    binary: PathBuf,
+}
+
+impl Mosquitto {
+    /// Writes the configuration and certificates into a new temporary
+    /// folder, starts mosquitto on a free port and waits (at most 10 s)
+    /// until it accepts TCP connections. Panics, with mosquitto's own log,
+    /// if it does not come up.
+    pub fn start(pki: &Pki) -> Mosquitto {
+        let binary = mosquitto_binary();
+        let dir = TempDir::new();
+        let server = pki
+            .server(&["127.0.0.1", "localhost"])
+            .expect("issue the broker's certificate");
+        write_file(&dir.join("ca.pem"), &pki.ca_pem(), 0o644);
+        write_file(&dir.join("server.pem"), &server.cert_pem, 0o644);
+        // Readable by the mosquitto user; a throwaway test key.
+        write_file(&dir.join("server.key"), &server.key_pem, 0o644);
+        // mosquitto opens its log and database as the `mosquitto` user.
+        write_file(&dir.join("mosquitto.log"), "", 0o666);
+        let data = dir.join("data");
+        fs::create_dir(&data).expect("create mosquitto's data folder");
+        fs::set_permissions(&data, fs::Permissions::from_mode(0o777))
+            .expect("chmod mosquitto's data folder");
+
+        let mut broker = Mosquitto {
+            port: 0,
+            dir,
+            child: None,
+            binary,
+        };
+        let mut last_failure = String::new();
+        // Another process may take the free port before mosquitto binds it.
+        for _ in 0..3 {
+            broker.port = free_port();
+            broker.write_config();
+            match broker.spawn_and_wait() {
+                Ok(()) => return broker,
+                Err(failure) => last_failure = failure,
+            }
+        }
+        panic!("mosquitto did not start on three free ports; last attempt: {last_failure}");
+    }
+
+    /// The port on 127.0.0.1 it listens on (MQTT over mutual TLS).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The folder holding its configuration, certificates, log and data.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The CA certificate it trusts for clients and whose server
+    /// certificate it presents: what a client's `ca_file` points to.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Stops it gracefully (SIGTERM, so it saves its database and closes
+    /// connections), killing it if it has not exited within 5 s.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let terminated = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        let exited = terminated
+            && wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+                !matches!(child.try_wait(), Ok(None))
+            });
+        if !exited {
+            let _ = child.kill();
+        }
+        let _ = child.wait();
+    }
+
+    /// Kills it at once (SIGKILL): a broker crash. What it had not saved
+    /// is lost, as with a real crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops it gracefully (if running) and starts it again on the same
+    /// port with the same configuration, certificates and database; waits
+    /// (at most 10 s) until it accepts connections again.
+    pub fn restart(&mut self) {
+        self.stop();
+        if let Err(failure) = self.spawn_and_wait() {
+            panic!(
+                "mosquitto did not come back on port {}: {failure}",
+                self.port
+            );
+        }
+    }
+
+    /// Its log file and anything it printed: for diagnostics in assertion
+    /// messages.
+    pub fn log(&self) -> String {
+        let mut text = fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default();
+        if let Ok(stderr) = fs::read_to_string(self.dir.join("mosquitto.stderr")) {
+            if !stderr.trim().is_empty() {
+                let _ = write!(text, "\n--- stderr ---\n{stderr}");
+            }
+        }
+        text
+    }
+
+    fn write_config(&self) {
+        let d = self.dir.path().display();
+        let conf = format!(
+            "# Written by tests/support: one broker per test.\n\
+             per_listener_settings false\n\
+             allow_anonymous false\n\
+             listener {port} 127.0.0.1\n\
+             cafile {d}/ca.pem\n\
+             certfile {d}/server.pem\n\
+             keyfile {d}/server.key\n\
+             require_certificate true\n\
+             use_identity_as_username true\n\
+             persistence true\n\
+             persistence_location {d}/data/\n\
+             autosave_interval 0\n\
+             max_queued_messages 0\n\
+             max_inflight_messages 100\n\
+             log_dest file {d}/mosquitto.log\n\
+             log_type error\n\
+             log_type warning\n\
+             log_type notice\n\
+             log_type information\n\
+             log_timestamp_format %H:%M:%S\n\
+             connection_messages true\n",
+            port = self.port,
+        );
+        write_file(&self.dir.join("mosquitto.conf"), &conf, 0o644);
+    }
+
+    fn spawn_and_wait(&mut self) -> Result<(), String> {
+        // Our own process must own the port, not some other listener that
+        // took it: mosquitto logs each bind before it accepts. The log is
+        // kept across restarts, so count the lines
+        // (before spawning: it may bind at once).
+        let bound = format!("listen socket on port {}.", self.port);
+        let binds_before = self.log().matches(&bound).count();
+        let stderr = fs::File::create(self.dir.join("mosquitto.stderr"))
+            .map_err(|e| format!("create mosquitto.stderr: {e}"))?;
+        let child = Command::new(&self.binary)
+            .arg("-c")
+            .arg(self.dir.join("mosquitto.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", self.binary.display()))?;
+        self.child = Some(child);
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        let mut exited = false;
+        let listening = wait_until(READY_TIMEOUT, Duration::from_millis(25), || {
+            if !self.is_running() {
+                exited = true;
+                return true;
+            }
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+                && self.log().matches(&bound).count() > binds_before
+        });
+        if listening && !exited {
+            return Ok(());
+        }
+        let why = if exited {
+            "it exited"
+        } else {
+            "it did not accept connections within 10 s"
+        };
+        self.kill();
+        Err(format!(
+            "mosquitto on port {}: {why}; its log:\n{}",
+            self.port,
+            self.log()
+        ))
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// MQTT options for a test client on 127.0.0.1:`port` with the given rustls
+/// configuration: 1 MiB packets, 10 s keep-alive, clean session.
+pub fn mqtt_options(client_id: &str, port: u16, tls: Arc<rustls::ClientConfig>) -> MqttOptions {
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+    options.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls)));
+    options.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+    options.set_keep_alive(Duration::from_secs(10));
+    options
+}
+
+/// Connects with `options` and reports whether the broker accepted the
+/// client (CONNACK success) or why not, within 10 s. Disconnects after.
+pub fn try_connect(options: MqttOptions) -> Result<(), String> {
+    let (client, mut connection) = Client::new(options, 10);
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while Instant::now() < deadline {
+        match connection.recv_timeout(Duration::from_millis(200)) {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
+                let _ = client.try_disconnect();
+                return if ack.code == ConnectReturnCode::Success {
+                    Ok(())
+                } else {
+                    Err(format!("CONNACK {:?}", ack.code))
+                };
+            }
+            Ok(Ok(_)) | Err(RecvTimeoutError::Timeout) => {}
+            Ok(Err(e)) => return Err(format!("{e:?}")),
+            Err(RecvTimeoutError::Disconnected) => return Err("event loop gone".into()),
+        }
+    }
+    Err("no CONNACK and no error within 10 s".into())
+}
+
+/// Publishes each payload to `topic` with QoS 1 and waits (at most
+/// `timeout`) until the broker acknowledged all of them. Panics otherwise.
+pub fn publish_all(options: MqttOptions, topic: &str, payloads: Vec<Vec<u8>>, timeout: Duration) {
+    let count = payloads.len();
+    let (client, mut connection) = Client::new(options, 10);
+    let topic = topic.to_owned();
+    // The request channel is bounded: publish from another thread while
+    // this one drives the event loop.
+    let sender = thread::spawn(move || {
+        for p in payloads {
+            if client
+                .publish(topic.as_str(), QoS::AtLeastOnce, false, p)
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + timeout;
+    let mut acked = 0;
+    while acked < count {
+        assert!(
+            Instant::now() < deadline,
+            "only {acked} of {count} publishes acknowledged within {timeout:?}"
+        );
+        match connection.recv_timeout(Duration::from_millis(200)) {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+            Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
+                assert_eq!(ack.code, ConnectReturnCode::Success, "publisher refused")
+            }
+            Ok(Ok(_)) | Err(RecvTimeoutError::Timeout) => {}
+            Ok(Err(e)) => panic!("publisher connection failed: {e:?}"),
+            Err(RecvTimeoutError::Disconnected) => panic!("publisher event loop gone"),
+        }
+    }
+    sender.join().expect("publisher thread");
+}
+
+#[derive(Default)]
+struct Inbox {
+    payloads: Vec<Vec<u8>>,
+    subscribed: bool,
+    last_error: Option<String>,
+}
+
+/// An MQTT subscriber (QoS 1, mutual TLS) that collects the raw payloads of
+/// everything published to its topic filter, in arrival order.
+///
+/// It keeps a persistent session (clean session off, a client id unique to
+/// it) and reconnects and re-subscribes by itself, so it survives a
+/// [`Mosquitto::restart`] without missing what the broker queued for it.
+pub struct Subscriber {
+    inbox: Arc<(Mutex<Inbox>, Condvar)>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    client_id: String,
+}
+
+impl Subscriber {
+    /// Connects to 127.0.0.1:`port`, trusting `ca_pem` and presenting
+    /// `identity`, subscribes to `topic_filter` with QoS 1, and returns once
+    /// the broker has acknowledged the subscription (panics after 10 s).
+    pub fn connect(port: u16, ca_pem: &str, identity: &Identity, topic_filter: &str) -> Subscriber {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let client_id = format!(
+            "test-sub-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let tls = pki::rustls_client_config(ca_pem, identity).expect("subscriber TLS config");
+        let mut options = mqtt_options(&client_id, port, tls);
+        options.set_clean_session(false);
+        let (client, mut connection) = Client::new(options, 10);
+
+        let inbox = Arc::new((Mutex::new(Inbox::default()), Condvar::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let inbox = inbox.clone();
+            let stop = stop.clone();
+            let filter = topic_filter.to_owned();
+            thread::Builder::new()
+                .name(client_id.clone())
+                .spawn(move || {
+                    let (lock, changed) = &*inbox;
+                    while !stop.load(Ordering::Relaxed) {
+                        match connection.recv_timeout(Duration::from_millis(100)) {
+                            Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
+                                if ack.code == ConnectReturnCode::Success {
+                                    // After a broker restart without the
+                                    // session, this restores the
+                                    // subscription; with it, it is harmless.
+                                    let _ = client.try_subscribe(filter.as_str(), QoS::AtLeastOnce);
+                                } else {
+                                    lock.lock().unwrap().last_error =
+                                        Some(format!("CONNACK {:?}", ack.code));
+                                }
+                            }
+                            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => {
+                                lock.lock().unwrap().subscribed = true;
+                                changed.notify_all();
+                            }
+                            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                                lock.lock().unwrap().payloads.push(p.payload.to_vec());
+                                changed.notify_all();
+                            }
+                            Ok(Ok(_)) | Err(RecvTimeoutError::Timeout) => {}
+                            Ok(Err(e)) => {
+                                lock.lock().unwrap().last_error = Some(format!("{e:?}"));
+                                changed.notify_all();
+                                // The next poll reconnects; don't spin while
+                                // the broker is down.
+                                thread::sleep(Duration::from_millis(100));
+                            }
+                            Err(RecvTimeoutError::Disconnected) => break,
+                        }
+                    }
+                    let _ = client.try_disconnect();
+                    // Let the DISCONNECT go out, briefly.
+                    let _ = connection.recv_timeout(Duration::from_millis(100));
+                })
+                .expect("spawn the subscriber thread")
+        };
+        let subscriber = Subscriber {
+            inbox,
+            stop,
+            thread: Some(thread),
+            client_id,
+        };
+        let (lock, changed) = &*subscriber.inbox;
+        let (state, timeout) = changed
+            .wait_timeout_while(lock.lock().unwrap(), READY_TIMEOUT, |s| !s.subscribed)
+            .unwrap();
+        assert!(
+            !timeout.timed_out(),
+            "subscriber {} not subscribed to {topic_filter:?} on port {port} within 10 s; last error: {:?}",
+            subscriber.client_id,
+            state.last_error
+        );
+        drop(state);
+        subscriber
+    }
+
+    /// Waits until `done` holds for the payloads received so far, or
+    /// `timeout` has passed; returns the payloads received by then either
+    /// way (the caller asserts on them).
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        mut done: impl FnMut(&[Vec<u8>]) -> bool,
+    ) -> Vec<Vec<u8>> {
+        let (lock, changed) = &*self.inbox;
+        let (state, _) = changed
+            .wait_timeout_while(lock.lock().unwrap(), timeout, |s| !done(&s.payloads))
+            .unwrap();
+        state.payloads.clone()
+    }
+
+    /// Waits until at least `count` payloads arrived or `timeout` passed;
+    /// returns all payloads received by then.
+    pub fn wait_for_count(&self, count: usize, timeout: Duration) -> Vec<Vec<u8>> {
+        self.wait_for(timeout, |p| p.len() >= count)
+    }
+
+    /// The payloads received so far.
+    pub fn received(&self) -> Vec<Vec<u8>> {
+        self.inbox.0.lock().unwrap().payloads.clone()
+    }
+
+    /// The last connection error seen (for assertion messages).
+    pub fn last_error(&self) -> Option<String> {
+        self.inbox.0.lock().unwrap().last_error.clone()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            // Bounded: the thread checks `stop` at least every ~200 ms.
+            let _ = thread.join();
+        }
+    }
+}
