@@ -550,3 +550,237 @@ impl Drop for Subscriber {
         }
     }
 }
+
+/// Everything a gateway needs around it: a CA, a mosquitto that requires
+/// its certificates, the gateway's TLS identity and sealing keys, and the
+/// recipient key a consumer opens messages with.
+pub struct Rig {
+    pub dir: TempDir,
+    pub pki: Pki,
+    pub broker: Mosquitto,
+    pub tls: pki::PkiFiles,
+    pub gateway_key: sensorgate::seal::KeygenOutput,
+    pub recipient: sensorgate::seal::KeygenOutput,
+}
+
+/// The columns the simulated sensor writes, and those the rig encrypts.
+pub const ENCRYPTED: [&str; 3] = ["heart_rate", "incline", "resistance"];
+
+impl Rig {
+    pub fn new() -> Rig {
+        let dir = TempDir::new();
+        let pki = Pki::new("sensorgate test CA").expect("test CA");
+        let broker = Mosquitto::start(&pki);
+        let server = pki
+            .server(&["localhost", "127.0.0.1"])
+            .expect("server cert");
+        let client = pki.client("test-gateway").expect("gateway cert");
+        let tls = pki::write_files(&dir.join("tls"), &pki, &server, &client).expect("tls files");
+        let keys = dir.join("keys");
+        let gateway_key = sensorgate::seal::keygen(&keys, "gateway").expect("gateway key");
+        let recipient = sensorgate::seal::keygen(&keys, "recipient").expect("recipient key");
+        Rig {
+            dir,
+            pki,
+            broker,
+            tls,
+            gateway_key,
+            recipient,
+        }
+    }
+
+    /// Writes a gateway configuration for `sensors` (name, device) using
+    /// the simulated sensor's columns; `extra` is appended verbatim (TOML
+    /// tables such as `[buffer]`). Returns its path.
+    pub fn gateway_config(&self, name: &str, sensors: &[(&str, &Path)], extra: &str) -> PathBuf {
+        let columns = sensorgate::demo::pty::sim_columns()
+            .iter()
+            .map(|c| format!("{c:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut s = String::new();
+        let _ = write!(
+            s,
+            "[gateway]\nid = \"test-gw\"\nstate_dir = {:?}\n\n",
+            self.dir.join("state")
+        );
+        for (sensor, device) in sensors {
+            let _ = write!(
+                s,
+                "[[sensor]]\nname = {sensor:?}\ndevice = {device:?}\nbaud = 115200\ncolumns = [{columns}]\n\n"
+            );
+        }
+        let _ = write!(
+            s,
+            "[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\n\
+             reconnect_min = \"100ms\"\nreconnect_max = \"1s\"\ndrain_timeout = \"10s\"\n\n\
+             [batch]\nmax_records = 100\nlinger = \"50ms\"\n\n\
+             [seal]\nsigning_key = {:?}\nrecipient_key = {:?}\nencrypt = {:?}\n\n\
+             [log]\nlevel = \"debug,rumqttc=info\"\nstats_interval = \"1s\"\n\n{extra}\n",
+            self.broker.port(),
+            self.tls.ca,
+            self.tls.client_cert,
+            self.tls.client_key,
+            self.gateway_key.key_path,
+            self.recipient.pub_path,
+            ENCRYPTED,
+        );
+        let path = self.dir.join(name);
+        write_file(&path, &s, 0o644);
+        path
+    }
+
+    /// A subscriber to every gateway topic, with its own certificate.
+    pub fn subscriber(&self) -> Subscriber {
+        let id = self.pki.client("test-consumer").expect("consumer cert");
+        Subscriber::connect(self.broker.port(), &self.pki.ca_pem(), &id, "sensorgate/#")
+    }
+
+    /// An opener that trusts this rig's gateway key.
+    pub fn opener(&self) -> sensorgate::seal::Opener {
+        sensorgate::seal::Opener::new(
+            vec![sensorgate::seal::load_public_key(&self.gateway_key.pub_path).expect("pub key")],
+            Some(
+                sensorgate::seal::load_recipient_key(&self.recipient.key_path).expect("recipient"),
+            ),
+        )
+    }
+}
+
+impl Default for Rig {
+    fn default() -> Self {
+        Rig::new()
+    }
+}
+
+/// What a consumer made of a list of payloads.
+#[derive(Debug, Default)]
+pub struct Opened {
+    /// Per sensor, the records in the order first seen.
+    pub records: std::collections::BTreeMap<String, Vec<sensorgate::seal::OpenedRecord>>,
+    pub duplicates: u64,
+    pub rejected: Vec<String>,
+}
+
+impl Opened {
+    /// The sequence numbers received for `sensor`, sorted.
+    pub fn seqs(&self, sensor: &str) -> Vec<u64> {
+        let mut v: Vec<u64> = self
+            .records
+            .get(sensor)
+            .map(|r| r.iter().map(|r| r.seq).collect())
+            .unwrap_or_default();
+        v.sort_unstable();
+        v
+    }
+
+    pub fn count(&self) -> usize {
+        self.records.values().map(Vec::len).sum()
+    }
+}
+
+/// Opens every payload with a fresh opener, counting duplicates and
+/// rejections.
+pub fn open_all(rig: &Rig, payloads: &[Vec<u8>]) -> Opened {
+    let mut opener = rig.opener();
+    let mut out = Opened::default();
+    for p in payloads {
+        match opener.open(p) {
+            Ok(msg) => {
+                out.duplicates += msg.duplicates;
+                out.records
+                    .entry(msg.sensor.clone())
+                    .or_default()
+                    .extend(msg.records);
+            }
+            Err(e) => out.rejected.push(e.to_string()),
+        }
+    }
+    out
+}
+
+/// Waits until the subscriber holds at least `records` distinct records
+/// (bounded by `timeout`), and returns what was opened.
+pub fn wait_for_records(rig: &Rig, sub: &Subscriber, records: usize, timeout: Duration) -> Opened {
+    let mut last = 0;
+    let mut opened = Opened::default();
+    sub.wait_for(timeout, |payloads| {
+        if payloads.len() == last {
+            return false;
+        }
+        last = payloads.len();
+        opened = open_all(rig, payloads);
+        opened.count() >= records
+    });
+    open_all(rig, &sub.received())
+}
+
+/// The `sensorgate run` process, its stderr in a log file. Killed on drop.
+pub struct GatewayProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl GatewayProcess {
+    pub fn start(config: &Path) -> GatewayProcess {
+        let log = config.with_extension("log");
+        let file = fs::File::create(&log).expect("gateway log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_sensorgate"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn sensorgate run");
+        GatewayProcess { child, log }
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (bounded) until the log contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        wait_until(timeout, Duration::from_millis(50), || {
+            self.log().contains(needle)
+        })
+    }
+
+    /// SIGTERM, then waits up to 30 s for the exit (panics after, with the
+    /// log). Returns the exit code.
+    pub fn stop(&mut self) -> i32 {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for sensorgate") {
+                return status.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "sensorgate did not stop within 30 s of SIGTERM; log:\n{}",
+                    self.log()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL, no chance to clean up (a crash or power cut).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
