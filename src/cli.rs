@@ -114,12 +114,7 @@ pub fn check_config(config_path: &Path) -> u8 {
                     "mqtt TLS: ok, client certificate {} valid until {} ({} days), {} CA certificate(s)",
                     r.client_cert_subject, r.not_after, r.days_left, r.ca_certs
                 ));
-                if r.days_left < 30 {
-                    notes.push(format!(
-                        "warning: the client certificate expires in {} days",
-                        r.days_left
-                    ));
-                }
+                notes.extend(r.warnings.iter().map(|w| format!("warning: {w}")));
             }
             Err(e) => problems.push((e.exit_code(), e.to_string())),
         }
