@@ -229,3 +229,110 @@ fn gateway_with_a_certificate_from_another_ca_is_refused() {
     // Refused, not crashed: it stops cleanly when told to.
     assert_eq!(gw.stop(), 0, "log:\n{}", gw.log());
 }
+
+/// `seq_first=A seq_last=B` of every "oldest message dropped" log line.
+fn dropped_ranges(log: &str) -> Vec<(u64, u64)> {
+    let field = |line: &str, name: &str| -> u64 {
+        let start = line.find(name).expect(name) + name.len();
+        line[start..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    log.lines()
+        .filter(|l| l.contains("oldest message dropped"))
+        .map(|l| (field(l, "seq_first="), field(l, "seq_last=")))
+        .collect()
+}
+
+#[test]
+fn drop_oldest_drops_whole_messages_and_logs_every_sequence_range_it_lost() {
+    let mut rig = Rig::new();
+    let sub = rig.subscriber();
+    let pty = Pty::open().unwrap();
+    let config = rig.gateway_config(
+        "gw.toml",
+        &[("bike", pty.path())],
+        "[buffer]\nmemory = \"64KiB\"\nwhen_full = \"drop_oldest\"\n",
+    );
+    let mut gw = GatewayProcess::start(&config);
+    rig.broker.stop();
+    write_lines(&pty, 1000);
+    assert!(
+        support::wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
+            gw.log().contains("records_sealed=1000")
+        }),
+        "log:\n{}",
+        gw.log()
+    );
+    rig.broker.restart();
+    let log_has_all = || {
+        let log = gw.log();
+        let dropped: u64 = dropped_ranges(&log).iter().map(|(a, b)| b - a + 1).sum();
+        dropped
+    };
+    let dropped = log_has_all();
+    assert!(
+        dropped > 0,
+        "a 64 KiB spool cannot hold 1000 sealed records"
+    );
+    let opened = wait_for_records(&rig, &sub, 1000 - dropped as usize, WAIT);
+
+    // Every record is either received or inside a logged dropped range.
+    let received = opened.seqs("bike");
+    let ranges = dropped_ranges(&gw.log());
+    for seq in 0..1000u64 {
+        let got = received.binary_search(&seq).is_ok();
+        let lost = ranges.iter().any(|(a, b)| (*a..=*b).contains(&seq));
+        assert!(
+            got != lost,
+            "seq {seq}: received {got}, logged as dropped {lost}"
+        );
+    }
+    assert_eq!(gw.stop(), 0);
+    assert!(
+        gw.log().contains(&format!("records_dropped={dropped}")),
+        "log:\n{}",
+        gw.log()
+    );
+}
+
+#[test]
+fn block_policy_stops_reading_the_device_instead_of_dropping() {
+    let mut rig = Rig::new();
+    let sub = rig.subscriber();
+    let pty = Pty::open().unwrap();
+    let config = rig.gateway_config(
+        "gw.toml",
+        &[("bike", pty.path())],
+        "[buffer]\nmemory = \"64KiB\"\nwhen_full = \"block\"\n",
+    );
+    let mut gw = GatewayProcess::start(&config);
+    rig.broker.stop();
+    // Far more than the spool, the channels and the tty buffer hold: the
+    // writer must block while the broker is away.
+    let total = 8000;
+    let writer = SimSensor::spawn(pty.writer().unwrap(), total, None);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !writer.is_finished(),
+        "the gateway kept reading with a full spool"
+    );
+    assert!(
+        !gw.log().contains("oldest message dropped"),
+        "log:\n{}",
+        gw.log()
+    );
+    rig.broker.restart();
+    assert_eq!(writer.join().unwrap().unwrap(), total);
+    let opened = wait_for_records(&rig, &sub, total as usize, WAIT);
+    assert_eq!(
+        opened.seqs("bike"),
+        (0..total).collect::<Vec<_>>(),
+        "log:\n{}",
+        gw.log()
+    );
+    assert_eq!(gw.stop(), 0);
+}

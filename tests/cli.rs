@@ -1,0 +1,757 @@
+//! The `sensorgate` command as an operator and a consumer use it: the real
+//! binary, started with `std::process::Command`, its exit codes (sysexits),
+//! what it prints on stdout and what it explains on stderr.
+//!
+//! Keys come from the library's `keygen`, certificates from the demo PKI,
+//! sealed messages from the library's `Sealer`, so every test checks the
+//! command against independently made inputs. Every child process runs
+//! under a time limit and is killed when it overstays.
+
+mod support;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, SystemTime};
+
+use sensorgate::demo::pki::{self, Pki};
+use sensorgate::record::{self, Field, Record, Value};
+use sensorgate::seal::{self, FieldMap, Sealer};
+use support::{TempDir, wait_until};
+
+/// How long a command that only reads files may take.
+const QUICK: Duration = Duration::from_secs(30);
+/// How long the demo may take for 200 records.
+const DEMO_LIMIT: Duration = Duration::from_secs(120);
+
+// ---------------------------------------------------------------------------
+// Running the binary
+// ---------------------------------------------------------------------------
+
+/// What a finished `sensorgate` process left behind.
+struct Outcome {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Outcome {
+    /// Both streams, for assertion messages.
+    fn shown(&self) -> String {
+        format!(
+            "exit {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// `sensorgate ARGS`, with no `SENSORGATE__*` variable inherited from the
+/// environment running the tests (they would override the files).
+fn sensorgate<I, S>(args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sensorgate"));
+    cmd.args(args);
+    for (name, _) in std::env::vars_os() {
+        if name.as_encoded_bytes().starts_with(b"SENSORGATE__") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
+/// Reads a pipe to its end on a thread; the text arrives on the receiver.
+fn drain(mut pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        let _ = tx.send(String::from_utf8_lossy(&bytes).into_owned());
+    });
+    rx
+}
+
+/// Runs `cmd` with `stdin` as its input and waits at most `limit` for it to
+/// exit. Panics (after killing it) when it does not, or when it dies from a
+/// signal; otherwise returns its exit code and output.
+fn run(mut cmd: Command, stdin: &[u8], limit: Duration) -> Outcome {
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("start the sensorgate binary");
+    let mut input = child.stdin.take().expect("piped stdin");
+    let data = stdin.to_vec();
+    // Written on a thread so that a child that does not read its input (or
+    // fills its output first) cannot block us; EOF when it ends.
+    thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let stdout = drain(child.stdout.take().expect("piped stdout"));
+    let stderr = drain(child.stderr.take().expect("piped stderr"));
+
+    let exited = wait_until(limit, Duration::from_millis(20), || {
+        !matches!(child.try_wait(), Ok(None))
+    });
+    if !exited {
+        let _ = child.kill();
+    }
+    let status = child.wait().expect("wait for sensorgate");
+    // The pipes close when the process is gone; bounded all the same.
+    let collect = |rx: mpsc::Receiver<String>| {
+        rx.recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| "<output not closed within 10 s>".into())
+    };
+    let (stdout, stderr) = (collect(stdout), collect(stderr));
+    assert!(
+        exited,
+        "sensorgate {:?} did not exit within {limit:?}; killed\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
+        cmd.get_args().collect::<Vec<_>>()
+    );
+    let code = status
+        .code()
+        .unwrap_or_else(|| panic!("sensorgate died from a signal ({status})\n{stderr}"));
+    Outcome {
+        code,
+        stdout,
+        stderr,
+    }
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+fn chmod(path: &Path, mode: u32) {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", path.display()));
+}
+
+/// A path as a TOML basic string.
+fn toml_path(path: &Path) -> String {
+    let text = path.to_str().expect("temporary paths are UTF-8");
+    assert!(
+        !text.contains(['"', '\\']) && !text.chars().any(char::is_control),
+        "unexpected characters in {text:?}"
+    );
+    format!("\"{text}\"")
+}
+
+// ---------------------------------------------------------------------------
+// A configuration with real keys and certificates
+// ---------------------------------------------------------------------------
+
+/// A copy of `config/sensorgate.toml` in a temporary folder, with a
+/// `conf.d/90-test.toml` beside it pointing at freshly made keys,
+/// certificates and a state folder there.
+struct Site {
+    dir: TempDir,
+    /// The copy of the example configuration.
+    config: PathBuf,
+    signing_key: PathBuf,
+    recipient_pub: PathBuf,
+    tls: pki::PkiFiles,
+    /// Not created by the setup: `run` would create it.
+    state_dir: PathBuf,
+}
+
+impl Site {
+    fn new() -> Site {
+        let dir = TempDir::new();
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/sensorgate.toml");
+        let config = dir.join("sensorgate.toml");
+        fs::copy(&example, &config).expect("copy the example configuration");
+
+        let keys = dir.join("keys");
+        let gateway = seal::keygen(&keys, "gateway").expect("make the gateway key");
+        let recipient = seal::keygen(&keys, "recipient").expect("make the recipient key");
+
+        let ca = Pki::new("sensorgate cli test CA").expect("make a CA");
+        let server = ca.server(&["127.0.0.1"]).expect("issue a server identity");
+        let client = ca.client("bike-pi-01").expect("issue a client identity");
+        let tls =
+            pki::write_files(&dir.join("tls"), &ca, &server, &client).expect("write the TLS files");
+        assert_eq!(mode(&tls.client_key), 0o600);
+
+        let state_dir = dir.join("state");
+        let conf_d = dir.join("conf.d");
+        fs::create_dir(&conf_d).expect("create conf.d");
+        let local = format!(
+            "# Written by tests/cli.rs: the files of this test site.\n\
+             [gateway]\n\
+             state_dir = {state}\n\
+             [mqtt]\n\
+             ca_file = {ca}\n\
+             cert_file = {cert}\n\
+             key_file = {key}\n\
+             [seal]\n\
+             signing_key = {signing}\n\
+             recipient_key = {recipient}\n",
+            state = toml_path(&state_dir),
+            ca = toml_path(&tls.ca),
+            cert = toml_path(&tls.client_cert),
+            key = toml_path(&tls.client_key),
+            signing = toml_path(&gateway.key_path),
+            recipient = toml_path(&recipient.pub_path),
+        );
+        fs::write(conf_d.join("90-test.toml"), local).expect("write conf.d/90-test.toml");
+
+        Site {
+            dir,
+            config,
+            signing_key: gateway.key_path,
+            recipient_pub: recipient.pub_path,
+            tls,
+            state_dir,
+        }
+    }
+
+    /// Adds `conf.d/NAME` (applied after 90-test.toml when named so).
+    fn add_conf_d(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.join("conf.d").join(name);
+        fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        path
+    }
+
+    /// Puts `line` right under the `[mqtt]` header of the main file.
+    fn add_to_mqtt_table(&self, line: &str) {
+        let text = fs::read_to_string(&self.config).expect("read the copy");
+        assert_eq!(text.matches("\n[mqtt]\n").count(), 1, "one [mqtt] table");
+        let text = text.replace("\n[mqtt]\n", &format!("\n[mqtt]\n{line}\n"));
+        fs::write(&self.config, text).expect("write the copy");
+    }
+
+    fn check_config(&self) -> Outcome {
+        run(
+            sensorgate([Path::new("check-config"), "--config".as_ref(), &self.config]),
+            b"",
+            QUICK,
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------
+// check-config and run
+// ---------------------------------------------------------------------------
+
+#[test]
+fn the_example_config_passes_check_config_given_real_keys_and_certificates() {
+    let site = Site::new();
+    let out = site.check_config();
+    assert_eq!(out.code, 0, "{}", out.shown());
+
+    // The effective configuration, on stdout: the example's own values and
+    // the overrides from conf.d, with defaults filled in.
+    for line in [
+        "[gateway]".to_string(),
+        "id = \"bike-pi-01\"".into(),
+        format!("state_dir = {}", toml_path(&site.state_dir)),
+        "[[sensor]]".into(),
+        "name = \"room\"".into(),
+        "host = \"broker.example.com\"".into(),
+        "port = 8883".into(),
+        "client_id = \"bike-pi-01\"".into(),
+        format!("cert_file = {}", toml_path(&site.tls.client_cert)),
+        format!("key_file = {}", toml_path(&site.tls.client_key)),
+        format!("signing_key = {}", toml_path(&site.signing_key)),
+        format!("recipient_key = {}", toml_path(&site.recipient_pub)),
+        "encrypt = [\"heart_rate\", \"incline\", \"resistance\"]".into(),
+    ] {
+        assert!(
+            out.stdout.lines().any(|l| l.trim() == line),
+            "stdout lacks the line {line:?}\n{}",
+            out.shown()
+        );
+    }
+    // The devices of the example are not plugged in here: a warning only.
+    assert!(
+        out.stderr.contains("warning") && out.stderr.contains("is not present"),
+        "{}",
+        out.shown()
+    );
+    assert!(out.stderr.contains("is valid"), "{}", out.shown());
+
+    // Never key material: no PEM block, and no line of either private key.
+    let secret_lines: Vec<String> = [&site.signing_key, &site.tls.client_key]
+        .iter()
+        .map(|p| fs::read_to_string(p).expect("read a private key"))
+        .collect::<String>()
+        .lines()
+        .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+        .map(str::to_owned)
+        .collect();
+    assert!(!secret_lines.is_empty());
+    for text in [&out.stdout, &out.stderr] {
+        assert!(!text.contains("PRIVATE KEY"), "{}", out.shown());
+        for secret in &secret_lines {
+            assert!(!text.contains(secret.as_str()), "key material shown");
+        }
+    }
+}
+
+#[test]
+fn a_typo_in_a_key_fails_check_config_naming_the_file_and_the_key() {
+    let site = Site::new();
+    site.add_to_mqtt_table("prot = 8883");
+    let out = site.check_config();
+    assert_eq!(out.code, 78, "{}", out.shown());
+    assert!(
+        out.stderr.contains(&site.config.display().to_string()),
+        "{}",
+        out.shown()
+    );
+    assert!(out.stderr.contains("mqtt.prot"), "{}", out.shown());
+}
+
+#[test]
+fn a_missing_certificate_file_fails_naming_the_file_and_the_key() {
+    let site = Site::new();
+    fs::remove_file(&site.tls.client_cert).expect("remove the client certificate");
+    let out = site.check_config();
+    // 66 is EX_NOINPUT: a file the configuration names is not there.
+    assert_eq!(out.code, 66, "{}", out.shown());
+    assert!(
+        out.stderr
+            .contains(&site.tls.client_cert.display().to_string()),
+        "{}",
+        out.shown()
+    );
+    assert!(out.stderr.contains("mqtt.cert_file"), "{}", out.shown());
+    assert!(!out.stderr.contains("is valid"), "{}", out.shown());
+}
+
+#[test]
+fn a_bad_duration_fails_naming_the_file_and_the_key() {
+    let site = Site::new();
+    let file = site.add_conf_d("95-batch.toml", "[batch]\nlinger = \"fast\"\n");
+    let out = site.check_config();
+    assert_eq!(out.code, 78, "{}", out.shown());
+    assert!(
+        out.stderr.contains(&file.display().to_string()),
+        "{}",
+        out.shown()
+    );
+    assert!(out.stderr.contains("batch.linger"), "{}", out.shown());
+}
+
+#[test]
+fn a_private_key_readable_by_others_is_refused_with_the_fix() {
+    let site = Site::new();
+    chmod(&site.signing_key, 0o644);
+    let out = site.check_config();
+    // 77 is EX_NOPERM.
+    assert_eq!(out.code, 77, "{}", out.shown());
+    assert!(
+        out.stderr.contains(&site.signing_key.display().to_string()),
+        "{}",
+        out.shown()
+    );
+    assert!(out.stderr.contains("0644"), "{}", out.shown());
+    assert!(out.stderr.contains("chmod 600"), "{}", out.shown());
+}
+
+#[test]
+fn run_with_a_typo_in_a_key_exits_78_without_starting() {
+    let site = Site::new();
+    site.add_to_mqtt_table("prot = 8883");
+    let out = run(
+        sensorgate([Path::new("run"), "--config".as_ref(), &site.config]),
+        b"",
+        QUICK,
+    );
+    assert_eq!(out.code, 78, "{}", out.shown());
+    assert!(out.stderr.contains("mqtt.prot"), "{}", out.shown());
+    assert!(
+        out.stderr.contains(&site.config.display().to_string()),
+        "{}",
+        out.shown()
+    );
+    // Nothing started: no start-up log line, and the state folder (which
+    // the pipeline creates first) does not exist.
+    assert!(!out.stderr.contains("starting"), "{}", out.shown());
+    assert!(!site.state_dir.exists(), "run created the state folder");
+}
+
+// ---------------------------------------------------------------------------
+// keygen
+// ---------------------------------------------------------------------------
+
+#[test]
+fn keygen_writes_a_0600_private_key_and_prints_its_kid() {
+    let dir = TempDir::new();
+    let out_dir = dir.join("keys");
+    let out = run(
+        sensorgate([
+            Path::new("keygen"),
+            "--out".as_ref(),
+            &out_dir,
+            "--name".as_ref(),
+            "gateway".as_ref(),
+        ]),
+        b"",
+        QUICK,
+    );
+    assert_eq!(out.code, 0, "{}", out.shown());
+    let key = out_dir.join("gateway.key");
+    let public = out_dir.join("gateway.pub");
+    assert_eq!(mode(&key), 0o600);
+
+    let kid = seal::load_public_key(&public)
+        .expect("load gateway.pub")
+        .kid()
+        .to_owned();
+    assert_eq!(out.stdout, format!("{kid}\n"), "{}", out.shown());
+    let signing = seal::load_signing_key(&key).expect("load gateway.key");
+    assert_eq!(signing.kid(), kid, "the private and public halves match");
+    assert!(!out.stdout.contains("PRIVATE KEY") && !out.stderr.contains("PRIVATE KEY"));
+}
+
+#[test]
+fn keygen_never_overwrites_an_existing_key() {
+    let dir = TempDir::new();
+    let first = seal::keygen(dir.path(), "gateway").expect("make the first key");
+    let key_before = fs::read(&first.key_path).unwrap();
+    let pub_before = fs::read(&first.pub_path).unwrap();
+
+    let out = run(
+        sensorgate([
+            Path::new("keygen"),
+            "--out".as_ref(),
+            dir.path(),
+            "--name".as_ref(),
+            "gateway".as_ref(),
+        ]),
+        b"",
+        QUICK,
+    );
+    // 73 is EX_CANTCREAT.
+    assert_eq!(out.code, 73, "{}", out.shown());
+    assert!(out.stderr.contains("already exists"), "{}", out.shown());
+    assert!(out.stdout.is_empty(), "{}", out.shown());
+    assert_eq!(fs::read(&first.key_path).unwrap(), key_before);
+    assert_eq!(fs::read(&first.pub_path).unwrap(), pub_before);
+    assert_eq!(mode(&first.key_path), 0o600);
+}
+
+// ---------------------------------------------------------------------------
+// open
+// ---------------------------------------------------------------------------
+
+const GATEWAY: &str = "bike-pi-01";
+const SENSOR: &str = "bike";
+const EPOCH: &str = "cli-test-epoch";
+
+/// A gateway key, a recipient key pair and a trusted `.pub`, as files.
+struct Consumer {
+    dir: TempDir,
+    gateway_key: PathBuf,
+    gateway_pub: PathBuf,
+    recipient_key: PathBuf,
+    recipient_pub: PathBuf,
+}
+
+impl Consumer {
+    fn new() -> Consumer {
+        let dir = TempDir::new();
+        let gateway = seal::keygen(dir.path(), "gateway").expect("make the gateway key");
+        let recipient = seal::keygen(dir.path(), "recipient").expect("make the recipient key");
+        Consumer {
+            dir,
+            gateway_key: gateway.key_path,
+            gateway_pub: gateway.pub_path,
+            recipient_key: recipient.key_path,
+            recipient_pub: recipient.pub_path,
+        }
+    }
+
+    /// A sealer for the trusted gateway key that encrypts `heart_rate` and
+    /// `note` for the recipient.
+    fn sealer(&self) -> Sealer {
+        self.sealer_with(&self.gateway_key)
+    }
+
+    fn sealer_with(&self, signing_key: &Path) -> Sealer {
+        Sealer::new(
+            GATEWAY,
+            EPOCH,
+            seal::load_signing_key(signing_key).expect("load the signing key"),
+            seal::load_public_key(&self.recipient_pub).expect("load the recipient key"),
+            &["heart_rate".to_string(), "note".to_string()],
+        )
+    }
+
+    /// `sensorgate open` with `lines` on stdin, one message per line.
+    fn open(&self, lines: &[Vec<u8>]) -> Outcome {
+        let mut input = Vec::new();
+        for line in lines {
+            input.extend_from_slice(line);
+            input.push(b'\n');
+        }
+        run(
+            sensorgate([
+                Path::new("open"),
+                "--recipient-key".as_ref(),
+                &self.recipient_key,
+                "--trust".as_ref(),
+                &self.gateway_pub,
+            ]),
+            &input,
+            QUICK,
+        )
+    }
+}
+
+/// A record with clear and encrypted fields of every type, interleaved.
+fn reading(seq: u64) -> Record {
+    let sensor: Arc<str> = Arc::from(SENSOR);
+    let f = |name: &str, value: Value| Field {
+        name: Arc::from(name),
+        value,
+    };
+    Record {
+        sensor,
+        seq,
+        ts: SystemTime::UNIX_EPOCH + Duration::new(1_764_100_000 + seq, 123_456_789),
+        fields: vec![
+            f("speed", Value::Float(21.25 + seq as f64)),
+            f("heart_rate", Value::Int(120 + seq as i64)),
+            f("cadence", Value::Int(85)),
+            f("note", Value::Str(format!("confidential-{seq} \"q\" ü"))),
+            f("pedalling", Value::Bool(seq % 2 == 0)),
+        ],
+    }
+}
+
+fn readings(seqs: std::ops::RangeInclusive<u64>) -> Vec<Record> {
+    seqs.map(reading).collect()
+}
+
+/// Seals `records` as one message and checks that the encrypted fields
+/// really are not readable in it.
+fn seal_batch(sealer: &mut Sealer, records: &[Record]) -> Vec<u8> {
+    let sealed = sealer.seal(records).expect("seal a batch");
+    let text = String::from_utf8(sealed.bytes.clone()).expect("a sealed message is UTF-8");
+    let payload = payload_text(&text);
+    assert!(
+        !payload.contains("confidential-"),
+        "note travelled in clear"
+    );
+    sealed.bytes
+}
+
+/// The value of the JWS member `payload` of a sealed message.
+fn payload_b64(message: &str) -> (usize, usize) {
+    let key = "\"payload\":\"";
+    let start = message.find(key).expect("a payload member") + key.len();
+    let len = message[start..].find('"').expect("the payload's end");
+    (start, start + len)
+}
+
+/// The JWS payload, decoded (JSON text).
+fn payload_text(message: &str) -> String {
+    use base64::Engine as _;
+    let (start, end) = payload_b64(message);
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(&message[start..end])
+        .expect("the payload is base64url");
+    String::from_utf8(bytes).expect("the payload is JSON text")
+}
+
+/// One line of `open`'s output.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Printed {
+    gateway: String,
+    sensor: String,
+    seq: u64,
+    ts: String,
+    fields: FieldMap,
+}
+
+/// Parses `open`'s stdout, checking each line's member order, and returns
+/// the records in the order printed.
+fn printed(stdout: &str) -> Vec<Printed> {
+    stdout
+        .lines()
+        .map(|line| {
+            let top: FieldMap = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not a JSON object ({e}): {line}"));
+            assert_eq!(
+                top.names().collect::<Vec<_>>(),
+                ["gateway", "sensor", "seq", "ts", "fields"],
+                "{line}"
+            );
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
+        })
+        .collect()
+}
+
+/// Asserts that `got` is `want` as `open` must print it: same identity,
+/// timestamp, and every field (decrypted ones included) in column order.
+fn assert_same(got: &Printed, want: &Record) {
+    assert_eq!(got.gateway, GATEWAY);
+    assert_eq!(got.sensor, SENSOR);
+    assert_eq!(got.seq, want.seq);
+    assert_eq!(got.ts, record::format_ts(want.ts), "seq {}", want.seq);
+    let expected: Vec<(String, serde_json::Value)> = want
+        .fields
+        .iter()
+        .map(|f| (f.name.to_string(), f.value.to_json()))
+        .collect();
+    assert_eq!(got.fields.clone().into_vec(), expected, "seq {}", want.seq);
+}
+
+/// The last line of `open`'s stderr: the summary.
+fn summary(out: &Outcome) -> &str {
+    out.stderr.lines().last().unwrap_or_default()
+}
+
+#[test]
+fn open_prints_each_record_once_and_a_summary() {
+    let consumer = Consumer::new();
+    let mut sealer = consumer.sealer();
+    let batches = [readings(0..=2), readings(3..=4), readings(5..=7)];
+    let messages: Vec<Vec<u8>> = batches.iter().map(|b| seal_batch(&mut sealer, b)).collect();
+    // A message re-sent after a reconnect arrives twice.
+    let mut lines = messages.clone();
+    lines.push(messages[1].clone());
+
+    let out = consumer.open(&lines);
+    assert_eq!(out.code, 0, "{}", out.shown());
+    let got = printed(&out.stdout);
+    let want: Vec<&Record> = batches.iter().flatten().collect();
+    assert_eq!(got.len(), want.len(), "{}", out.shown());
+    for (g, w) in got.iter().zip(&want) {
+        assert_same(g, w);
+    }
+    assert_eq!(
+        summary(&out),
+        "opened 4 messages, 8 records, 2 duplicates, 0 gaps, 0 rejected",
+        "{}",
+        out.shown()
+    );
+}
+
+#[test]
+fn open_rejects_a_message_changed_by_one_byte() {
+    let consumer = Consumer::new();
+    let mut sealer = consumer.sealer();
+    let batches = [readings(0..=2), readings(3..=4), readings(5..=7)];
+    let mut messages: Vec<Vec<u8>> = batches.iter().map(|b| seal_batch(&mut sealer, b)).collect();
+
+    // One base64url character in the middle of the second payload becomes
+    // another valid one: still well-formed, no longer what was signed.
+    let text = String::from_utf8(messages[1].clone()).unwrap();
+    let (start, end) = payload_b64(&text);
+    let at = start + (end - start) / 2;
+    messages[1][at] = if messages[1][at] == b'A' { b'B' } else { b'A' };
+    assert_ne!(messages[1], text.as_bytes());
+
+    let out = consumer.open(&messages);
+    // 65 is EX_DATAERR.
+    assert_eq!(out.code, 65, "{}", out.shown());
+    let got = printed(&out.stdout);
+    let seqs: Vec<u64> = got.iter().map(|p| p.seq).collect();
+    assert_eq!(seqs, [0, 1, 2, 5, 6, 7], "{}", out.shown());
+    for (g, w) in got.iter().zip(batches[0].iter().chain(&batches[2])) {
+        assert_same(g, w);
+    }
+    assert!(
+        out.stderr
+            .contains("rejected message at line 2: signature does not verify"),
+        "{}",
+        out.shown()
+    );
+    // The altered message's records are missing: two gaps.
+    assert_eq!(
+        summary(&out),
+        "opened 2 messages, 6 records, 0 duplicates, 2 gaps, 1 rejected",
+        "{}",
+        out.shown()
+    );
+}
+
+#[test]
+fn open_rejects_a_message_signed_by_an_untrusted_key() {
+    let consumer = Consumer::new();
+    let mut sealer = consumer.sealer();
+    let stranger = seal::keygen(consumer.dir.path(), "stranger").expect("make another key");
+    let mut forger = consumer.sealer_with(&stranger.key_path);
+
+    // The stranger claims seqs 3..=4 of the same gateway and sensor.
+    let mut forged_records = readings(3..=4);
+    for r in &mut forged_records {
+        r.fields[0].value = Value::Float(999.0);
+    }
+    let messages = vec![
+        seal_batch(&mut sealer, &readings(0..=2)),
+        seal_batch(&mut forger, &forged_records),
+        seal_batch(&mut sealer, &readings(5..=7)),
+    ];
+
+    let out = consumer.open(&messages);
+    assert_eq!(out.code, 65, "{}", out.shown());
+    let seqs: Vec<u64> = printed(&out.stdout).iter().map(|p| p.seq).collect();
+    assert_eq!(seqs, [0, 1, 2, 5, 6, 7], "{}", out.shown());
+    assert!(!out.stdout.contains("999"), "{}", out.shown());
+    let reason = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("rejected message at line 2:"))
+        .unwrap_or_else(|| panic!("no rejection line\n{}", out.shown()));
+    assert!(
+        reason.contains(&stranger.kid) && reason.contains("not a trusted gateway key"),
+        "{reason}"
+    );
+    assert_eq!(
+        summary(&out),
+        "opened 2 messages, 6 records, 0 duplicates, 2 gaps, 1 rejected",
+        "{}",
+        out.shown()
+    );
+}
+
+#[test]
+fn open_counts_gaps() {
+    let consumer = Consumer::new();
+    let mut sealer = consumer.sealer();
+    let messages = vec![
+        seal_batch(&mut sealer, &readings(0..=9)),
+        seal_batch(&mut sealer, &readings(20..=29)),
+    ];
+    let out = consumer.open(&messages);
+    assert_eq!(out.code, 0, "{}", out.shown());
+    assert_eq!(printed(&out.stdout).len(), 20, "{}", out.shown());
+    assert_eq!(
+        summary(&out),
+        "opened 2 messages, 20 records, 0 duplicates, 10 gaps, 0 rejected",
+        "{}",
+        out.shown()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// demo
+// ---------------------------------------------------------------------------
+
+#[test]
+fn demo_with_200_records_exits_0_and_prints_the_summary_line() {
+    let out = run(sensorgate(["demo", "--count", "200"]), b"", DEMO_LIMIT);
+    assert_eq!(out.code, 0, "{}", out.shown());
+    assert_eq!(
+        out.stdout.lines().last(),
+        Some("demo: 200 records sent, 200 verified, 0 lost"),
+        "{}",
+        out.shown()
+    );
+}
