@@ -121,6 +121,10 @@ pub fn check_config(config_path: &Path) -> u8 {
     } else {
         notes.push("warning: mqtt.tls = false: plaintext MQTT".into());
     }
+    match crate::spool::sequences::check_state_dir(&cfg.gateway.state_dir) {
+        Ok(note) => notes.push(note),
+        Err(e) => problems.push((73, e.to_string())),
+    }
     for s in &cfg.sensor {
         if !s.device.exists() {
             notes.push(format!(

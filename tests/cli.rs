@@ -361,6 +361,27 @@ fn a_private_key_readable_by_others_is_refused_with_the_fix() {
 }
 
 #[test]
+fn a_state_dir_that_cannot_be_created_fails_check_config() {
+    let site = Site::new();
+    // A file where a folder should be: nobody, root included, can create
+    // the state directory under it.
+    let blocker = site.dir.join("not-a-folder");
+    fs::write(&blocker, "").unwrap();
+    site.add_conf_d(
+        "95-state.toml",
+        &format!(
+            "[gateway]\nstate_dir = {}\n",
+            toml_path(&blocker.join("state"))
+        ),
+    );
+    let out = site.check_config();
+    // 73 is EX_CANTCREAT.
+    assert_eq!(out.code, 73, "{}", out.shown());
+    assert!(out.stderr.contains("not-a-folder"), "{}", out.shown());
+    assert!(out.stderr.contains("state_dir"), "{}", out.shown());
+}
+
+#[test]
 fn run_with_a_typo_in_a_key_exits_78_without_starting() {
     let site = Site::new();
     site.add_to_mqtt_table("prot = 8883");

@@ -44,6 +44,40 @@ pub enum StateError {
     },
 }
 
+/// For `check-config`: can `run` use (or create) this state directory?
+/// Returns a note for the operator, or the error `run` would meet.
+pub fn check_state_dir(dir: &Path) -> Result<String, StateError> {
+    let unusable = |why: &str| StateError::CreateDir {
+        path: dir.to_path_buf(),
+        source: io::Error::other(why.to_string()),
+    };
+    let writable = |p: &Path| nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok();
+    if dir.exists() {
+        if !dir.is_dir() {
+            return Err(unusable("it exists and is not a folder"));
+        }
+        if !writable(dir) {
+            return Err(unusable("this user cannot write there"));
+        }
+        return Ok(format!("gateway.state_dir {}: ok", dir.display()));
+    }
+    let parent = dir
+        .ancestors()
+        .skip(1)
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    if !parent.is_dir() || !writable(parent) {
+        return Err(unusable(&format!(
+            "it does not exist and this user cannot create it in {}",
+            parent.display()
+        )));
+    }
+    Ok(format!(
+        "gateway.state_dir {}: does not exist yet; `run` creates it (mode 0700)",
+        dir.display()
+    ))
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct StateFile {
     epoch: String,
