@@ -25,6 +25,11 @@ use crate::spool::Spool;
 use crate::spool::memory::MessageId;
 use crate::telemetry::{RateLimit, Stats};
 
+/// A connection that lasted this long resets the reconnect backoff; one
+/// that the broker drops sooner (say, right after CONNACK) does not, so a
+/// broker that keeps refusing us is not hammered at `reconnect_min`.
+const STABLE_CONNECTION: Duration = Duration::from_secs(30);
+
 /// Largest MQTT packet we send or accept. A batch of 100 sealed records is
 /// a few tens of KiB; brokers commonly allow 128 KiB (AWS IoT) or more.
 const MAX_PACKET: usize = 1 << 20;
@@ -144,8 +149,12 @@ pub async fn run(
                         info!(broker = %settings.host, port = settings.port, "connected to broker")
                     }
                 }
-                backoff.reset();
-                session(&settings, &client, &mut ev_rx, &spool, &stats, &abort).await
+                let connected_at = Instant::now();
+                let end = session(&settings, &client, &mut ev_rx, &spool, &stats, &abort).await;
+                if connected_at.elapsed() >= STABLE_CONNECTION {
+                    backoff.reset();
+                }
+                end
             }
             Err(error) => {
                 Stats::add(&stats.connect_failures, 1);
