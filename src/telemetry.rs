@@ -74,9 +74,15 @@ counters! {
     /// Messages and records dropped by the spool's `drop_oldest` policy.
     messages_dropped,
     records_dropped,
-    /// Gauge: sealed messages and bytes waiting in the memory spool.
+    /// Gauges: sealed messages not yet acknowledged, bytes of the spool on
+    /// disk, and bytes of the newest messages kept in memory.
     spool_messages,
     spool_bytes,
+    spool_memory_bytes,
+    /// Spool entries found damaged (skipped) or unreadable.
+    spool_corrupt_entries,
+    /// Failed writes to the spool (ENOSPC, I/O errors).
+    spool_write_errors,
     /// Successful broker connections, and connections lost or refused.
     connects,
     connect_failures,
@@ -116,6 +122,8 @@ pub fn log_stats(s: &Snapshot) {
         frames_too_long = s.frames_too_long,
         spool_messages = s.spool_messages,
         spool_bytes = s.spool_bytes,
+        spool_corrupt = s.spool_corrupt_entries,
+        spool_write_errors = s.spool_write_errors,
         sensors_open = s.sensors_open,
         connects = s.connects,
         "stats"

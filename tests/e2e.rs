@@ -242,7 +242,7 @@ fn dropped_ranges(log: &str) -> Vec<(u64, u64)> {
             .unwrap()
     };
     log.lines()
-        .filter(|l| l.contains("oldest message dropped"))
+        .filter(|l| l.contains("oldest segment dropped"))
         .map(|l| (field(l, "seq_first="), field(l, "seq_last=")))
         .collect()
 }
@@ -255,14 +255,14 @@ fn drop_oldest_drops_whole_messages_and_logs_every_sequence_range_it_lost() {
     let config = rig.gateway_config(
         "gw.toml",
         &[("bike", pty.path())],
-        "[buffer]\nmemory = \"64KiB\"\nwhen_full = \"drop_oldest\"\n",
+        "[buffer]\nmemory = \"64KiB\"\ndisk = \"1MiB\"\nwhen_full = \"drop_oldest\"\n",
     );
     let mut gw = GatewayProcess::start(&config);
     rig.broker.stop();
-    write_lines(&pty, 1000);
+    write_lines(&pty, 6000);
     assert!(
         support::wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
-            gw.log().contains("records_sealed=1000")
+            gw.log().contains("records_sealed=6000")
         }),
         "log:\n{}",
         gw.log()
@@ -274,16 +274,13 @@ fn drop_oldest_drops_whole_messages_and_logs_every_sequence_range_it_lost() {
         dropped
     };
     let dropped = log_has_all();
-    assert!(
-        dropped > 0,
-        "a 64 KiB spool cannot hold 1000 sealed records"
-    );
-    let opened = wait_for_records(&rig, &sub, 1000 - dropped as usize, WAIT);
+    assert!(dropped > 0, "a 1 MiB spool cannot hold 6000 sealed records");
+    let opened = wait_for_records(&rig, &sub, 6000 - dropped as usize, WAIT);
 
     // Every record is either received or inside a logged dropped range.
     let received = opened.seqs("bike");
     let ranges = dropped_ranges(&gw.log());
-    for seq in 0..1000u64 {
+    for seq in 0..6000u64 {
         let got = received.binary_search(&seq).is_ok();
         let lost = ranges.iter().any(|(a, b)| (*a..=*b).contains(&seq));
         assert!(
@@ -307,13 +304,13 @@ fn block_policy_stops_reading_the_device_instead_of_dropping() {
     let config = rig.gateway_config(
         "gw.toml",
         &[("bike", pty.path())],
-        "[buffer]\nmemory = \"64KiB\"\nwhen_full = \"block\"\n",
+        "[buffer]\nmemory = \"64KiB\"\ndisk = \"1MiB\"\nwhen_full = \"block\"\n",
     );
     let mut gw = GatewayProcess::start(&config);
     rig.broker.stop();
     // Far more than the spool, the channels and the tty buffer hold: the
     // writer must block while the broker is away.
-    let total = 8000;
+    let total = 12000;
     let writer = SimSensor::spawn(pty.writer().unwrap(), total, None);
     std::thread::sleep(Duration::from_secs(3));
     assert!(
@@ -321,7 +318,7 @@ fn block_policy_stops_reading_the_device_instead_of_dropping() {
         "the gateway kept reading with a full spool"
     );
     assert!(
-        !gw.log().contains("oldest message dropped"),
+        !gw.log().contains("oldest segment dropped"),
         "log:\n{}",
         gw.log()
     );

@@ -1,86 +1,310 @@
 //! The spool: sealed messages wait here until the broker acknowledges them.
 //!
-//! This version holds them in memory within `[buffer] memory`; the disk
-//! segments come next, behind the same interface (push, next to send, ack,
-//! rewind). `sequences` keeps the epoch and sequence counters on disk.
+//! Every message is written to the disk log ([`disk`]) before the spool
+//! accepts it, so a restart or a power cut (within the `fsync` policy's
+//! window) loses nothing that was accepted. The newest messages are also
+//! kept in memory, within `[buffer] memory`, so that while the broker keeps
+//! up nothing is read back from disk; after an outage the backlog is read
+//! from the segments in order.
+//!
+//! The `when_full` policy applies when the disk budget is reached, the
+//! filesystem is nearly full, or a write fails (ENOSPC): `drop_oldest`
+//! deletes the oldest segment (counted, and logged with the sequence ranges
+//! lost); `block` makes `push` wait, which stops the batchers and the
+//! serial reads behind them.
 
-pub mod memory;
+pub mod acks;
+pub mod disk;
+pub mod segment;
 pub mod sequences;
 
+use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
-use tracing::warn;
+use tracing::{error, info, warn};
 
 use crate::config::WhenFull;
 use crate::seal::SealedMessage;
-use crate::telemetry::Stats;
-use memory::{MessageId, Push, SpoolState};
+use crate::telemetry::{RateLimit, Stats};
+use acks::AckTracker;
+use disk::{AppendError, DiskLog, DiskSettings, Recovery, SegmentInfo};
+
+pub use disk::Fsync;
+
+/// A message's place in the spool. Ids grow by one per accepted message
+/// and survive restarts.
+pub type MessageId = u64;
+
+/// How often a blocked push retries when no acknowledgement frees room:
+/// space can also come back from outside (a full filesystem cleaned up).
+const BLOCKED_RETRY: Duration = Duration::from_secs(1);
+
+/// The spool's settings, from `[buffer]` and `[gateway] state_dir`.
+#[derive(Debug, Clone)]
+pub struct SpoolSettings {
+    pub dir: PathBuf,
+    /// Memory for the newest messages (bytes).
+    pub memory: usize,
+    /// Disk budget for segments and index (bytes).
+    pub disk: u64,
+    pub when_full: WhenFull,
+    pub fsync: Fsync,
+    /// Free-space floor of the filesystem, as a fraction (0.05 = 5%).
+    pub min_free: f64,
+}
+
+impl SpoolSettings {
+    /// Segment size: 8 MiB, or less so that a small budget still holds
+    /// several segments (a full segment is the unit that `drop_oldest`
+    /// frees, and `block` needs one to drain while another fills).
+    pub fn segment_size(&self) -> u64 {
+        (self.disk / 8).clamp(64 * 1024, 8 << 20)
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    log: DiskLog,
+    /// The newest messages, ids contiguous, within `memory` bytes.
+    cache: VecDeque<(MessageId, Arc<SealedMessage>)>,
+    cache_bytes: usize,
+    acks: AckTracker,
+    /// The next id to hand to the uplink.
+    send_cursor: MessageId,
+    closed: bool,
+    /// Why the last push could not be stored, while that lasts.
+    refusing: Option<String>,
+}
 
 /// The spool shared by the seal stage (pushing) and the uplink (taking and
 /// acknowledging).
 #[derive(Debug)]
 pub struct Spool {
-    state: Mutex<SpoolState>,
-    closed: std::sync::atomic::AtomicBool,
+    inner: Mutex<Inner>,
+    settings: SpoolSettings,
     /// Wakes the uplink: a message arrived, or the spool closed.
     data: Notify,
     /// Wakes a blocked pusher: room was made.
     space: Notify,
     stats: Arc<Stats>,
+    read_errors: Mutex<RateLimit>,
 }
 
 impl Spool {
-    pub fn new(capacity: usize, policy: WhenFull, stats: Arc<Stats>) -> Self {
-        Spool {
-            state: Mutex::new(SpoolState::new(capacity, policy)),
-            closed: Default::default(),
+    /// Opens the spool, recovering what the last run left on disk.
+    pub fn open(
+        settings: SpoolSettings,
+        stats: Arc<Stats>,
+    ) -> Result<(Spool, Recovery), disk::DiskError> {
+        let (log, recovery) = DiskLog::open(DiskSettings {
+            dir: settings.dir.clone(),
+            budget: settings.disk,
+            segment_size: settings.segment_size(),
+            min_free: settings.min_free,
+            fsync: settings.fsync,
+        })?;
+        Stats::add(&stats.spool_corrupt_entries, recovery.corrupt_entries);
+        let inner = Inner {
+            acks: AckTracker::new(recovery.resend_from),
+            send_cursor: recovery.resend_from,
+            log,
+            cache: VecDeque::new(),
+            cache_bytes: 0,
+            closed: false,
+            refusing: None,
+        };
+        let spool = Spool {
+            inner: Mutex::new(inner),
+            settings,
             data: Notify::new(),
             space: Notify::new(),
             stats,
-        }
+            read_errors: Mutex::new(RateLimit::new(Duration::from_secs(60))),
+        };
+        spool.update_gauges(&spool.lock());
+        Ok((spool, recovery))
     }
 
-    fn lock(&self) -> MutexGuard<'_, SpoolState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn update_gauges(&self, s: &SpoolState) {
-        Stats::set(&self.stats.spool_messages, s.len() as u64);
-        Stats::set(&self.stats.spool_bytes, s.bytes() as u64);
+    fn update_gauges(&self, s: &Inner) {
+        Stats::set(
+            &self.stats.spool_messages,
+            s.log.next_id().saturating_sub(s.acks.below()),
+        );
+        Stats::set(&self.stats.spool_bytes, s.log.bytes());
+        Stats::set(&self.stats.spool_memory_bytes, s.cache_bytes as u64);
     }
 
-    /// Adds a sealed message. Under `block` this waits for room, which in
-    /// turn stops the batchers and the serial reads behind them.
-    pub async fn push(&self, msg: SealedMessage) {
+    /// Stores a sealed message (on disk first). Under `block`, waits for
+    /// room, which in turn stops the batchers and serial reads behind it.
+    /// Disk I/O runs on the blocking pool.
+    pub async fn push(self: &Arc<Self>, msg: SealedMessage) {
         let msg = Arc::new(msg);
         loop {
             let room = self.space.notified();
-            let outcome = {
-                let mut s = self.lock();
-                let outcome = s.push(msg.clone());
-                self.update_gauges(&s);
-                outcome
-            };
-            match outcome {
-                Push::Accepted { dropped } => {
-                    for d in dropped {
-                        Stats::add(&self.stats.messages_dropped, 1);
-                        Stats::add(&self.stats.records_dropped, u64::from(d.records));
-                        warn!(sensor = %d.sensor, seq_first = d.first_seq, seq_last = d.last_seq,
-                            records = d.records, "memory spool full; oldest message dropped (when_full = drop_oldest)");
+            let this = self.clone();
+            let m = msg.clone();
+            let stored = tokio::task::spawn_blocking(move || this.try_push(m))
+                .await
+                .unwrap_or(false);
+            if stored {
+                self.data.notify_one();
+                return;
+            }
+            // Block policy: wait for an acknowledgement, or retry anyway
+            // after a while (space may return from outside).
+            let _ = tokio::time::timeout(BLOCKED_RETRY, room).await;
+        }
+    }
+
+    /// One attempt to store `msg`. Returns false only under `block` when
+    /// there is no room; under `drop_oldest` it makes room (or, when the
+    /// disk cannot take anything at all, drops `msg` itself, counted).
+    fn try_push(&self, msg: Arc<SealedMessage>) -> bool {
+        let mut s = self.lock();
+        loop {
+            match s.log.append(
+                &msg.sensor,
+                msg.first_seq,
+                msg.last_seq,
+                msg.records,
+                &msg.bytes,
+            ) {
+                Ok(id) => {
+                    if let Some(reason) = s.refusing.take() {
+                        info!(was = %reason, "spool accepts data again");
                     }
-                    self.data.notify_one();
-                    return;
+                    s.cache_bytes += msg.bytes.len();
+                    s.cache.push_back((id, msg));
+                    while s.cache_bytes > self.settings.memory && s.cache.len() > 1 {
+                        let (_, old) = s.cache.pop_front().expect("not empty");
+                        s.cache_bytes -= old.bytes.len();
+                    }
+                    self.update_gauges(&s);
+                    return true;
                 }
-                Push::Full => room.await,
+                Err(e) => {
+                    if let AppendError::Io { .. } = e {
+                        Stats::add(&self.stats.spool_write_errors, 1);
+                    }
+                    let reason = e.to_string();
+                    if s.refusing.as_deref() != Some(reason.as_str()) {
+                        match self.settings.when_full {
+                            WhenFull::Block => warn!(reason = %reason,
+                                "spool cannot take data; reading paused until there is room (when_full = block)"),
+                            WhenFull::DropOldest => warn!(reason = %reason,
+                                "spool full; dropping the oldest data (when_full = drop_oldest)"),
+                        }
+                        s.refusing = Some(reason);
+                    }
+                    if self.settings.when_full == WhenFull::Block {
+                        return false;
+                    }
+                    match s.log.drop_oldest() {
+                        Some(info) => {
+                            self.dropped(&mut s, &info, "spool full; oldest segment dropped")
+                        }
+                        None => {
+                            // Nothing left to drop and still no room: the
+                            // disk itself refuses. This message is lost.
+                            Stats::add(&self.stats.messages_dropped, 1);
+                            Stats::add(&self.stats.records_dropped, u64::from(msg.records));
+                            error!(sensor = %msg.sensor, seq_first = msg.first_seq, seq_last = msg.last_seq,
+                                records = msg.records, error = %e,
+                                "spool cannot store anything; message dropped");
+                            return true;
+                        }
+                    }
+                }
             }
         }
     }
 
-    /// The next message to publish, if any.
+    /// Accounts for a segment that is gone: counters, log, cursors.
+    fn dropped(&self, s: &mut Inner, info: &SegmentInfo, what: &str) {
+        let Some((_, last)) = info.ids else { return };
+        // Messages of the segment already acknowledged are not lost.
+        let lost: Vec<_> = info.sensors.iter().collect();
+        Stats::add(&self.stats.messages_dropped, info.messages);
+        for (sensor, r) in &lost {
+            Stats::add(&self.stats.records_dropped, r.records);
+            warn!(sensor = %sensor, seq_first = r.first_seq, seq_last = r.last_seq,
+                records = r.records, "{what}");
+        }
+        s.acks.skip_to(last + 1);
+        s.send_cursor = s.send_cursor.max(last + 1);
+        while s.cache.front().is_some_and(|(id, _)| *id <= last) {
+            let (_, m) = s.cache.pop_front().expect("not empty");
+            s.cache_bytes -= m.bytes.len();
+        }
+        self.update_gauges(s);
+    }
+
+    /// The next message to publish, if any: from memory when it is still
+    /// there, otherwise read from disk.
     pub fn next_to_send(&self) -> Option<(MessageId, Arc<SealedMessage>)> {
-        self.lock().next_to_send()
+        let mut s = self.lock();
+        loop {
+            let id = s.send_cursor.max(s.acks.below());
+            if id >= s.log.next_id() {
+                return None;
+            }
+            if s.acks.is_acked(id) {
+                s.send_cursor = id + 1;
+                continue;
+            }
+            if let Some(&(front, _)) = s.cache.front() {
+                if id >= front {
+                    let msg = s.cache[(id - front) as usize].1.clone();
+                    s.send_cursor = id + 1;
+                    return Some((id, msg));
+                }
+            }
+            match s.log.read_from(id) {
+                Ok(Some(entry)) => {
+                    s.send_cursor = entry.id + 1;
+                    let msg = SealedMessage {
+                        sensor: entry.sensor,
+                        first_seq: entry.first_seq,
+                        last_seq: entry.last_seq,
+                        records: entry.records,
+                        bytes: entry.message,
+                    };
+                    return Some((entry.id, Arc::new(msg)));
+                }
+                Ok(None) => {
+                    // Ids missing on disk (skipped as corrupt at start-up):
+                    // continue with what is in memory.
+                    let next = s.cache.front().map_or(s.log.next_id(), |(f, _)| *f);
+                    if next <= id {
+                        return None;
+                    }
+                    s.send_cursor = next;
+                }
+                Err(e) => {
+                    // An unreadable segment while sending: set it aside
+                    // and report what it held as lost, then go on.
+                    let path = s.log.segment_of(id).map(|seg| seg.path.clone());
+                    if let Some(limit) = self
+                        .read_errors
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .check(Instant::now())
+                    {
+                        error!(error = %e, suppressed = limit, "cannot read spool segment");
+                    }
+                    let info = path.and_then(|p| s.log.remove_segment(&p))?;
+                    Stats::add(&self.stats.spool_corrupt_entries, info.messages);
+                    self.dropped(&mut s, &info, "unreadable spool segment; records lost");
+                }
+            }
+        }
     }
 
     /// Waits until something may have changed for the uplink (a message
@@ -89,39 +313,185 @@ impl Spool {
         self.data.notified().await
     }
 
-    /// The broker acknowledged the message.
-    pub fn ack(&self, id: MessageId) -> Option<Arc<SealedMessage>> {
-        let msg = {
-            let mut s = self.lock();
-            let msg = s.ack(id);
-            self.update_gauges(&s);
-            msg
-        };
-        if msg.is_some() {
+    /// The broker acknowledged message `id`. Returns it when it was not
+    /// acknowledged before, for the counters.
+    pub fn ack(&self, id: MessageId, records: u32) -> bool {
+        let mut s = self.lock();
+        if !s.acks.ack(id) {
+            return false;
+        }
+        let below = s.acks.below();
+        while s.cache.front().is_some_and(|(i, _)| *i < below) {
+            let (_, m) = s.cache.pop_front().expect("not empty");
+            s.cache_bytes -= m.bytes.len();
+        }
+        if s.log.release_acked(below, true) > 0 {
             self.space.notify_one();
         }
-        msg
+        self.update_gauges(&s);
+        drop(s);
+        Stats::add(&self.stats.messages_acked, 1);
+        Stats::add(&self.stats.records_acked, u64::from(records));
+        true
     }
 
     /// Offer every unacknowledged message again (after a reconnect).
     pub fn rewind(&self) {
-        self.lock().rewind();
+        let mut s = self.lock();
+        s.send_cursor = s.acks.below();
+    }
+
+    /// Forces written data to disk and records the acknowledged position
+    /// (the `interval` policy's tick).
+    pub fn sync(&self) {
+        self.lock().log.sync();
     }
 
     /// No more messages will be pushed (shutting down).
     pub fn close(&self) {
-        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.lock().closed = true;
         self.data.notify_one();
     }
 
     /// Closed and every message acknowledged.
     pub fn is_drained(&self) -> bool {
-        self.closed.load(std::sync::atomic::Ordering::SeqCst) && self.lock().is_empty()
+        let s = self.lock();
+        s.closed && s.acks.below() >= s.log.next_id()
     }
 
-    /// Messages and records still held.
-    pub fn backlog(&self) -> (usize, usize) {
+    /// Unacknowledged messages, and bytes on disk.
+    pub fn backlog(&self) -> (u64, u64) {
         let s = self.lock();
-        (s.len(), s.bytes())
+        (
+            s.log.next_id().saturating_sub(s.acks.below()),
+            s.log.bytes(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(dir: &std::path::Path, when_full: WhenFull) -> SpoolSettings {
+        SpoolSettings {
+            dir: dir.to_path_buf(),
+            memory: 64 * 1024,
+            disk: 1 << 20,
+            when_full,
+            fsync: Fsync::Never,
+            min_free: 0.0,
+        }
+    }
+
+    fn msg(seq: u64) -> SealedMessage {
+        SealedMessage {
+            sensor: Arc::from("bike"),
+            first_seq: seq,
+            last_seq: seq,
+            records: 1,
+            bytes: format!("message {seq:06} ").repeat(1000).into_bytes(),
+        }
+    }
+
+    fn drain(spool: &Spool) -> Vec<(MessageId, u64)> {
+        std::iter::from_fn(|| spool.next_to_send().map(|(id, m)| (id, m.first_seq))).collect()
+    }
+
+    #[tokio::test]
+    async fn a_backlog_beyond_memory_is_sent_from_disk_in_order_and_again_after_rewind() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) =
+            Spool::open(settings(dir.path(), WhenFull::Block), Arc::default()).unwrap();
+        let spool = Arc::new(spool);
+        for seq in 0..40 {
+            spool.push(msg(seq)).await;
+        }
+        let sent = drain(&spool);
+        assert_eq!(
+            sent.iter().map(|s| s.1).collect::<Vec<_>>(),
+            (0..40).collect::<Vec<_>>()
+        );
+        assert_eq!(sent[7].0, 7);
+        for (id, _) in &sent[..10] {
+            assert!(spool.ack(*id, 1));
+        }
+        assert!(!spool.ack(3, 1), "a second ack counts once");
+        spool.rewind();
+        assert_eq!(drain(&spool).first().map(|s| s.1), Some(10));
+    }
+
+    #[tokio::test]
+    async fn after_a_restart_everything_unacknowledged_is_sent_again() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (spool, _) =
+                Spool::open(settings(dir.path(), WhenFull::Block), Arc::default()).unwrap();
+            let spool = Arc::new(spool);
+            for seq in 0..30 {
+                spool.push(msg(seq)).await;
+            }
+            for (id, _) in drain(&spool).into_iter().take(12) {
+                spool.ack(id, 1);
+            }
+            spool.close();
+            spool.sync();
+        }
+        let (spool, rec) =
+            Spool::open(settings(dir.path(), WhenFull::Block), Arc::default()).unwrap();
+        assert_eq!(rec.resend_from, 12);
+        let seqs: Vec<u64> = drain(&spool).into_iter().map(|s| s.1).collect();
+        assert_eq!(seqs, (12..30).collect::<Vec<_>>());
+        assert!(!spool.is_drained());
+    }
+
+    #[tokio::test]
+    async fn drop_oldest_keeps_the_newest_and_counts_what_it_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = Arc::new(Stats::default());
+        let (spool, _) =
+            Spool::open(settings(dir.path(), WhenFull::DropOldest), stats.clone()).unwrap();
+        let spool = Arc::new(spool);
+        for seq in 0..200 {
+            spool.push(msg(seq)).await;
+        }
+        let dropped = stats.snapshot().records_dropped;
+        assert!(dropped > 0);
+        let seqs: Vec<u64> = drain(&spool).into_iter().map(|s| s.1).collect();
+        assert_eq!(seqs.len() as u64 + dropped, 200);
+        assert_eq!(*seqs.last().unwrap(), 199);
+        assert_eq!(seqs[0], dropped, "whole oldest segments went");
+    }
+
+    #[tokio::test]
+    async fn block_waits_for_room_and_resumes_after_acks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) =
+            Spool::open(settings(dir.path(), WhenFull::Block), Arc::default()).unwrap();
+        let spool = Arc::new(spool);
+        let mut seq = 0;
+        loop {
+            let pushed =
+                tokio::time::timeout(Duration::from_millis(300), spool.push(msg(seq))).await;
+            if pushed.is_err() {
+                break;
+            }
+            seq += 1;
+            assert!(seq < 1000, "a 1 MiB spool must fill up");
+        }
+        // The blocked push is retried once acknowledgements free a segment.
+        let pusher = {
+            let spool = spool.clone();
+            tokio::spawn(async move { spool.push(msg(seq)).await })
+        };
+        for (id, _) in drain(&spool) {
+            spool.ack(id, 1);
+        }
+        tokio::time::timeout(Duration::from_secs(5), pusher)
+            .await
+            .expect("push resumed")
+            .unwrap();
+        spool.rewind();
+        assert_eq!(drain(&spool).last().map(|s| s.1), Some(seq));
     }
 }

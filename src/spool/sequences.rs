@@ -81,6 +81,10 @@ pub fn check_state_dir(dir: &Path) -> Result<String, StateError> {
 #[derive(Debug, Serialize, Deserialize)]
 struct StateFile {
     epoch: String,
+    /// True when the last run stopped cleanly ([`StateDir::mark_clean`]);
+    /// every reservation during a run writes false.
+    #[serde(default)]
+    clean: bool,
     /// Per sensor: the first sequence number not yet used or reserved.
     next: BTreeMap<String, u64>,
 }
@@ -91,6 +95,8 @@ pub struct StateDir {
     dir: PathBuf,
     epoch: String,
     file: Mutex<BTreeMap<String, u64>>,
+    /// Whether the previous run stopped cleanly, and its counters then.
+    previous: Option<(bool, BTreeMap<String, u64>)>,
 }
 
 impl StateDir {
@@ -130,6 +136,7 @@ impl StateDir {
             Some(s) => StateDir {
                 dir: dir.to_path_buf(),
                 epoch: s.epoch,
+                previous: Some((s.clean, s.next.clone())),
                 file: Mutex::new(s.next),
             },
             None => {
@@ -137,8 +144,9 @@ impl StateDir {
                     dir: dir.to_path_buf(),
                     epoch: new_epoch(),
                     file: Mutex::new(BTreeMap::new()),
+                    previous: None,
                 };
-                s.write(&BTreeMap::new())?;
+                s.write(&BTreeMap::new(), true)?;
                 tracing::info!(epoch = %s.epoch, state_dir = %dir.display(), "new epoch");
                 s
             }
@@ -173,12 +181,29 @@ impl StateDir {
     fn record(&self, sensor: &str, next: u64) -> Result<(), StateError> {
         let mut map = self.lock();
         map.insert(sensor.to_string(), next);
-        self.write(&map)
+        self.write(&map, false)
+    }
+
+    /// Records that this run stopped cleanly (after every allocator was
+    /// closed), so the next start does not report possible losses.
+    pub fn mark_clean(&self) -> Result<(), StateError> {
+        let map = self.lock();
+        self.write(&map, true)
+    }
+
+    /// When the previous run did not stop cleanly: per sensor, the first
+    /// sequence number it had not reserved. Numbers between the last one
+    /// that reached the spool and this may have been read and lost.
+    pub fn unclean_previous_run(&self) -> Option<&BTreeMap<String, u64>> {
+        match &self.previous {
+            Some((false, next)) => Some(next),
+            _ => None,
+        }
     }
 
     /// Write-temp, fsync, rename, fsync the directory: after a power cut
     /// the file is either the old or the new version.
-    fn write(&self, next: &BTreeMap<String, u64>) -> Result<(), StateError> {
+    fn write(&self, next: &BTreeMap<String, u64>, clean: bool) -> Result<(), StateError> {
         let path = self.dir.join(STATE_FILE);
         let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
         let err = |source| StateError::Write {
@@ -187,6 +212,7 @@ impl StateDir {
         };
         let body = serde_json::to_vec_pretty(&StateFile {
             epoch: self.epoch.clone(),
+            clean,
             next: next.clone(),
         })
         .expect("state serializes");
@@ -266,10 +292,12 @@ mod tests {
             assert_eq!(a.allocate().0, i);
         }
         a.close().unwrap();
+        state.mark_clean().unwrap();
         drop(state);
 
         let state = StateDir::open(dir.path()).unwrap();
         assert_eq!(state.epoch(), epoch);
+        assert!(state.unclean_previous_run().is_none());
         let mut a = state.allocator("bike");
         assert_eq!(a.allocate().0, 10);
         // Crash: the allocator is dropped without close.
@@ -277,6 +305,8 @@ mod tests {
         drop(state);
 
         let state = StateDir::open(dir.path()).unwrap();
+        let unclean = state.unclean_previous_run().expect("the crash is seen");
+        assert_eq!(unclean["bike"], 10 + RESERVE_BLOCK);
         let mut a = state.allocator("bike");
         let (seq, err) = a.allocate();
         assert!(err.is_none());

@@ -21,8 +21,8 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::config::Config;
+use crate::spool::MessageId;
 use crate::spool::Spool;
-use crate::spool::memory::MessageId;
 use crate::telemetry::{RateLimit, Stats};
 
 /// A connection that lasted this long resets the reconnect backoff; one
@@ -221,8 +221,9 @@ async fn session(
 ) -> SessionEnd {
     let window = usize::from(settings.max_inflight);
     // Published, waiting for the client to assign a packet id (in order).
-    let mut unassigned: VecDeque<MessageId> = VecDeque::new();
-    let mut inflight: HashMap<u16, MessageId> = HashMap::new();
+    // (message id, records in it), for the acknowledgement.
+    let mut unassigned: VecDeque<(MessageId, u32)> = VecDeque::new();
+    let mut inflight: HashMap<u16, (MessageId, u32)> = HashMap::new();
     loop {
         while unassigned.len() + inflight.len() < window {
             let Some((id, msg)) = spool.next_to_send() else {
@@ -233,7 +234,7 @@ async fn session(
                 return SessionEnd::Lost(format!("publish request refused: {e}"));
             }
             Stats::add(&stats.messages_published, 1);
-            unassigned.push_back(id);
+            unassigned.push_back((id, msg.records));
         }
         if spool.is_drained() {
             return SessionEnd::Drained;
@@ -244,16 +245,13 @@ async fn session(
             _ = spool.changed(), if window_open => {}
             ev = events.recv() => match ev {
                 Some(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
-                    if let Some(id) = unassigned.pop_front() {
-                        inflight.insert(pkid, id);
+                    if let Some(sent) = unassigned.pop_front() {
+                        inflight.insert(pkid, sent);
                     }
                 }
                 Some(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
-                    if let Some(id) = inflight.remove(&ack.pkid) {
-                        if let Some(msg) = spool.ack(id) {
-                            Stats::add(&stats.messages_acked, 1);
-                            Stats::add(&stats.records_acked, u64::from(msg.records));
-                        }
+                    if let Some((id, records)) = inflight.remove(&ack.pkid) {
+                        spool.ack(id, records);
                     }
                 }
                 Some(Ok(_)) => {}

@@ -1,0 +1,171 @@
+//! The effective configuration as TOML: what `check-config` prints, with
+//! defaults filled in and secrets redacted, and what [`load`](super::load)
+//! reads back to the same [`Config`].
+//!
+//! Values are encoded (quoted, escaped) by `toml_writer`, the writer behind
+//! the `toml` crate's serializer. The layout is written here rather than
+//! derived with serde, because it also lists the optional keys that are not
+//! set (`# ca_file is not set`), which a serializer skips without a trace.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use toml_writer::{TomlString, TomlStringBuilder, TomlWrite as _, WriteTomlValue};
+
+use super::Config;
+use super::units::format_size;
+
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut w = Writer { out: f, any: false };
+        w.table("[gateway]")?;
+        w.string("id", &self.gateway.id)?;
+        w.string("state_dir", &path(&self.gateway.state_dir))?;
+        for s in &self.sensor {
+            w.table("[[sensor]]")?;
+            w.string("name", &s.name)?;
+            w.string("device", &path(&s.device))?;
+            w.value("baud", s.baud)?;
+            w.string("framing", s.framing.as_str())?;
+            w.string("format", s.format.as_str())?;
+            w.strings("columns", &s.columns)?;
+            w.string("delimiter", &s.delimiter.to_string())?;
+            w.string("max_frame", &format_size(s.max_frame as u64))?;
+        }
+        let m = &self.mqtt;
+        w.table("[mqtt]")?;
+        w.string("host", &m.host)?;
+        w.value("port", m.port)?;
+        w.string("client_id", m.client_id(&self.gateway))?;
+        w.string("topic", &m.topic)?;
+        w.value("qos", m.qos)?;
+        w.value("tls", m.tls)?;
+        w.optional("ca_file", m.ca_file.as_deref().map(path).as_deref())?;
+        w.optional("cert_file", m.cert_file.as_deref().map(path).as_deref())?;
+        w.optional("key_file", m.key_file.as_deref().map(path).as_deref())?;
+        w.optional("server_name", m.server_name.as_deref())?;
+        w.string("keepalive", &duration(m.keepalive))?;
+        w.string("connect_timeout", &duration(m.connect_timeout))?;
+        w.string("reconnect_min", &duration(m.reconnect_min))?;
+        w.string("reconnect_max", &duration(m.reconnect_max))?;
+        w.value("max_inflight", m.max_inflight)?;
+        w.string("drain_timeout", &duration(m.drain_timeout))?;
+        w.table("[batch]")?;
+        w.value("max_records", self.batch.max_records as u64)?;
+        w.string("linger", &duration(self.batch.linger))?;
+        w.table("[buffer]")?;
+        w.string("memory", &format_size(self.buffer.memory as u64))?;
+        w.string("disk", &format_size(self.buffer.disk))?;
+        w.string("when_full", self.buffer.when_full.as_str())?;
+        w.string("fsync", self.buffer.fsync.as_str())?;
+        w.string("fsync_interval", &duration(self.buffer.fsync_interval))?;
+        w.string("min_free", &self.buffer.min_free.to_string())?;
+        w.table("[seal]")?;
+        w.string("signing_key", &path(&self.seal.signing_key))?;
+        w.string("recipient_key", &path(&self.seal.recipient_key))?;
+        w.strings("encrypt", &self.seal.encrypt)?;
+        w.table("[log]")?;
+        w.string("level", &self.log.level)?;
+        w.string("format", self.log.format.as_str())?;
+        w.string("stats_interval", &duration(self.log.stats_interval))
+    }
+}
+
+/// Table headers and `key = value` lines, tables separated by a blank line.
+struct Writer<'a, 'f> {
+    out: &'a mut fmt::Formatter<'f>,
+    /// Whether a table was written already.
+    any: bool,
+}
+
+impl Writer<'_, '_> {
+    fn table(&mut self, header: &str) -> fmt::Result {
+        if self.any {
+            self.out.newline()?;
+        }
+        self.any = true;
+        writeln!(self.out, "{header}")
+    }
+
+    /// A number or a boolean.
+    fn value(&mut self, key: &str, value: impl WriteTomlValue) -> fmt::Result {
+        write!(self.out, "{key} = ")?;
+        self.out.value(value)?;
+        self.out.newline()
+    }
+
+    fn string(&mut self, key: &str, value: &str) -> fmt::Result {
+        self.value(key, quoted(value))
+    }
+
+    fn strings(&mut self, key: &str, values: &[String]) -> fmt::Result {
+        let items: Vec<TomlString<'_>> = values.iter().map(|v| quoted(v)).collect();
+        self.value(key, items)
+    }
+
+    fn optional(&mut self, key: &str, value: Option<&str>) -> fmt::Result {
+        match value {
+            Some(v) => self.string(key, v),
+            None => writeln!(self.out, "# {key} is not set"),
+        }
+    }
+}
+
+/// A string in double quotes, with escapes, on one line. `toml_writer` would
+/// otherwise pick single quotes for a value with `\` or `"`, and a
+/// multi-line string for one with a line break; one key per line is what
+/// lets an operator (and a test) grep the output.
+fn quoted(s: &str) -> TomlString<'_> {
+    TomlStringBuilder::new(s).as_basic()
+}
+
+fn path(p: &Path) -> Cow<'_, str> {
+    p.to_string_lossy()
+}
+
+/// A duration as the operator writes it (`"1m 30s"`), not as seconds.
+fn duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use config::{FileFormat, Format as _};
+    use proptest::prelude::*;
+    use toml_writer::ToTomlValue as _;
+
+    use super::super::load_with_env;
+    use super::super::test_support::{Dir, MINIMAL, example};
+
+    #[test]
+    fn the_effective_configuration_reads_back_the_same() {
+        let cfg = load_with_env(&example(), &[]).unwrap();
+        let text = cfg.to_string();
+        assert!(text.contains("client_id = \"bike-pi-01\""), "{text}");
+        assert!(text.contains("memory = \"8MiB\""), "{text}");
+        let d = Dir::new(&text);
+        assert_eq!(d.load().unwrap(), cfg);
+
+        let min = Dir::new(MINIMAL).load().unwrap();
+        let text = min.to_string();
+        assert!(text.contains("# ca_file is not set"), "{text}");
+        assert_eq!(Dir::new(&text).load().unwrap(), min);
+
+        let mut odd = min.clone();
+        odd.gateway.id = "gw-\"quoted\"\\é".to_string();
+        odd.sensor[0].delimiter = '\t';
+        assert_eq!(Dir::new(&odd.to_string()).load().unwrap(), odd);
+    }
+
+    proptest! {
+        #[test]
+        fn toml_strings_read_back(s in "\\PC{0,24}|[\\x00-\\x1f\\x7f\"\\\\]{0,8}") {
+            let text = format!("k = {}\n", super::quoted(&s).to_toml_value());
+            prop_assert_eq!(text.lines().count(), 1, "{}", text);
+            let parsed = FileFormat::Toml.parse(None, &text).unwrap();
+            prop_assert_eq!(parsed["k"].clone().into_string().unwrap(), s);
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! The configuration types, their defaults, and what they derive.
+//!
+//! The serde attributes here are the schema: the unknown-key check reads the
+//! field lists from these derives (see [`super::unknown`]), and the example
+//! `config/sensorgate.toml` documents the same defaults (a test compares).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::choice::{Format, Framing, Fsync, LogFormat, WhenFull};
+use super::units::{KIB, MIB, Percent, de_duration, de_percent, de_size_u64, de_size_usize};
+
+/// The whole, validated configuration of one gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub gateway: Gateway,
+    #[serde(default)]
+    pub sensor: Vec<Sensor>,
+    pub mqtt: Mqtt,
+    #[serde(default)]
+    pub batch: Batch,
+    #[serde(default)]
+    pub buffer: Buffer,
+    pub seal: Seal,
+    #[serde(default)]
+    pub log: Log,
+}
+
+/// The gateway's identity and where it keeps its state.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gateway {
+    /// Part of every topic and every signed message, so it must be safe as one
+    /// MQTT topic level.
+    pub id: String,
+    /// Spool segments and per-sensor sequence counters.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+}
+
+/// One serial-attached device.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sensor {
+    pub name: String,
+    pub device: PathBuf,
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    #[serde(default)]
+    pub framing: Framing,
+    #[serde(default)]
+    pub format: Format,
+    pub columns: Vec<String>,
+    #[serde(default = "default_delimiter")]
+    pub delimiter: char,
+    /// Bytes. A longer frame is rejected, never buffered (bounded memory).
+    #[serde(default = "default_max_frame", deserialize_with = "de_size_usize")]
+    pub max_frame: usize,
+}
+
+/// The uplink: where and how sealed messages are published.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mqtt {
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Filled in with `gateway.id` by [`load`](super::load) when not set; see
+    /// [`Mqtt::client_id`].
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    #[serde(default = "default_true")]
+    pub tls: bool,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub server_name: Option<String>,
+    #[serde(default = "default_keepalive", deserialize_with = "de_duration")]
+    pub keepalive: Duration,
+    #[serde(default = "default_connect_timeout", deserialize_with = "de_duration")]
+    pub connect_timeout: Duration,
+    #[serde(default = "default_reconnect_min", deserialize_with = "de_duration")]
+    pub reconnect_min: Duration,
+    #[serde(default = "default_reconnect_max", deserialize_with = "de_duration")]
+    pub reconnect_max: Duration,
+    #[serde(default = "default_max_inflight")]
+    pub max_inflight: u16,
+    #[serde(default = "default_drain_timeout", deserialize_with = "de_duration")]
+    pub drain_timeout: Duration,
+}
+
+/// When a batch of records becomes one sealed message.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Batch {
+    pub max_records: usize,
+    #[serde(deserialize_with = "de_duration")]
+    pub linger: Duration,
+}
+
+/// The spool's budgets and its policy when they are exhausted.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Buffer {
+    /// Bytes of sealed messages held in memory.
+    #[serde(deserialize_with = "de_size_usize")]
+    pub memory: usize,
+    /// Bytes of disk spool (segments and index) under `state_dir/spool`.
+    #[serde(deserialize_with = "de_size_u64")]
+    pub disk: u64,
+    pub when_full: WhenFull,
+    pub fsync: Fsync,
+    #[serde(deserialize_with = "de_duration")]
+    pub fsync_interval: Duration,
+    /// Free space the filesystem keeps: below it the spool counts as full.
+    #[serde(deserialize_with = "de_percent")]
+    pub min_free: Percent,
+}
+
+/// The keys that sign and encrypt. Only paths: key material is loaded (and
+/// permission-checked) by the `seal` module, never kept here.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Seal {
+    pub signing_key: PathBuf,
+    pub recipient_key: PathBuf,
+    /// Column names whose values are encrypted for the recipient.
+    #[serde(default)]
+    pub encrypt: Vec<String>,
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// A tracing filter: a level, or directives like `info,sensorgate=debug`.
+    pub level: String,
+    pub format: LogFormat,
+    #[serde(deserialize_with = "de_duration")]
+    pub stats_interval: Duration,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Batch {
+            max_records: 100,
+            linger: Duration::from_millis(200),
+        }
+    }
+}
+
+impl Default for Buffer {
+    fn default() -> Self {
+        Buffer {
+            memory: 8 * MIB as usize,
+            disk: 256 * MIB,
+            when_full: WhenFull::default(),
+            fsync: Fsync::default(),
+            fsync_interval: Duration::from_secs(1),
+            min_free: Percent::from_basis_points(500),
+        }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            level: "info".to_string(),
+            format: LogFormat::default(),
+            stats_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/sensorgate")
+}
+fn default_baud() -> u32 {
+    9600
+}
+fn default_delimiter() -> char {
+    ','
+}
+fn default_max_frame() -> usize {
+    KIB as usize
+}
+fn default_port() -> u16 {
+    8883
+}
+fn default_topic() -> String {
+    "sensorgate/{gateway}/{sensor}".to_string()
+}
+fn default_qos() -> u8 {
+    1
+}
+fn default_true() -> bool {
+    true
+}
+fn default_keepalive() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_reconnect_min() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_reconnect_max() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_inflight() -> u16 {
+    32
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Config {
+    /// The MQTT topic of one sensor's sealed messages: `mqtt.topic` with
+    /// `{gateway}` and `{sensor}` replaced. Replacement is a single pass, so a
+    /// name that itself contains `{sensor}` is not expanded again.
+    pub fn topic_for(&self, sensor: &str) -> String {
+        expand_topic(&self.mqtt.topic, &self.gateway.id, sensor)
+    }
+}
+
+impl Mqtt {
+    /// The MQTT client identifier: `client_id`, or else the gateway's id.
+    /// ([`load`](super::load) already fills `client_id` in; this also serves
+    /// a `Mqtt` built by hand, as in tests.)
+    pub fn client_id<'a>(&'a self, gateway: &'a Gateway) -> &'a str {
+        self.client_id.as_deref().unwrap_or(&gateway.id)
+    }
+
+    /// The name the broker's certificate must carry: `server_name`, or else
+    /// `host`.
+    pub fn server_name(&self) -> &str {
+        self.server_name.as_deref().unwrap_or(&self.host)
+    }
+}
+
+fn expand_topic(template: &str, gateway: &str, sensor: &str) -> String {
+    let mut out = String::with_capacity(template.len() + gateway.len() + sensor.len());
+    let mut rest = template;
+    while let Some(i) = rest.find('{') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if let Some(t) = tail.strip_prefix("{gateway}") {
+            out.push_str(gateway);
+            rest = t;
+        } else if let Some(t) = tail.strip_prefix("{sensor}") {
+            out.push_str(sensor);
+            rest = t;
+        } else {
+            out.push('{');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::test_support::{Dir, MINIMAL, example, problem_at};
+    use super::super::{Format, Framing, LogFormat, WhenFull, load_with_env};
+    use super::*;
+
+    #[test]
+    fn the_example_states_every_default() {
+        // The example documents the defaults: a file with only the required
+        // keys must load to the same values where the example does not set
+        // something else on purpose.
+        let ex = load_with_env(&example(), &[]).unwrap();
+        let d = Dir::new(MINIMAL);
+        let min = d.load().unwrap();
+        assert_eq!(min.gateway.state_dir, ex.gateway.state_dir);
+        assert_eq!(min.sensor[0].baud, ex.sensor[0].baud);
+        assert_eq!(min.sensor[0].framing, ex.sensor[0].framing);
+        assert_eq!(min.sensor[0].format, ex.sensor[0].format);
+        assert_eq!(min.sensor[0].delimiter, ex.sensor[0].delimiter);
+        assert_eq!(min.sensor[0].max_frame, ex.sensor[0].max_frame);
+        let (mut a, b) = (min.mqtt.clone(), &ex.mqtt);
+        a.host = b.host.clone();
+        a.tls = b.tls;
+        a.client_id = b.client_id.clone();
+        a.ca_file = b.ca_file.clone();
+        a.cert_file = b.cert_file.clone();
+        a.key_file = b.key_file.clone();
+        assert_eq!(&a, b);
+        assert_eq!(min.batch, ex.batch);
+        assert_eq!(min.buffer, ex.buffer);
+        assert_eq!(min.log, ex.log);
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let cfg = Dir::new(MINIMAL).load().unwrap();
+        assert_eq!(cfg.gateway.state_dir, Path::new("/var/lib/sensorgate"));
+        let s = &cfg.sensor[0];
+        assert_eq!(
+            (s.baud, s.framing, s.format, s.delimiter, s.max_frame),
+            (9600, Framing::Lines, Format::Csv, ',', 1024)
+        );
+        let m = &cfg.mqtt;
+        assert_eq!(m.port, 8883);
+        assert_eq!(m.client_id.as_deref(), Some("gw1"));
+        assert_eq!(m.topic, "sensorgate/{gateway}/{sensor}");
+        assert_eq!(m.qos, 1);
+        assert_eq!(m.keepalive, Duration::from_secs(30));
+        assert_eq!(m.connect_timeout, Duration::from_secs(10));
+        assert_eq!(m.reconnect_min, Duration::from_millis(500));
+        assert_eq!(m.reconnect_max, Duration::from_secs(30));
+        assert_eq!(m.max_inflight, 32);
+        assert_eq!(m.drain_timeout, Duration::from_secs(10));
+        assert_eq!(
+            cfg.batch,
+            Batch {
+                max_records: 100,
+                linger: Duration::from_millis(200)
+            }
+        );
+        assert_eq!(
+            cfg.buffer,
+            Buffer {
+                fsync: Fsync::Interval,
+                fsync_interval: Duration::from_secs(1),
+                min_free: Percent::from_basis_points(500),
+                memory: 8 << 20,
+                disk: 256 << 20,
+                when_full: WhenFull::DropOldest
+            }
+        );
+        assert_eq!(
+            cfg.log,
+            Log {
+                level: "info".into(),
+                format: LogFormat::Auto,
+                stats_interval: Duration::from_secs(60)
+            }
+        );
+        assert!(cfg.seal.encrypt.is_empty());
+        // tls defaults to true
+        let d = Dir::new(&MINIMAL.replace("tls = false\n", ""));
+        let e = d.load().unwrap_err();
+        problem_at(&e, "mqtt.ca_file");
+    }
+
+    #[test]
+    fn topics_expand_gateway_and_sensor_once() {
+        let mut cfg = Dir::new(MINIMAL).load().unwrap();
+        assert_eq!(cfg.topic_for("s1"), "sensorgate/gw1/s1");
+        cfg.mqtt.topic = "a/{sensor}/{gateway}/{other}/{sensor}".into();
+        assert_eq!(
+            cfg.topic_for("{gateway}"),
+            "a/{gateway}/gw1/{other}/{gateway}"
+        );
+        assert_eq!(expand_topic("{", "g", "s"), "{");
+        assert_eq!(expand_topic("x{sensor", "g", "s"), "x{sensor");
+    }
+
+    #[test]
+    fn mqtt_names_fall_back_to_gateway_and_host() {
+        let cfg = Dir::new(MINIMAL).load().unwrap();
+        let mut m = cfg.mqtt.clone();
+        m.client_id = None;
+        assert_eq!(m.client_id(&cfg.gateway), "gw1");
+        assert_eq!(m.server_name(), "localhost");
+        m.server_name = Some("b.example".into());
+        assert_eq!(m.server_name(), "b.example");
+    }
+}

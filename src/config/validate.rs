@@ -1,0 +1,521 @@
+//! The semantic checks of a parsed [`Config`]: ranges, uniqueness, and
+//! cross-references such as `seal.encrypt` naming real columns. Every
+//! problem found is reported at once, each attributed to the file or
+//! variable that set the value, so an operator fixes a file in one pass.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+use super::error::Problem;
+use super::origin::Context;
+use super::units::{KIB, MIB, format_size};
+use super::unknown::closest;
+use super::{Config, STANDARD_BAUD_RATES};
+
+impl Context<'_> {
+    /// The semantic checks; every problem found, in a stable order.
+    pub fn validate(&self, cfg: &Config) -> Vec<Problem> {
+        let mut found = Found {
+            ctx: self,
+            problems: Vec::new(),
+        };
+        found.gateway(cfg);
+        found.sensors(cfg);
+        found.mqtt(cfg);
+        found.batch_and_buffer(cfg);
+        found.seal(cfg);
+        found.log(cfg);
+        found.problems
+    }
+}
+
+/// The problems found so far, each attributed to the file or variable that
+/// set its value.
+struct Found<'c> {
+    ctx: &'c Context<'c>,
+    problems: Vec<Problem>,
+}
+
+impl Found<'_> {
+    fn fail(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        let problem = self.ctx.problem(key, message);
+        self.problems.push(problem);
+    }
+
+    fn gateway(&mut self, cfg: &Config) {
+        if let Some(m) = topic_level_problem(&cfg.gateway.id) {
+            self.fail("gateway.id", m);
+        }
+        if cfg.gateway.state_dir.as_os_str().is_empty() {
+            self.fail("gateway.state_dir", "must not be empty");
+        }
+    }
+
+    fn sensors(&mut self, cfg: &Config) {
+        if cfg.sensor.is_empty() {
+            self.fail("sensor", "at least one [[sensor]] table is required");
+        }
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut devices: HashMap<&Path, usize> = HashMap::new();
+        for (i, s) in cfg.sensor.iter().enumerate() {
+            let k = |f: &str| format!("sensor[{i}].{f}");
+            if let Some(m) = topic_level_problem(&s.name) {
+                self.fail(k("name"), m);
+            } else if let Some(j) = names.insert(&s.name, i) {
+                self.fail(
+                    k("name"),
+                    format!(
+                        "\"{}\" is already the name of sensor[{j}]; names must be unique",
+                        s.name
+                    ),
+                );
+            }
+            if s.device.as_os_str().is_empty() {
+                self.fail(k("device"), "must not be empty");
+            } else if let Some(j) = devices.insert(&s.device, i) {
+                self.fail(
+                    k("device"),
+                    format!(
+                        "{} is already the device of sensor[{j}]",
+                        s.device.display()
+                    ),
+                );
+            }
+            if !STANDARD_BAUD_RATES.contains(&s.baud) {
+                self.fail(
+                    k("baud"),
+                    format!(
+                        "{} is not a standard rate; use one of {}",
+                        s.baud,
+                        STANDARD_BAUD_RATES
+                            .iter()
+                            .map(u32::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+            }
+            if s.columns.is_empty() {
+                self.fail(
+                    k("columns"),
+                    "must name at least one column, in the order the device sends them",
+                );
+            }
+            let mut seen = HashSet::new();
+            for (c, col) in s.columns.iter().enumerate() {
+                let key = format!("sensor[{i}].columns[{c}]");
+                if col.trim().is_empty() {
+                    self.fail(key, "a column name must not be empty");
+                } else if col.chars().any(char::is_control) {
+                    self.fail(key, "a column name must not contain control characters");
+                } else if !seen.insert(col.as_str()) {
+                    self.fail(
+                        key,
+                        format!("column \"{col}\" appears twice; column names must be unique"),
+                    );
+                }
+            }
+            if s.delimiter == '\n' || s.delimiter == '\r' {
+                self.fail(
+                    k("delimiter"),
+                    "must not be a line break: lines framing already cuts frames there",
+                );
+            }
+            if !(16..=MIB as usize).contains(&s.max_frame) {
+                self.fail(
+                    k("max_frame"),
+                    format!(
+                        "{} is out of range; use 16B to 1MiB",
+                        format_size(s.max_frame as u64)
+                    ),
+                );
+            }
+        }
+    }
+
+    fn mqtt(&mut self, cfg: &Config) {
+        let m = &cfg.mqtt;
+        if m.host.trim().is_empty() {
+            self.fail("mqtt.host", "must not be empty");
+        }
+        if m.port == 0 {
+            self.fail(
+                "mqtt.port",
+                "0 is not a usable port; the TLS default is 8883",
+            );
+        }
+        if m.client_id
+            .as_ref()
+            .is_some_and(|id| id.is_empty() || id.chars().any(char::is_control))
+        {
+            self.fail(
+                "mqtt.client_id",
+                "must be non-empty and free of control characters",
+            );
+        }
+        if let Some(msg) = topic_template_problem(&m.topic) {
+            self.fail("mqtt.topic", msg);
+        }
+        if m.qos != 1 {
+            self.fail(
+                "mqtt.qos",
+                format!(
+                    "{} is not supported; only 1 (at least once) is: the spool keeps a sealed message until the broker acknowledges it",
+                    m.qos
+                ),
+            );
+        }
+        if m.tls {
+            for (key, v) in [
+                ("mqtt.ca_file", &m.ca_file),
+                ("mqtt.cert_file", &m.cert_file),
+                ("mqtt.key_file", &m.key_file),
+            ] {
+                if v.is_none() {
+                    self.problems.push(Problem {
+                        source: self.ctx.origin_any(&[key, "mqtt.tls", "mqtt.host"]),
+                        key: key.to_string(),
+                        message: "is required when mqtt.tls = true (mutual TLS needs the CA, the client certificate and its key)".to_string(),
+                    });
+                }
+            }
+            let name = m.server_name();
+            if rustls::pki_types::ServerName::try_from(name).is_err() {
+                let key = if m.server_name.is_some() {
+                    "mqtt.server_name"
+                } else {
+                    "mqtt.host"
+                };
+                self.fail(
+                    key,
+                    format!(
+                        "\"{name}\" is neither a DNS name nor an IP address, so the broker's certificate cannot be checked against it"
+                    ),
+                );
+            }
+        }
+        if m.keepalive < Duration::from_secs(1)
+            || m.keepalive > Duration::from_secs(u16::MAX.into())
+        {
+            self.fail(
+                "mqtt.keepalive",
+                format!(
+                    "{} is out of range; use 1s to 65535s (the MQTT keep-alive is whole seconds)",
+                    humantime::format_duration(m.keepalive)
+                ),
+            );
+        } else if m.keepalive.subsec_nanos() != 0 {
+            self.fail(
+                "mqtt.keepalive",
+                format!(
+                    "{} is not whole seconds, which MQTT keep-alive requires",
+                    humantime::format_duration(m.keepalive)
+                ),
+            );
+        }
+        if m.connect_timeout.is_zero() {
+            self.fail("mqtt.connect_timeout", "must be more than 0s");
+        }
+        if m.reconnect_min.is_zero() {
+            self.fail(
+                "mqtt.reconnect_min",
+                "must be more than 0s, or a broker outage turns into a reconnect storm",
+            );
+        }
+        if m.reconnect_min > m.reconnect_max {
+            self.fail(
+                "mqtt.reconnect_min",
+                format!(
+                    "{} is more than mqtt.reconnect_max ({}); the backoff grows from min to max",
+                    humantime::format_duration(m.reconnect_min),
+                    humantime::format_duration(m.reconnect_max)
+                ),
+            );
+        }
+        if !(1..=1000).contains(&m.max_inflight) {
+            self.fail(
+                "mqtt.max_inflight",
+                format!("{} is out of range; use 1 to 1000", m.max_inflight),
+            );
+        }
+    }
+
+    fn batch_and_buffer(&mut self, cfg: &Config) {
+        if !(1..=10_000).contains(&cfg.batch.max_records) {
+            self.fail(
+                "batch.max_records",
+                format!("{} is out of range; use 1 to 10000", cfg.batch.max_records),
+            );
+        }
+        if cfg.buffer.disk < MIB {
+            self.fail(
+                "buffer.disk",
+                format!(
+                    "{} is too small; use at least 1MiB (the spool keeps several segments)",
+                    format_size(cfg.buffer.disk)
+                ),
+            );
+        }
+        if cfg.buffer.fsync_interval < Duration::from_millis(10)
+            || cfg.buffer.fsync_interval > Duration::from_secs(3600)
+        {
+            self.fail(
+                "buffer.fsync_interval",
+                "is out of range; use 10ms to 1h".to_string(),
+            );
+        }
+        if cfg.buffer.min_free.fraction() > 0.5 {
+            self.fail(
+                "buffer.min_free",
+                format!("{} is too much; use 0% to 50%", cfg.buffer.min_free),
+            );
+        }
+        if (cfg.buffer.memory as u64) < 64 * KIB {
+            self.fail(
+                "buffer.memory",
+                format!(
+                    "{} is too small; use at least 64KiB",
+                    format_size(cfg.buffer.memory as u64)
+                ),
+            );
+        }
+    }
+
+    fn seal(&mut self, cfg: &Config) {
+        let all_columns: HashSet<&str> = cfg
+            .sensor
+            .iter()
+            .flat_map(|s| s.columns.iter().map(String::as_str))
+            .collect();
+        for (i, name) in cfg.seal.encrypt.iter().enumerate() {
+            if !all_columns.contains(name.as_str()) {
+                let mut known: Vec<&str> = all_columns.iter().copied().collect();
+                known.sort();
+                let hint = closest(name, &known)
+                    .map(|c| format!("did you mean \"{c}\"? "))
+                    .unwrap_or_default();
+                self.fail(
+                    format!("seal.encrypt[{i}]"),
+                    format!(
+                        "\"{name}\" is not a column of any sensor, so nothing would be encrypted under that name; {hint}the columns are: {}",
+                        known.join(", ")
+                    ),
+                );
+            }
+        }
+        for (key, path) in [
+            ("seal.signing_key", &cfg.seal.signing_key),
+            ("seal.recipient_key", &cfg.seal.recipient_key),
+        ] {
+            if path.as_os_str().is_empty() {
+                self.fail(key, "must not be empty");
+            }
+        }
+    }
+
+    fn log(&mut self, cfg: &Config) {
+        if let Some(msg) = log_level_problem(&cfg.log.level) {
+            self.fail("log.level", msg);
+        }
+        if cfg.log.stats_interval < Duration::from_secs(1) {
+            self.fail(
+                "log.stats_interval",
+                format!(
+                    "{} is too short; use 1s or more",
+                    humantime::format_duration(cfg.log.stats_interval)
+                ),
+            );
+        }
+    }
+}
+
+/// Why `s` cannot be one level of an MQTT topic, if it cannot.
+fn topic_level_problem(s: &str) -> Option<String> {
+    if s.is_empty() {
+        Some("must not be empty".to_string())
+    } else if s.contains(['+', '#']) {
+        Some(format!(
+            "\"{s}\" contains an MQTT wildcard ('+' or '#'), which cannot be published to"
+        ))
+    } else if s.contains('/') {
+        Some(format!(
+            "\"{s}\" contains '/', which would split it into two topic levels"
+        ))
+    } else if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        Some(format!(
+            "\"{}\" contains whitespace or control characters",
+            s.escape_default()
+        ))
+    } else {
+        None
+    }
+}
+
+fn topic_template_problem(t: &str) -> Option<String> {
+    if !t.contains("{sensor}") {
+        return Some(format!(
+            "\"{t}\" must contain {{sensor}}, or all sensors would publish to one topic"
+        ));
+    }
+    if t.contains(['+', '#']) || t.contains('\0') {
+        return Some(format!(
+            "\"{t}\" contains an MQTT wildcard ('+' or '#') or NUL, which cannot be published to"
+        ));
+    }
+    if t.starts_with('$') {
+        return Some(format!(
+            "\"{t}\" starts with '$', which brokers reserve for their own topics"
+        ));
+    }
+    let stripped = t.replace("{gateway}", "").replace("{sensor}", "");
+    if stripped.contains(['{', '}']) {
+        return Some(format!(
+            "\"{t}\" has a placeholder other than {{gateway}} and {{sensor}}"
+        ));
+    }
+    None
+}
+
+/// Checks a tracing filter more strictly than `EnvFilter` does: there, a
+/// misspelt level such as `infoo` silently becomes a target name.
+fn log_level_problem(level: &str) -> Option<String> {
+    const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+    let usage = "use a level (error, warn, info, debug, trace, off) or directives such as \"info,sensorgate::uplink=debug\"";
+    if level.trim().is_empty() {
+        return Some(format!("must not be empty; {usage}"));
+    }
+    for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let lvl = match directive.rsplit_once('=') {
+            Some((_, l)) => l,
+            None if directive.contains('[') => continue,
+            None => directive,
+        };
+        if !LEVELS.contains(&lvl.to_ascii_lowercase().as_str()) {
+            return Some(format!("\"{lvl}\" in \"{level}\" is not a level; {usage}"));
+        }
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(level) {
+        return Some(format!("\"{level}\" is not a valid filter ({e}); {usage}"));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{Dir, MINIMAL, only_problem, problem_at};
+    use super::*;
+
+    #[test]
+    fn semantic_problems_are_all_reported_with_their_keys() {
+        let text = r#"
+[gateway]
+id = "gw/1"
+
+[[sensor]]
+name = "s1"
+device = "/dev/ttyUSB0"
+baud = 12345
+columns = ["a", "a", ""]
+delimiter = "\n"
+max_frame = "2MiB"
+
+[[sensor]]
+name = "s1"
+device = "/dev/ttyUSB0"
+columns = []
+max_frame = 8
+
+[mqtt]
+host = "localhost"
+port = 0
+qos = 2
+topic = "x/{gateway}/#"
+keepalive = "1500ms"
+reconnect_min = "1m"
+reconnect_max = "30s"
+max_inflight = 0
+
+[batch]
+max_records = 0
+
+[buffer]
+memory = "1KiB"
+
+[seal]
+signing_key = "/k/gw.key"
+recipient_key = "/k/r.pub"
+encrypt = ["a", "b"]
+
+[log]
+level = "infoo"
+stats_interval = "0s"
+"#;
+        let d = Dir::new(text);
+        let e = d.load().unwrap_err();
+        assert_eq!(e.exit_code(), 78);
+        for key in [
+            "gateway.id",
+            "sensor[0].baud",
+            "sensor[0].columns[1]",
+            "sensor[0].columns[2]",
+            "sensor[0].delimiter",
+            "sensor[0].max_frame",
+            "sensor[1].name",
+            "sensor[1].device",
+            "sensor[1].columns",
+            "sensor[1].max_frame",
+            "mqtt.port",
+            "mqtt.qos",
+            "mqtt.topic",
+            "mqtt.keepalive",
+            "mqtt.reconnect_min",
+            "mqtt.max_inflight",
+            "mqtt.ca_file",
+            "mqtt.cert_file",
+            "mqtt.key_file",
+            "batch.max_records",
+            "buffer.memory",
+            "seal.encrypt[1]",
+            "log.level",
+            "log.stats_interval",
+        ] {
+            let p = problem_at(&e, key);
+            assert_eq!(p.source, d.main().display().to_string(), "{key}");
+        }
+        assert_eq!(e.problems().len(), 24, "{e}");
+        assert!(problem_at(&e, "mqtt.qos").message.contains("at least once"));
+        assert!(problem_at(&e, "sensor[0].baud").message.contains("921600"));
+        // the rendered error lists every problem on its own line
+        assert_eq!(e.to_string().lines().count(), 25);
+    }
+
+    #[test]
+    fn tls_needs_a_checkable_server_name() {
+        let text = MINIMAL.replace(
+            "tls = false",
+            "ca_file = \"ca.pem\"\ncert_file = \"c.pem\"\nkey_file = \"c.key\"\nserver_name = \"not a name\"",
+        );
+        let p = only_problem(Dir::new(&text).load().unwrap_err());
+        assert_eq!(p.key, "mqtt.server_name");
+        let ok = text.replace("not a name", "192.0.2.1");
+        Dir::new(&ok).load().unwrap();
+    }
+
+    #[test]
+    fn log_levels_are_checked_strictly() {
+        for ok in [
+            "info",
+            "WARN",
+            "off",
+            "info,sensorgate=debug",
+            "sensorgate::uplink=trace",
+            "info,[span]",
+        ] {
+            assert_eq!(log_level_problem(ok), None, "{ok}");
+        }
+        for bad in ["", "infoo", "info,sensorgate=loud", "sensorgate=debug=1"] {
+            assert!(log_level_problem(bad).is_some(), "{bad}");
+        }
+    }
+}
