@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_serial::SerialPortBuilderExt;
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -130,69 +130,114 @@ impl SensorSource {
     ) -> ReadEnd {
         let mut framed =
             FramedRead::with_capacity(port, LinesDecoder::new(self.max_frame), READ_BUFFER);
-        let mut bad_frames = RateLimit::new(Duration::from_secs(10));
-        let mut state_errors = RateLimit::new(Duration::from_secs(60));
+        let mut frames = FrameHandler {
+            source: self,
+            seq,
+            tx,
+            stats,
+            bad_frames: RateLimit::new(Duration::from_secs(10)),
+            state_errors: RateLimit::new(Duration::from_secs(60)),
+        };
         loop {
             let frame = tokio::select! {
-                _ = stop.cancelled() => return ReadEnd::Stopped,
+                _ = stop.cancelled() => {
+                    // Lines already read from the device are records:
+                    // decode them before stopping.
+                    frames.finish(&mut framed).await;
+                    return ReadEnd::Stopped;
+                }
                 f = framed.next() => f,
             };
-            let frame = match frame {
-                Some(Ok(LineFrame::Line(bytes))) => bytes,
-                Some(Ok(LineFrame::TooLong { len })) => {
-                    Stats::add(&stats.frames_too_long, 1);
-                    if let Some(suppressed) = bad_frames.check(Instant::now()) {
-                        warn!(sensor = %self.name, len, max_frame = self.max_frame, suppressed,
-                            "frame longer than max_frame skipped");
+            match frame {
+                Some(Ok(frame)) => {
+                    if !frames.handle(frame).await {
+                        return ReadEnd::Stopped;
                     }
-                    continue;
                 }
-                Some(Err(e)) => return self.lost(&mut framed, stats, e.to_string()),
-                None => return self.lost(&mut framed, stats, "device closed".into()),
-            };
-            let fields = match self.decoder.decode(&frame) {
-                Ok(Decoded::Fields(f)) => f,
-                Ok(Decoded::Skip) => continue,
-                Err(error) => {
-                    Stats::add(&stats.frames_malformed, 1);
-                    if let Some(suppressed) = bad_frames.check(Instant::now()) {
-                        warn!(sensor = %self.name, %error, suppressed, "malformed frame skipped");
-                    }
-                    continue;
+                Some(Err(e)) => {
+                    frames.finish(&mut framed).await;
+                    return ReadEnd::Lost(e.to_string());
                 }
-            };
-            let (n, state_error) = seq.allocate();
-            if let Some(error) = state_error {
-                if let Some(suppressed) = state_errors.check(Instant::now()) {
-                    warn!(sensor = %self.name, %error, suppressed,
-                        "cannot reserve sequence numbers on disk; a crash now may reuse them");
+                None => {
+                    frames.finish(&mut framed).await;
+                    return ReadEnd::Lost("device closed".into());
                 }
-            }
-            let record = Record {
-                sensor: self.name.clone(),
-                seq: n,
-                ts: SystemTime::now(),
-                fields,
-            };
-            Stats::add(&stats.records_read, 1);
-            if tx.send(record).await.is_err() {
-                return ReadEnd::Stopped;
             }
         }
     }
+}
 
-    fn lost(
-        &self,
-        framed: &mut FramedRead<tokio_serial::SerialStream, LinesDecoder>,
-        stats: &Stats,
-        error: String,
-    ) -> ReadEnd {
-        // Bytes of a frame cut by the unplug are dropped, never glued to
-        // the first bytes after the device comes back.
-        let mut pending = std::mem::take(framed.read_buffer_mut());
-        if framed.decoder_mut().reset(&mut pending) > 0 {
-            Stats::add(&stats.frames_partial, 1);
+/// Turns one device's frames into records.
+struct FrameHandler<'a> {
+    source: &'a SensorSource,
+    seq: &'a mut SeqAllocator,
+    tx: &'a mpsc::Sender<Record>,
+    stats: &'a Stats,
+    bad_frames: RateLimit,
+    state_errors: RateLimit,
+}
+
+impl FrameHandler<'_> {
+    /// Decodes one frame and sends the record on. False when the next
+    /// stage is gone.
+    async fn handle(&mut self, frame: LineFrame) -> bool {
+        let name = &self.source.name;
+        let frame = match frame {
+            LineFrame::Line(bytes) => bytes,
+            LineFrame::TooLong { len } => {
+                Stats::add(&self.stats.frames_too_long, 1);
+                if let Some(suppressed) = self.bad_frames.check(Instant::now()) {
+                    warn!(sensor = %name, len, max_frame = self.source.max_frame, suppressed,
+                        "frame longer than max_frame skipped");
+                }
+                return true;
+            }
+        };
+        let fields = match self.source.decoder.decode(&frame) {
+            Ok(Decoded::Fields(f)) => f,
+            Ok(Decoded::Skip) => return true,
+            Err(error) => {
+                Stats::add(&self.stats.frames_malformed, 1);
+                if let Some(suppressed) = self.bad_frames.check(Instant::now()) {
+                    warn!(sensor = %name, %error, suppressed, "malformed frame skipped");
+                }
+                return true;
+            }
+        };
+        let (n, state_error) = self.seq.allocate();
+        if let Some(error) = state_error {
+            if let Some(suppressed) = self.state_errors.check(Instant::now()) {
+                warn!(sensor = %name, %error, suppressed,
+                    "cannot reserve sequence numbers on disk; a crash now may reuse them");
+            }
         }
-        ReadEnd::Lost(error)
+        let record = Record {
+            sensor: name.clone(),
+            seq: n,
+            ts: SystemTime::now(),
+            fields,
+        };
+        Stats::add(&self.stats.records_read, 1);
+        self.tx.send(record).await.is_ok()
+    }
+
+    /// The device is going away (stop, unplug): the complete frames still
+    /// buffered become records; a partial frame at the end is dropped and
+    /// counted, never glued to the first bytes after a replug.
+    async fn finish(&mut self, framed: &mut FramedRead<tokio_serial::SerialStream, LinesDecoder>) {
+        let mut pending = std::mem::take(framed.read_buffer_mut());
+        let decoder = framed.decoder_mut();
+        let mut complete = Vec::new();
+        while let Ok(Some(frame)) = decoder.decode(&mut pending) {
+            complete.push(frame);
+        }
+        if decoder.reset(&mut pending) > 0 {
+            Stats::add(&self.stats.frames_partial, 1);
+        }
+        for frame in complete {
+            if !self.handle(frame).await {
+                return;
+            }
+        }
     }
 }

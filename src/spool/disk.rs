@@ -213,7 +213,6 @@ impl DiskLog {
         let ack = read_ack_file(&dir.join(ACK_FILE));
         let mut recovery = Recovery {
             resend_from: ack.below,
-            last_seq: ack.last_seq.clone(),
             ..Recovery::default()
         };
         let mut segments = VecDeque::new();
@@ -267,8 +266,11 @@ impl DiskLog {
             persisted_below: ack.below,
             last_seq: ack.last_seq,
         };
-        // Segments acknowledged entirely before the stop.
-        log.release_acked(ack.below, false);
+        // Segments acknowledged entirely before the stop. Their highest
+        // sequence numbers move into the ack file's record.
+        if log.release_acked(ack.below, false) > 0 {
+            log.persist_acks();
+        }
         // Resume appending to the last segment when it has room.
         if let (Some(last), Some(valid_len)) = (log.segments.back(), last_valid_len) {
             if valid_len < log.settings.segment_size {
@@ -288,6 +290,7 @@ impl DiskLog {
         recovery.segments = log.segments.len();
         recovery.messages = log.segments.iter().map(|s| s.messages).sum();
         recovery.bytes = log.bytes;
+        recovery.last_seq = log.last_seq.clone();
         for s in &log.segments {
             for (sensor, r) in &s.sensors {
                 let e = recovery
