@@ -130,6 +130,10 @@ pub async fn run(
         stats.clone(),
         cfg.log.stats_interval,
         abort.clone(),
+        {
+            let spool = spool.clone();
+            move || spool.refresh_age()
+        },
     ));
     info!(sensors = cfg.sensor.len(), broker = %cfg.mqtt.host, port = cfg.mqtt.port, "started");
 
@@ -182,6 +186,7 @@ pub async fn run(
         }
     }
     let _ = stats_task.await;
+    spool.refresh_age();
     let last = stats.snapshot();
     telemetry::log_stats(&last);
     info!("stopped");

@@ -79,6 +79,8 @@ counters! {
     spool_messages,
     spool_bytes,
     spool_memory_bytes,
+    /// Gauge: seconds the oldest unacknowledged message has waited.
+    spool_oldest_age_s,
     /// Spool entries found damaged (skipped) or unreadable.
     spool_corrupt_entries,
     /// Failed writes to the spool (ENOSPC, I/O errors).
@@ -97,17 +99,22 @@ impl Stats {
     }
 }
 
-/// Logs the stats line every `interval` until cancelled.
+/// Logs the stats line every `interval` until cancelled; `refresh`
+/// updates gauges that are computed rather than counted, just before.
 pub async fn stats_loop(
     stats: std::sync::Arc<Stats>,
     interval: Duration,
     stop: tokio_util::sync::CancellationToken,
+    refresh: impl Fn(),
 ) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => log_stats(&stats.snapshot()),
+            _ = tick.tick() => {
+                refresh();
+                log_stats(&stats.snapshot());
+            }
         }
     }
 }
@@ -122,6 +129,7 @@ pub fn log_stats(s: &Snapshot) {
         frames_too_long = s.frames_too_long,
         spool_messages = s.spool_messages,
         spool_bytes = s.spool_bytes,
+        spool_oldest_age_s = s.spool_oldest_age_s,
         spool_corrupt = s.spool_corrupt_entries,
         spool_write_errors = s.spool_write_errors,
         sensors_open = s.sensors_open,

@@ -19,6 +19,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use tracing::{error, warn};
@@ -98,16 +99,19 @@ pub struct SegmentInfo {
     pub bytes: u64,
     pub messages: u64,
     pub sensors: BTreeMap<Arc<str>, SensorRange>,
+    /// When the segment was started: no message in it is older.
+    pub created: SystemTime,
 }
 
 impl SegmentInfo {
-    fn new(path: PathBuf) -> Self {
+    fn new(path: PathBuf, created: SystemTime) -> Self {
         SegmentInfo {
             path,
             ids: None,
             bytes: SEGMENT_HEADER_LEN,
             messages: 0,
             sensors: BTreeMap::new(),
+            created,
         }
     }
 
@@ -227,7 +231,10 @@ impl DiskLog {
                             skipped_bytes = report.skipped_bytes, torn_tail_bytes = report.torn_tail_bytes,
                             "spool segment damaged (power cut or disk fault); damaged entries skipped, the rest kept");
                     }
-                    let mut info = SegmentInfo::new(path);
+                    let created = fs::metadata(&path)
+                        .and_then(|m| m.created().or_else(|_| m.modified()))
+                        .unwrap_or_else(|_| SystemTime::now());
+                    let mut info = SegmentInfo::new(path, created);
                     for m in &metas {
                         info.add(m.id, &m.sensor, m.first_seq, m.last_seq, m.records, m.len);
                     }
@@ -383,7 +390,8 @@ impl DiskLog {
             sync_dir(&self.settings.dir);
         }
         self.bytes += SEGMENT_HEADER_LEN;
-        self.segments.push_back(SegmentInfo::new(path));
+        self.segments
+            .push_back(SegmentInfo::new(path, SystemTime::now()));
         self.writer = Some(writer);
         Ok(())
     }

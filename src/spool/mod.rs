@@ -21,7 +21,7 @@ pub mod sequences;
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
@@ -68,8 +68,9 @@ impl SpoolSettings {
 #[derive(Debug)]
 struct Inner {
     log: DiskLog,
-    /// The newest messages, ids contiguous, within `memory` bytes.
-    cache: VecDeque<(MessageId, Arc<SealedMessage>)>,
+    /// The newest messages, ids contiguous, within `memory` bytes, with
+    /// the time each was stored.
+    cache: VecDeque<(MessageId, Arc<SealedMessage>, SystemTime)>,
     cache_bytes: usize,
     acks: AckTracker,
     /// The next id to hand to the uplink.
@@ -132,6 +133,24 @@ impl Spool {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// How long the oldest unacknowledged message has waited: exact while
+    /// it is still in memory, otherwise the age of its segment (an upper
+    /// bound, within one segment).
+    fn oldest_unsent_age(s: &Inner) -> Duration {
+        let below = s.acks.below();
+        if below >= s.log.next_id() {
+            return Duration::ZERO;
+        }
+        let since = match s.cache.front() {
+            Some(&(front, _, _)) if below >= front => s.cache[(below - front) as usize].2,
+            _ => s
+                .log
+                .segment_of(below)
+                .map_or_else(SystemTime::now, |seg| seg.created),
+        };
+        since.elapsed().unwrap_or_default()
+    }
+
     fn update_gauges(&self, s: &Inner) {
         Stats::set(
             &self.stats.spool_messages,
@@ -139,6 +158,15 @@ impl Spool {
         );
         Stats::set(&self.stats.spool_bytes, s.log.bytes());
         Stats::set(&self.stats.spool_memory_bytes, s.cache_bytes as u64);
+    }
+
+    /// Refreshes the age gauge (called by the stats line).
+    pub fn refresh_age(&self) {
+        let s = self.lock();
+        Stats::set(
+            &self.stats.spool_oldest_age_s,
+            Self::oldest_unsent_age(&s).as_secs(),
+        );
     }
 
     /// Stores a sealed message (on disk first). Under `block`, waits for
@@ -181,9 +209,9 @@ impl Spool {
                         info!(was = %reason, "spool accepts data again");
                     }
                     s.cache_bytes += msg.bytes.len();
-                    s.cache.push_back((id, msg));
+                    s.cache.push_back((id, msg, SystemTime::now()));
                     while s.cache_bytes > self.settings.memory && s.cache.len() > 1 {
-                        let (_, old) = s.cache.pop_front().expect("not empty");
+                        let (_, old, _) = s.cache.pop_front().expect("not empty");
                         s.cache_bytes -= old.bytes.len();
                     }
                     self.update_gauges(&s);
@@ -239,8 +267,8 @@ impl Spool {
         }
         s.acks.skip_to(last + 1);
         s.send_cursor = s.send_cursor.max(last + 1);
-        while s.cache.front().is_some_and(|(id, _)| *id <= last) {
-            let (_, m) = s.cache.pop_front().expect("not empty");
+        while s.cache.front().is_some_and(|(id, _, _)| *id <= last) {
+            let (_, m, _) = s.cache.pop_front().expect("not empty");
             s.cache_bytes -= m.bytes.len();
         }
         self.update_gauges(s);
@@ -259,7 +287,7 @@ impl Spool {
                 s.send_cursor = id + 1;
                 continue;
             }
-            if let Some(&(front, _)) = s.cache.front() {
+            if let Some(&(front, _, _)) = s.cache.front() {
                 if id >= front {
                     let msg = s.cache[(id - front) as usize].1.clone();
                     s.send_cursor = id + 1;
@@ -281,7 +309,7 @@ impl Spool {
                 Ok(None) => {
                     // Ids missing on disk (skipped as corrupt at start-up):
                     // continue with what is in memory.
-                    let next = s.cache.front().map_or(s.log.next_id(), |(f, _)| *f);
+                    let next = s.cache.front().map_or(s.log.next_id(), |(f, _, _)| *f);
                     if next <= id {
                         return None;
                     }
@@ -321,8 +349,8 @@ impl Spool {
             return false;
         }
         let below = s.acks.below();
-        while s.cache.front().is_some_and(|(i, _)| *i < below) {
-            let (_, m) = s.cache.pop_front().expect("not empty");
+        while s.cache.front().is_some_and(|(i, _, _)| *i < below) {
+            let (_, m, _) = s.cache.pop_front().expect("not empty");
             s.cache_bytes -= m.bytes.len();
         }
         if s.log.release_acked(below, true) > 0 {
@@ -419,6 +447,23 @@ mod tests {
         assert!(!spool.ack(3, 1), "a second ack counts once");
         spool.rewind();
         assert_eq!(drain(&spool).first().map(|s| s.1), Some(10));
+    }
+
+    #[tokio::test]
+    async fn the_age_gauge_follows_the_oldest_unacknowledged_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = Arc::new(Stats::default());
+        let (spool, _) = Spool::open(settings(dir.path(), WhenFull::Block), stats.clone()).unwrap();
+        let spool = Arc::new(spool);
+        spool.push(msg(0)).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        spool.push(msg(1)).await;
+        spool.refresh_age();
+        assert_eq!(stats.snapshot().spool_oldest_age_s, 1);
+        let (id, _) = spool.next_to_send().unwrap();
+        spool.ack(id, 1);
+        spool.refresh_age();
+        assert_eq!(stats.snapshot().spool_oldest_age_s, 0);
     }
 
     #[tokio::test]

@@ -261,12 +261,17 @@ impl SegmentWriter {
     /// nothing.
     pub fn append(&mut self, entry: &Entry) -> io::Result<u64> {
         encode_entry(entry, &mut self.scratch)?;
-        append_encoded(
+        let result = append_encoded(
             &mut self.file,
             &mut self.len,
             &mut self.tail_dirty,
             &self.scratch,
-        )
+        );
+        if self.scratch.capacity() > READ_CHUNK {
+            // Don't keep what one large entry needed.
+            self.scratch = Vec::new();
+        }
+        result
     }
 
     /// Makes what was appended durable (`fdatasync`).
