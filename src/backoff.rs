@@ -35,6 +35,21 @@ impl Backoff {
         half + half.mul_f64(rand::random::<f64>())
     }
 
+    /// The next delay with "full jitter": uniformly random between `min`
+    /// and the ceiling. Spreads a fleet's reconnects over the whole window
+    /// (the uplink's choice), never below `min`.
+    pub fn next_delay_full_jitter(&mut self) -> Duration {
+        let ceiling = self.ceiling();
+        self.attempt = self.attempt.saturating_add(1);
+        self.min + (ceiling - self.min.min(ceiling)).mul_f64(rand::random::<f64>())
+    }
+
+    /// Jumps to the longest delay (the peer refused us: retrying soon is
+    /// pointless).
+    pub fn to_max(&mut self) {
+        self.attempt = 31;
+    }
+
     /// After a success: start again from `min`.
     pub fn reset(&mut self) {
         self.attempt = 0;
@@ -62,5 +77,12 @@ mod tests {
         assert_eq!(*ceilings.last().unwrap(), max);
         b.reset();
         assert_eq!(b.ceiling(), min);
+        for _ in 0..20 {
+            let c = b.ceiling();
+            let d = b.next_delay_full_jitter();
+            assert!(d >= min && d <= c, "{d:?} within [{min:?}, {c:?}]");
+        }
+        b.to_max();
+        assert_eq!(b.ceiling(), max);
     }
 }

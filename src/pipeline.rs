@@ -7,13 +7,13 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::batch::{self, Batcher};
 use crate::config;
 use crate::config::Config;
 use crate::record::Record;
-use crate::seal::{self, KeyError, Sealer};
+use crate::seal::{self, KeyError, SealedMessage, Sealer};
 use crate::serial::SensorSource;
 use crate::spool::disk::DiskError;
 use crate::spool::sequences::{StateDir, StateError};
@@ -114,9 +114,23 @@ pub async fn run(
         ));
     }
     drop(batch_tx);
-    let mut sealing = tokio::spawn(seal_loop(sealer, batch_rx, spool.clone(), stats.clone()));
+    let mut sealing = tokio::spawn(seal_loop(
+        sealer,
+        batch_rx,
+        publish_limit(&cfg),
+        spool.clone(),
+        stats.clone(),
+    ));
+    let (tls_tx, tls_rx) = tokio::sync::watch::channel(tls);
+    let reload_task = tokio::spawn(reload_tls_on_sighup(
+        cfg.mqtt.clone(),
+        tls_tx,
+        abort.clone(),
+    ));
+    let expiry_task = tokio::spawn(warn_of_certificate_expiry(cfg.mqtt.clone(), abort.clone()));
     let mut uplink = tokio::spawn(uplink::run(
-        UplinkSettings::new(&cfg, tls),
+        UplinkSettings::new(&cfg),
+        tls_rx,
         spool.clone(),
         stats.clone(),
         abort.clone(),
@@ -175,6 +189,8 @@ pub async fn run(
         let _ = uplink.await;
     }
     let _ = sync_task.await;
+    let _ = reload_task.await;
+    let _ = expiry_task.await;
     {
         let spool = spool.clone();
         let _ = tokio::task::spawn_blocking(move || spool.sync()).await;
@@ -242,24 +258,120 @@ async fn sync_loop(spool: Arc<Spool>, interval: std::time::Duration, stop: Cance
     }
 }
 
+/// The largest sealed message that fits the broker's `max_packet` once
+/// the MQTT header and the longest topic are added.
+fn publish_limit(cfg: &Config) -> usize {
+    let topic = cfg
+        .sensor
+        .iter()
+        .map(|s| cfg.topic_for(&s.name).len())
+        .max()
+        .unwrap_or(0);
+    // Fixed header (up to 5), topic length (2), packet id (2).
+    cfg.mqtt.max_packet.saturating_sub(topic + 9)
+}
+
+/// SIGHUP reloads the CA, client certificate and key from disk; the uplink
+/// reconnects with them. A reload that fails keeps the old ones.
+async fn reload_tls_on_sighup(
+    mqtt: config::Mqtt,
+    tls: tokio::sync::watch::Sender<Option<Arc<rustls::ClientConfig>>>,
+    stop: CancellationToken,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        warn!("cannot listen for SIGHUP; TLS material is reloaded only by a restart");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = hup.recv() => {}
+        }
+        if !mqtt.tls {
+            info!("SIGHUP: TLS is off, nothing to reload");
+            continue;
+        }
+        match uplink::tls::load_client_config(&mqtt) {
+            Ok(config) => {
+                info!(cert_file = ?mqtt.cert_file, "SIGHUP: TLS material reloaded");
+                tls.send_replace(Some(config));
+            }
+            Err(e) => error!(error = %e,
+                "SIGHUP: cannot reload the TLS material; keeping the current one"),
+        }
+    }
+}
+
+/// At start and once a day: warn while the client certificate nears its
+/// end (`cert_warn_days`).
+async fn warn_of_certificate_expiry(mqtt: config::Mqtt, stop: CancellationToken) {
+    if !mqtt.tls {
+        return;
+    }
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(24 * 3600));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match uplink::tls::check(&mqtt) {
+            Ok(report) => {
+                for w in report.warnings {
+                    warn!(days_left = report.days_left, "{w}");
+                }
+            }
+            Err(e) => error!(error = %e, "client certificate check failed"),
+        }
+    }
+}
+
+/// Seals `records`, splitting them until each message fits `limit` bytes.
+/// A single record too large on its own cannot be sent: counted and logged.
+fn seal_fitting(
+    sealer: &mut Sealer,
+    records: &[Record],
+    limit: usize,
+    out: &mut Vec<SealedMessage>,
+    stats: &Stats,
+) {
+    match sealer.seal(records) {
+        Ok(msg) if msg.bytes.len() <= limit => out.push(msg),
+        Ok(msg) if records.len() > 1 => {
+            debug!(sensor = %msg.sensor, records = records.len(), bytes = msg.bytes.len(), limit,
+                "sealed batch larger than max_packet; splitting");
+            let mid = records.len() / 2;
+            seal_fitting(sealer, &records[..mid], limit, out, stats);
+            seal_fitting(sealer, &records[mid..], limit, out, stats);
+        }
+        Ok(msg) => {
+            Stats::add(&stats.seal_errors, 1);
+            Stats::add(&stats.records_dropped, 1);
+            error!(sensor = %msg.sensor, seq = msg.first_seq, bytes = msg.bytes.len(), limit,
+                "a single record is larger than mqtt.max_packet once sealed; record dropped");
+        }
+        Err(e) => {
+            Stats::add(&stats.seal_errors, 1);
+            error!(sensor = %records[0].sensor, seq_first = records[0].seq,
+                records = records.len(), error = %e, "cannot seal batch; records lost");
+        }
+    }
+}
+
 async fn seal_loop(
     mut sealer: Sealer,
     mut batches: mpsc::Receiver<Vec<Record>>,
+    limit: usize,
     spool: Arc<Spool>,
     stats: Arc<Stats>,
 ) {
+    let mut sealed = Vec::new();
     while let Some(batch) = batches.recv().await {
-        match sealer.seal(&batch) {
-            Ok(msg) => {
-                Stats::add(&stats.messages_sealed, 1);
-                Stats::add(&stats.records_sealed, u64::from(msg.records));
-                spool.push(msg).await;
-            }
-            Err(e) => {
-                Stats::add(&stats.seal_errors, 1);
-                error!(sensor = %batch[0].sensor, seq_first = batch[0].seq,
-                    records = batch.len(), error = %e, "cannot seal batch; records lost");
-            }
+        seal_fitting(&mut sealer, &batch, limit, &mut sealed, &stats);
+        for msg in sealed.drain(..) {
+            Stats::add(&stats.messages_sealed, 1);
+            Stats::add(&stats.records_sealed, u64::from(msg.records));
+            spool.push(msg).await;
         }
     }
 }

@@ -52,6 +52,17 @@ impl fmt::Display for Config {
         w.string("reconnect_max", &duration(m.reconnect_max))?;
         w.value("max_inflight", m.max_inflight)?;
         w.string("drain_timeout", &duration(m.drain_timeout))?;
+        w.value("clean_session", m.clean_session)?;
+        w.optional("username", m.username.as_deref())?;
+        match &m.password {
+            Some(secret) => w.value("password", secret)?,
+            None => w.unset("password")?,
+        }
+        w.strings("alpn", &m.alpn)?;
+        w.value("cert_warn_days", m.cert_warn_days)?;
+        w.string("max_packet", &format_size(m.max_packet as u64))?;
+        w.string("status_topic", &m.status_topic)?;
+        w.value("protocol", m.protocol)?;
         w.table("[batch]")?;
         w.value("max_records", self.batch.max_records as u64)?;
         w.string("linger", &duration(self.batch.linger))?;
@@ -108,8 +119,12 @@ impl Writer<'_, '_> {
     fn optional(&mut self, key: &str, value: Option<&str>) -> fmt::Result {
         match value {
             Some(v) => self.string(key, v),
-            None => writeln!(self.out, "# {key} is not set"),
+            None => self.unset(key),
         }
+    }
+
+    fn unset(&mut self, key: &str) -> fmt::Result {
+        writeln!(self.out, "# {key} is not set")
     }
 }
 

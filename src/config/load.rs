@@ -14,7 +14,7 @@ use super::{ConfigError, ENV_PREFIX, Problem};
 
 /// Keys whose value is a list; set from the environment as a comma-separated
 /// string.
-const ENV_LIST_KEYS: &[&str] = &["seal.encrypt"];
+const ENV_LIST_KEYS: &[&str] = &["seal.encrypt", "mqtt.alpn"];
 
 /// The merged tree, and the file behind each origin string in it.
 pub(super) struct Merged {

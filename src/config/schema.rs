@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::choice::{Format, Framing, Fsync, LogFormat, WhenFull};
+use super::secret::Secret;
 use super::units::{KIB, MIB, Percent, de_duration, de_percent, de_size_u64, de_size_usize};
 
 /// The whole, validated configuration of one gateway.
@@ -98,6 +99,37 @@ pub struct Mqtt {
     pub max_inflight: u16,
     #[serde(default = "default_drain_timeout", deserialize_with = "de_duration")]
     pub drain_timeout: Duration,
+    /// MQTT clean session (3.1.1) / clean start: `false` asks the broker to
+    /// keep the session (subscriptions, its own queued QoS 1 messages)
+    /// across reconnects.
+    #[serde(default = "default_true")]
+    pub clean_session: bool,
+    /// For brokers that want credentials on top of the client certificate.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Needs `username`. Never printed: `check-config` shows `<redacted>`.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// TLS ALPN protocol names offered, in order of preference (AWS IoT Core
+    /// on port 443 needs `x-amzn-mqtt-ca`); empty offers none.
+    #[serde(default)]
+    pub alpn: Vec<String>,
+    /// The client certificate gets a warning (at start and daily) this many
+    /// days before it expires.
+    #[serde(default = "default_cert_warn_days")]
+    pub cert_warn_days: u32,
+    /// Bytes. The largest MQTT packet the broker accepts; a sealed batch that
+    /// would be larger is split before publishing.
+    #[serde(default = "default_max_packet", deserialize_with = "de_size_usize")]
+    pub max_packet: usize,
+    /// Where the retained `online`/`offline` status (and the last will) is
+    /// published; `{gateway}` is replaced by `gateway.id`.
+    #[serde(default = "default_status_topic")]
+    pub status_topic: String,
+    /// The MQTT protocol level: 4 is MQTT 3.1.1 (the only one accepted for
+    /// now), 5 is MQTT 5.
+    #[serde(default = "default_protocol")]
+    pub protocol: u8,
 }
 
 /// When a batch of records becomes one sealed message.
@@ -225,6 +257,18 @@ fn default_max_inflight() -> u16 {
 fn default_drain_timeout() -> Duration {
     Duration::from_secs(10)
 }
+fn default_cert_warn_days() -> u32 {
+    30
+}
+fn default_max_packet() -> usize {
+    128 * KIB as usize
+}
+fn default_status_topic() -> String {
+    "sensorgate/{gateway}/status".to_string()
+}
+fn default_protocol() -> u8 {
+    4
+}
 
 impl Config {
     /// The MQTT topic of one sensor's sealed messages: `mqtt.topic` with
@@ -232,6 +276,12 @@ impl Config {
     /// name that itself contains `{sensor}` is not expanded again.
     pub fn topic_for(&self, sensor: &str) -> String {
         expand_topic(&self.mqtt.topic, &self.gateway.id, sensor)
+    }
+
+    /// The gateway's status topic (retained `online`/`offline`, and the last
+    /// will): `mqtt.status_topic` with `{gateway}` replaced.
+    pub fn status_topic(&self) -> String {
+        expand_topic(&self.mqtt.status_topic, &self.gateway.id, "")
     }
 }
 

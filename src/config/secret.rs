@@ -6,9 +6,9 @@ use serde::{Deserialize, Deserializer};
 
 /// A secret configuration value (a password, a token). Its `Debug` and the
 /// effective configuration printed by `check-config` show `<redacted>`, and
-/// the memory is wiped on drop. No key needs one yet — key *contents* are
-/// never part of the configuration, only their paths — but the next password
-/// field must use this type, not `String`.
+/// the memory is wiped on drop. Key *contents* are never part of the
+/// configuration, only their paths; `mqtt.password` is the one secret value,
+/// and the next one must use this type too, not `String`.
 #[derive(Clone)]
 pub struct Secret(zeroize::Zeroizing<String>);
 
@@ -22,6 +22,16 @@ impl Secret {
         &self.0
     }
 }
+
+/// Equal when the secrets are: lets a whole [`Config`](super::Config) be
+/// compared (a reload that changed nothing, the tests' round trips).
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.expose() == other.expose()
+    }
+}
+
+impl Eq for Secret {}
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

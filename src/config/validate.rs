@@ -239,6 +239,110 @@ impl Found<'_> {
                 format!("{} is out of range; use 1 to 1000", m.max_inflight),
             );
         }
+        self.mqtt_session(cfg);
+    }
+
+    /// The session keys added for the big brokers: credentials, ALPN,
+    /// packet size, status topic, protocol level.
+    fn mqtt_session(&mut self, cfg: &Config) {
+        let m = &cfg.mqtt;
+        if let Some(user) = &m.username {
+            if user.is_empty() || user.chars().any(char::is_control) {
+                self.fail(
+                    "mqtt.username",
+                    "must be non-empty and free of control characters; remove the key for no username",
+                );
+            } else if user.len() > MQTT_STRING_MAX {
+                self.fail(
+                    "mqtt.username",
+                    format!(
+                        "is {} bytes long; MQTT allows at most {MQTT_STRING_MAX}",
+                        user.len()
+                    ),
+                );
+            }
+        }
+        if let Some(password) = &m.password {
+            // The messages never quote the value: it is a secret.
+            if m.username.is_none() {
+                self.fail(
+                    "mqtt.password",
+                    "is set but mqtt.username is not; MQTT 3.1.1 sends a password only with a username, so set both or neither",
+                );
+            }
+            if password.expose().len() > MQTT_STRING_MAX {
+                self.fail(
+                    "mqtt.password",
+                    format!("is too long; MQTT allows at most {MQTT_STRING_MAX} bytes"),
+                );
+            }
+        }
+        for (i, name) in m.alpn.iter().enumerate() {
+            let key = format!("mqtt.alpn[{i}]");
+            if name.is_empty() {
+                self.fail(
+                    key,
+                    "an ALPN protocol name must not be empty; remove it, or the whole list to offer none",
+                );
+            } else if name.len() > 255 {
+                self.fail(
+                    key,
+                    format!(
+                        "is {} bytes long; an ALPN protocol name is at most 255 bytes",
+                        name.len()
+                    ),
+                );
+            } else if m.alpn[..i].contains(name) {
+                self.fail(key, format!("\"{name}\" is listed twice"));
+            }
+        }
+        if m.cert_warn_days > 3650 {
+            self.fail(
+                "mqtt.cert_warn_days",
+                format!(
+                    "{} is out of range; use 0 (no warning) to 3650 days",
+                    m.cert_warn_days
+                ),
+            );
+        }
+        if !(KIB as usize..=256 * MIB as usize).contains(&m.max_packet) {
+            self.fail(
+                "mqtt.max_packet",
+                format!(
+                    "{} is out of range; use 1KiB to 256MiB (the MQTT limit); AWS IoT Core accepts 128KiB",
+                    format_size(m.max_packet as u64)
+                ),
+            );
+        }
+        if let Some(msg) = status_topic_problem(&m.status_topic) {
+            self.fail("mqtt.status_topic", msg);
+        } else if topic_template_problem(&m.topic).is_none() {
+            let status = cfg.status_topic();
+            for (i, s) in cfg.sensor.iter().enumerate() {
+                if cfg.topic_for(&s.name) == status {
+                    self.fail(
+                        "mqtt.status_topic",
+                        format!(
+                            "\"{status}\" is also the topic of sensor[{i}] (\"{}\"); rename the sensor or change mqtt.status_topic",
+                            s.name
+                        ),
+                    );
+                }
+            }
+        }
+        match m.protocol {
+            4 => {}
+            5 => self.fail(
+                "mqtt.protocol",
+                "MQTT 5 (protocol = 5) is not supported by this version yet; use 4",
+            ),
+            other => self.fail(
+                "mqtt.protocol",
+                format!(
+                    "{other} is not an MQTT protocol level this gateway speaks; use 4 (MQTT 3.1.1)"
+                ),
+            ),
+        }
     }
 
     fn batch_and_buffer(&mut self, cfg: &Config) {
@@ -352,12 +456,34 @@ fn topic_level_problem(s: &str) -> Option<String> {
     }
 }
 
+/// The longest UTF-8 string an MQTT packet can carry (a 16-bit length).
+const MQTT_STRING_MAX: usize = u16::MAX as usize;
+
 fn topic_template_problem(t: &str) -> Option<String> {
     if !t.contains("{sensor}") {
         return Some(format!(
             "\"{t}\" must contain {{sensor}}, or all sensors would publish to one topic"
         ));
     }
+    topic_chars_problem(t)
+}
+
+/// Like [`topic_template_problem`] for the one status topic of the gateway:
+/// `{gateway}` only.
+fn status_topic_problem(t: &str) -> Option<String> {
+    if t.is_empty() {
+        return Some("must not be empty".to_string());
+    }
+    if t.contains("{sensor}") {
+        return Some(format!(
+            "\"{t}\" contains {{sensor}}, but the status topic is one per gateway; use {{gateway}} only"
+        ));
+    }
+    topic_chars_problem(t)
+}
+
+/// What both topic templates must not contain.
+fn topic_chars_problem(t: &str) -> Option<String> {
     if t.contains(['+', '#']) || t.contains('\0') {
         return Some(format!(
             "\"{t}\" contains an MQTT wildcard ('+' or '#') or NUL, which cannot be published to"
@@ -372,6 +498,12 @@ fn topic_template_problem(t: &str) -> Option<String> {
     if stripped.contains(['{', '}']) {
         return Some(format!(
             "\"{t}\" has a placeholder other than {{gateway}} and {{sensor}}"
+        ));
+    }
+    if t.len() > MQTT_STRING_MAX {
+        return Some(format!(
+            "is {} bytes long; an MQTT topic is at most {MQTT_STRING_MAX}",
+            t.len()
         ));
     }
     None

@@ -224,7 +224,7 @@ async fn start_consumer(
     .set_keep_alive(Duration::from_secs(30));
     let (client, mut eventloop) = AsyncClient::new(opts, 64);
     client
-        .subscribe(format!("sensorgate/{GATEWAY}/#"), QoS::AtLeastOnce)
+        .subscribe(format!("sensorgate/{GATEWAY}/{SENSOR}"), QoS::AtLeastOnce)
         .await?;
     // Wait for the SUBACK, so nothing published later is missed.
     tokio::time::timeout(Duration::from_secs(10), async {

@@ -3,36 +3,40 @@
 //! reconnects with backoff when the broker goes away.
 //!
 //! Retransmission is ours, not the MQTT client's: each connection uses a
-//! fresh rumqttc event loop with a clean session, and after a reconnect the
-//! spool offers every unacknowledged message again, oldest first. So the
-//! spool stays the single truth about what the broker has, and per-sensor
-//! order is kept.
+//! fresh rumqttc event loop, and after a reconnect the spool offers every
+//! unacknowledged message again, oldest first. So the spool stays the single
+//! truth about what the broker has, and per-sensor order is kept. (Those
+//! resends are new publishes of a new session, so MQTT's DUP flag, which
+//! marks redelivery within one session, does not apply.)
 
+pub mod inflight;
 pub mod tls;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS, Transport};
-use tokio::sync::mpsc;
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, MqttOptions,
+    Outgoing, Packet, QoS, Transport,
+};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::spool::MessageId;
 use crate::spool::Spool;
 use crate::telemetry::{RateLimit, Stats};
+use inflight::{Inflight, Tracked};
 
 /// A connection that lasted this long resets the reconnect backoff; one
 /// that the broker drops sooner (say, right after CONNACK) does not, so a
 /// broker that keeps refusing us is not hammered at `reconnect_min`.
 const STABLE_CONNECTION: Duration = Duration::from_secs(30);
 
-/// Largest MQTT packet we send or accept. A batch of 100 sealed records is
-/// a few tens of KiB; brokers commonly allow 128 KiB (AWS IoT) or more.
-const MAX_PACKET: usize = 1 << 20;
+/// TLS client configuration as it is now; SIGHUP sends a new one.
+pub type TlsWatch = watch::Receiver<Option<Arc<rustls::ClientConfig>>>;
 
 /// What the uplink needs from the configuration, resolved once.
 #[derive(Clone)]
@@ -45,44 +49,73 @@ pub struct UplinkSettings {
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
     pub max_inflight: u16,
-    /// `None` only when the configuration says `tls = false`.
-    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub max_packet: usize,
+    pub clean_session: bool,
+    pub credentials: Option<(String, String)>,
     /// Topic per sensor name.
     pub topics: HashMap<Arc<str>, String>,
+    /// Where the retained `online`/`offline` status goes.
+    pub status_topic: String,
+    pub gateway: String,
+    /// When this process started, in the status message.
+    pub started: SystemTime,
 }
 
 impl UplinkSettings {
-    pub fn new(cfg: &Config, tls: Option<Arc<rustls::ClientConfig>>) -> Self {
+    pub fn new(cfg: &Config) -> Self {
+        let m = &cfg.mqtt;
         UplinkSettings {
-            host: cfg.mqtt.host.clone(),
-            port: cfg.mqtt.port,
-            client_id: cfg
-                .mqtt
-                .client_id
-                .clone()
-                .unwrap_or_else(|| cfg.gateway.id.clone()),
-            keepalive: cfg.mqtt.keepalive,
-            connect_timeout: cfg.mqtt.connect_timeout,
-            reconnect_min: cfg.mqtt.reconnect_min,
-            reconnect_max: cfg.mqtt.reconnect_max,
-            max_inflight: cfg.mqtt.max_inflight.max(1),
-            tls,
+            host: m.host.clone(),
+            port: m.port,
+            client_id: m.client_id(&cfg.gateway).to_string(),
+            keepalive: m.keepalive,
+            connect_timeout: m.connect_timeout,
+            reconnect_min: m.reconnect_min,
+            reconnect_max: m.reconnect_max,
+            max_inflight: m.max_inflight.max(1),
+            max_packet: m.max_packet,
+            clean_session: m.clean_session,
+            credentials: m.username.as_ref().map(|u| {
+                (
+                    u.clone(),
+                    m.password
+                        .as_ref()
+                        .map(|p| p.expose().to_string())
+                        .unwrap_or_default(),
+                )
+            }),
             topics: cfg
                 .sensor
                 .iter()
                 .map(|s| (Arc::from(s.name.as_str()), cfg.topic_for(&s.name)))
                 .collect(),
+            status_topic: m.status_topic.replace("{gateway}", &cfg.gateway.id),
+            gateway: cfg.gateway.id.clone(),
+            started: SystemTime::now(),
         }
     }
 
-    fn options(&self) -> MqttOptions {
+    fn options(&self, tls: Option<&Arc<rustls::ClientConfig>>) -> MqttOptions {
         let mut o = MqttOptions::new(&self.client_id, &self.host, self.port);
-        o.set_keep_alive(self.keepalive.max(Duration::from_secs(5)))
-            .set_clean_session(true)
-            .set_inflight(self.max_inflight)
-            .set_max_packet_size(MAX_PACKET, MAX_PACKET)
-            .set_request_channel_capacity(usize::from(self.max_inflight) + 8);
-        if let Some(tls) = &self.tls {
+        // Packet size: what we send is split to fit `max_packet` before it is
+        // sealed; the limit here is for what the broker sends us.
+        let packet = self.max_packet.max(64 * 1024) + 1024;
+        o.set_keep_alive(self.keepalive.max(Duration::from_secs(1)))
+            .set_clean_session(self.clean_session)
+            // One more than the window: the status message.
+            .set_inflight(self.max_inflight.saturating_add(1))
+            .set_max_packet_size(packet, packet)
+            .set_request_channel_capacity(usize::from(self.max_inflight) + 8)
+            .set_last_will(LastWill::new(
+                &self.status_topic,
+                self.status("offline"),
+                QoS::AtLeastOnce,
+                true,
+            ));
+        if let Some((user, password)) = &self.credentials {
+            o.set_credentials(user, password);
+        }
+        if let Some(tls) = tls {
             o.set_transport(Transport::tls_with_config(
                 rumqttc::TlsConfiguration::Rustls(tls.clone()),
             ));
@@ -94,7 +127,20 @@ impl UplinkSettings {
         self.topics
             .get(sensor)
             .cloned()
-            .unwrap_or_else(|| format!("sensorgate/unknown/{sensor}"))
+            .unwrap_or_else(|| format!("sensorgate/{}/{sensor}", self.gateway))
+    }
+
+    /// The retained status payload: `{"status":"online","gateway":..,
+    /// "version":..,"started":..}`.
+    pub fn status(&self, status: &str) -> Vec<u8> {
+        serde_json::json!({
+            "status": status,
+            "gateway": self.gateway,
+            "version": env!("CARGO_PKG_VERSION"),
+            "started": crate::record::format_ts(self.started),
+        })
+        .to_string()
+        .into_bytes()
     }
 }
 
@@ -104,12 +150,15 @@ enum SessionEnd {
     Drained,
     /// Told to give up (shutdown deadline).
     Aborted,
+    /// New TLS material (SIGHUP): reconnect now with it.
+    Reload,
     Lost(String),
 }
 
 /// Publishes until the spool is closed and drained, or `abort` fires.
 pub async fn run(
     settings: UplinkSettings,
+    mut tls: TlsWatch,
     spool: Arc<Spool>,
     stats: Arc<Stats>,
     abort: CancellationToken,
@@ -122,8 +171,11 @@ pub async fn run(
             return;
         }
         spool.rewind();
-        let (client, mut eventloop) =
-            AsyncClient::new(settings.options(), usize::from(settings.max_inflight) + 8);
+        let tls_now = tls.borrow_and_update().clone();
+        let (client, mut eventloop) = AsyncClient::new(
+            settings.options(tls_now.as_ref()),
+            usize::from(settings.max_inflight) + 8,
+        );
         let mut net = eventloop.network_options();
         net.set_connection_timeout(settings.connect_timeout.as_secs().max(1));
         eventloop.set_network_options(net);
@@ -134,9 +186,9 @@ pub async fn run(
             _ = abort.cancelled() => { poller.abort(); return; }
             ev = ev_rx.recv() => match ev {
                 Some(Ok(Event::Incoming(Packet::ConnAck(_)))) => Ok(()),
-                Some(Ok(other)) => Err(format!("unexpected first event {other:?}")),
-                Some(Err(e)) => Err(e.to_string()),
-                None => Err("MQTT event loop ended".into()),
+                Some(Ok(other)) => Err((format!("unexpected first event {other:?}"), false)),
+                Some(Err(e)) => Err((e.to_string(), is_refusal(&e))),
+                None => Err(("MQTT event loop ended".into(), false)),
             },
         };
         let end = match connected {
@@ -150,14 +202,22 @@ pub async fn run(
                     }
                 }
                 let connected_at = Instant::now();
-                let end = session(&settings, &client, &mut ev_rx, &spool, &stats, &abort).await;
+                let end = session(
+                    &settings, &client, &mut ev_rx, &mut tls, &spool, &stats, &abort,
+                )
+                .await;
                 if connected_at.elapsed() >= STABLE_CONNECTION {
                     backoff.reset();
                 }
                 end
             }
-            Err(error) => {
+            Err((error, refused)) => {
                 Stats::add(&stats.connect_failures, 1);
+                if refused {
+                    // The broker answered and said no: retrying sooner
+                    // will not change its mind.
+                    backoff.to_max();
+                }
                 if let Some(suppressed) = refusals.check(Instant::now()) {
                     warn!(broker = %settings.host, port = settings.port, %error, suppressed,
                         "cannot connect to broker; data is kept, retrying");
@@ -170,14 +230,26 @@ pub async fn run(
         };
         match end {
             SessionEnd::Drained => {
+                // A clean stop: say so, then leave.
+                let _ = client.try_publish(
+                    &settings.status_topic,
+                    QoS::AtLeastOnce,
+                    true,
+                    settings.status("offline"),
+                );
                 let _ = client.try_disconnect();
-                // Give the client a moment to send DISCONNECT.
-                let _ = tokio::time::timeout(Duration::from_secs(1), poller).await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), poller).await;
                 return;
             }
             SessionEnd::Aborted => {
                 poller.abort();
                 return;
+            }
+            SessionEnd::Reload => {
+                let _ = client.try_disconnect();
+                let _ = tokio::time::timeout(Duration::from_secs(1), poller).await;
+                info!("reconnecting with the reloaded TLS material");
+                continue;
             }
             SessionEnd::Lost(error) => {
                 poller.abort();
@@ -190,17 +262,27 @@ pub async fn run(
         }
         tokio::select! {
             _ = abort.cancelled() => return,
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = tls.changed() => {}
+            _ = tokio::time::sleep(backoff.next_delay_full_jitter()) => {}
         }
     }
 }
 
+/// The broker rejected us (CONNACK refusal): credentials or authorization.
+fn is_refusal(e: &ConnectionError) -> bool {
+    matches!(
+        e,
+        ConnectionError::ConnectionRefused(
+            ConnectReturnCode::BadUserNamePassword
+                | ConnectReturnCode::NotAuthorized
+                | ConnectReturnCode::BadClientId
+        )
+    )
+}
+
 /// Drives the MQTT event loop on its own task: `EventLoop::poll` is not
 /// cancel-safe, so it must never be a branch of a `select!`.
-async fn poll_events(
-    mut eventloop: EventLoop,
-    tx: mpsc::Sender<Result<Event, rumqttc::ConnectionError>>,
-) {
+async fn poll_events(mut eventloop: EventLoop, tx: mpsc::Sender<Result<Event, ConnectionError>>) {
     loop {
         let ev = eventloop.poll().await;
         let failed = ev.is_err();
@@ -210,22 +292,35 @@ async fn poll_events(
     }
 }
 
-/// One connected session: keep up to `max_inflight` messages unacknowledged.
+/// One connected session: announce `online`, keep up to `max_inflight`
+/// messages unacknowledged, and notice a link that silently stopped.
 async fn session(
     settings: &UplinkSettings,
     client: &AsyncClient,
-    events: &mut mpsc::Receiver<Result<Event, rumqttc::ConnectionError>>,
+    events: &mut mpsc::Receiver<Result<Event, ConnectionError>>,
+    tls: &mut TlsWatch,
     spool: &Spool,
     stats: &Stats,
     abort: &CancellationToken,
 ) -> SessionEnd {
-    let window = usize::from(settings.max_inflight);
-    // Published, waiting for the client to assign a packet id (in order).
-    // (message id, records in it), for the acknowledgement.
-    let mut unassigned: VecDeque<(MessageId, u32)> = VecDeque::new();
-    let mut inflight: HashMap<u16, (MessageId, u32)> = HashMap::new();
+    let mut window = Inflight::new(usize::from(settings.max_inflight));
+    if client
+        .try_publish(
+            &settings.status_topic,
+            QoS::AtLeastOnce,
+            true,
+            settings.status("online"),
+        )
+        .is_ok()
+    {
+        window.published(Tracked::Status);
+    }
+    // rumqttc pings every keepalive; the broker answers. Nothing heard for
+    // 1.5 keepalives means the link is gone even if TCP has not noticed.
+    let silence_limit = settings.keepalive.max(Duration::from_secs(1)) * 3 / 2;
+    let mut last_heard = tokio::time::Instant::now();
     loop {
-        while unassigned.len() + inflight.len() < window {
+        while window.has_room() {
             let Some((id, msg)) = spool.next_to_send() else {
                 break;
             };
@@ -234,24 +329,33 @@ async fn session(
                 return SessionEnd::Lost(format!("publish request refused: {e}"));
             }
             Stats::add(&stats.messages_published, 1);
-            unassigned.push_back((id, msg.records));
+            window.published(Tracked::Message {
+                id,
+                records: msg.records,
+            });
         }
         if spool.is_drained() {
             return SessionEnd::Drained;
         }
-        let window_open = unassigned.len() + inflight.len() < window;
+        let room = window.has_room();
         tokio::select! {
             _ = abort.cancelled() => return SessionEnd::Aborted,
-            _ = spool.changed(), if window_open => {}
+            _ = tls.changed() => return SessionEnd::Reload,
+            _ = spool.changed(), if room => {}
+            _ = tokio::time::sleep_until(last_heard + silence_limit) => {
+                return SessionEnd::Lost(format!(
+                    "nothing heard from the broker for {:.1} s (keepalive {} s): the link is dead",
+                    silence_limit.as_secs_f64(), settings.keepalive.as_secs()
+                ));
+            }
             ev = events.recv() => match ev {
-                Some(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
-                    if let Some(sent) = unassigned.pop_front() {
-                        inflight.insert(pkid, sent);
-                    }
-                }
-                Some(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
-                    if let Some((id, records)) = inflight.remove(&ack.pkid) {
-                        spool.ack(id, records);
+                Some(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => window.assigned(pkid),
+                Some(Ok(Event::Incoming(packet))) => {
+                    last_heard = tokio::time::Instant::now();
+                    if let Packet::PubAck(ack) = packet {
+                        if let Some(Tracked::Message { id, records }) = window.acked(ack.pkid) {
+                            spool.ack(id, records);
+                        }
                     }
                 }
                 Some(Ok(_)) => {}

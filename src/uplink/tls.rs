@@ -542,6 +542,14 @@ mod tests {
                 reconnect_max: Duration::from_secs(30),
                 max_inflight: 32,
                 drain_timeout: Duration::from_secs(10),
+                clean_session: true,
+                username: None,
+                password: None,
+                alpn: Vec::new(),
+                cert_warn_days: 30,
+                max_packet: 128 * 1024,
+                status_topic: "sensorgate/{gateway}/status".to_string(),
+                protocol: 4,
             }
         }
     }

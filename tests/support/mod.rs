@@ -408,6 +408,9 @@ pub fn publish_all(options: MqttOptions, topic: &str, payloads: Vec<Vec<u8>>, ti
 #[derive(Default)]
 struct Inbox {
     payloads: Vec<Vec<u8>>,
+    /// Payloads of `.../status` topics (the gateway's retained status),
+    /// kept apart from the sealed messages.
+    statuses: Vec<Vec<u8>>,
     subscribed: bool,
     last_error: Option<String>,
 }
@@ -469,7 +472,13 @@ impl Subscriber {
                                 changed.notify_all();
                             }
                             Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
-                                lock.lock().unwrap().payloads.push(p.payload.to_vec());
+                                let mut inbox = lock.lock().unwrap();
+                                if p.topic.ends_with("/status") {
+                                    inbox.statuses.push(p.payload.to_vec());
+                                } else {
+                                    inbox.payloads.push(p.payload.to_vec());
+                                }
+                                drop(inbox);
                                 changed.notify_all();
                             }
                             Ok(Ok(_)) | Err(RecvTimeoutError::Timeout) => {}
@@ -533,6 +542,18 @@ impl Subscriber {
     /// The payloads received so far.
     pub fn received(&self) -> Vec<Vec<u8>> {
         self.inbox.0.lock().unwrap().payloads.clone()
+    }
+
+    /// The status messages received so far (`.../status` topics), as JSON.
+    pub fn statuses(&self) -> Vec<serde_json::Value> {
+        self.inbox
+            .0
+            .lock()
+            .unwrap()
+            .statuses
+            .iter()
+            .map(|p| serde_json::from_slice(p).expect("a status message is JSON"))
+            .collect()
     }
 
     /// The last connection error seen (for assertion messages).
