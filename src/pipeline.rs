@@ -156,7 +156,9 @@ pub async fn run(
     stop_reading.cancel();
     // Everything below is bounded by drain_timeout as a whole: with the
     // broker gone and `when_full = "block"`, the stages would wait forever.
-    let orderly = async {
+    let deadline = tokio::time::Instant::now() + cfg.mqtt.drain_timeout;
+    // First the intake: what was read is sealed and in the spool.
+    let intake = async {
         while let Some(done) = sources.join_next().await {
             match done {
                 Ok(seq) => {
@@ -171,21 +173,27 @@ pub async fn run(
         if let Err(e) = (&mut sealing).await {
             error!(error = %e, "seal task failed");
         }
-        spool.close();
-        // The uplink returns by itself once the closed spool is empty.
-        let _ = (&mut uplink).await;
     };
-    let drained = tokio::time::timeout(cfg.mqtt.drain_timeout, orderly)
-        .await
-        .is_ok();
+    let intake_done = tokio::time::timeout_at(deadline, intake).await.is_ok();
+    spool.close();
+    // Then the upload: the uplink returns by itself once the closed spool
+    // is empty.
+    let drained = intake_done && tokio::time::timeout_at(deadline, &mut uplink).await.is_ok();
     abort.cancel();
-    if !drained {
-        let (messages, bytes) = spool.backlog();
-        warn!(messages, bytes, timeout = ?cfg.mqtt.drain_timeout,
-            "broker did not take everything before drain_timeout; the rest stays in the spool for the next start");
+    if !intake_done {
+        warn!(timeout = ?cfg.mqtt.drain_timeout,
+            "records still on their way to the spool at drain_timeout are lost (the spool was full)");
         sources.abort_all();
         batchers.abort_all();
         sealing.abort();
+    }
+    if !drained {
+        let (messages, bytes) = spool.backlog();
+        info!(
+            messages,
+            bytes,
+            "the broker did not take everything before drain_timeout; the rest stays in the spool for the next start"
+        );
         let _ = uplink.await;
     }
     let _ = sync_task.await;
@@ -195,8 +203,9 @@ pub async fn run(
         let spool = spool.clone();
         let _ = tokio::task::spawn_blocking(move || spool.sync()).await;
     }
-    if drained {
-        // Every allocator was closed with its exact next number.
+    if intake_done {
+        // Every allocator was closed with its exact next number, and every
+        // record read is in the spool.
         if let Err(e) = state.mark_clean() {
             error!(error = %e, "cannot record the clean stop");
         }

@@ -1514,3 +1514,41 @@ fn a_nearly_full_filesystem_pauses_at_min_free_and_recovers() {
     // before the filesystem is full.
     full_filesystem_is_survived(None, "filesystem almost full");
 }
+
+#[test]
+fn a_sigterm_during_an_outage_is_a_clean_stop_and_the_backlog_goes_out_at_the_next_start() {
+    const TOTAL: u64 = 3000;
+    let mut rig = Rig::new();
+    let sub = rig.subscriber();
+    let pty = Pty::open().unwrap();
+    let config = spool_config(&rig, &pty, "memory = \"64KiB\"", "2s");
+    rig.broker.stop();
+    let mut gw = start_run(&config, 0);
+    let writer = SimSensor::spawn(pty.writer().unwrap(), TOTAL, None);
+    join_writer(writer, Duration::from_secs(60), &gw);
+    wait_for_stats(&gw, WAIT, "all records sealed", |s| {
+        get(s, "records_sealed") == TOTAL
+    });
+    // The broker is still away: the stop leaves everything in the spool.
+    assert_eq!(gw.stop(), 0, "{}", excerpt(&gw.log()));
+    let first = run_log(&config, 0);
+    assert!(
+        first.contains("the rest stays in the spool"),
+        "{}",
+        excerpt(&first)
+    );
+    assert_no_panic(&first);
+
+    rig.broker.restart();
+    let mut gw = start_run(&config, 1);
+    let opened = collect_records(&rig, &sub, TOTAL as usize, WAIT);
+    assert_eq!(opened.seqs(SENSOR), (0..TOTAL).collect::<Vec<_>>());
+    let second = run_log(&config, 1);
+    assert!(second.contains(BACKLOG), "{}", excerpt(&second));
+    assert!(
+        !second.contains(UNCLEAN),
+        "a SIGTERM with the broker away is still a clean stop:\n{}",
+        excerpt(&second)
+    );
+    assert_eq!(gw.stop(), 0);
+}
