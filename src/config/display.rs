@@ -151,8 +151,8 @@ mod tests {
     use proptest::prelude::*;
     use toml_writer::ToTomlValue as _;
 
-    use super::super::load_with_env;
     use super::super::test_support::{Dir, MINIMAL, example};
+    use super::super::{Secret, load_with_env};
 
     #[test]
     fn the_effective_configuration_reads_back_the_same() {
@@ -171,7 +171,25 @@ mod tests {
         let mut odd = min.clone();
         odd.gateway.id = "gw-\"quoted\"\\é".to_string();
         odd.sensor[0].delimiter = '\t';
+        odd.mqtt.clean_session = false;
+        odd.mqtt.username = Some("user?api-version=2021-06-30".to_string());
+        odd.mqtt.alpn = vec!["x-amzn-mqtt-ca".to_string(), "mqtt".to_string()];
+        odd.mqtt.cert_warn_days = 0;
+        odd.mqtt.max_packet = 256 * 1024 * 1024;
+        odd.mqtt.status_topic = "devices/{gateway}/state".to_string();
         assert_eq!(Dir::new(&odd.to_string()).load().unwrap(), odd);
+    }
+
+    #[test]
+    fn the_password_is_redacted() {
+        let mut cfg = Dir::new(MINIMAL).load().unwrap();
+        assert!(cfg.to_string().contains("# password is not set\n"));
+        cfg.mqtt.username = Some("gw".to_string());
+        cfg.mqtt.password = Some(Secret::new("hunter2".to_string()));
+        let text = cfg.to_string();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("password = \"<redacted>\"\n"), "{text}");
+        assert!(!format!("{cfg:?}").contains("hunter2"));
     }
 
     proptest! {

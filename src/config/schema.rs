@@ -376,6 +376,14 @@ mod tests {
         assert_eq!(m.reconnect_max, Duration::from_secs(30));
         assert_eq!(m.max_inflight, 32);
         assert_eq!(m.drain_timeout, Duration::from_secs(10));
+        assert!(m.clean_session);
+        assert_eq!((&m.username, &m.password), (&None, &None));
+        assert!(m.alpn.is_empty());
+        assert_eq!(m.cert_warn_days, 30);
+        assert_eq!(m.max_packet, 128 * 1024);
+        assert_eq!(m.status_topic, "sensorgate/{gateway}/status");
+        assert_eq!(cfg.status_topic(), "sensorgate/gw1/status");
+        assert_eq!(m.protocol, 4);
         assert_eq!(
             cfg.batch,
             Batch {
@@ -420,6 +428,8 @@ mod tests {
         );
         assert_eq!(expand_topic("{", "g", "s"), "{");
         assert_eq!(expand_topic("x{sensor", "g", "s"), "x{sensor");
+        cfg.mqtt.status_topic = "{gateway}/{gateway}/up".into();
+        assert_eq!(cfg.status_topic(), "gw1/gw1/up");
     }
 
     #[test]

@@ -635,6 +635,83 @@ stats_interval = "0s"
     }
 
     #[test]
+    fn session_keys_are_checked() {
+        let long = "x".repeat(256);
+        let text = MINIMAL.replace(
+            "tls = false",
+            &format!(
+                "tls = false\npassword = \"hunter2\"\nalpn = [\"mqtt\", \"\", \"{long}\", \"mqtt\"]\ncert_warn_days = 4000\nmax_packet = \"1000B\"\nstatus_topic = \"s/{{sensor}}/status\"\nprotocol = 5"
+            ),
+        );
+        let d = Dir::new(&text);
+        let e = d.load().unwrap_err();
+        for key in [
+            "mqtt.password",
+            "mqtt.alpn[1]",
+            "mqtt.alpn[2]",
+            "mqtt.alpn[3]",
+            "mqtt.cert_warn_days",
+            "mqtt.max_packet",
+            "mqtt.status_topic",
+            "mqtt.protocol",
+        ] {
+            assert_eq!(problem_at(&e, key).source, d.main().display().to_string());
+        }
+        assert_eq!(e.problems().len(), 8, "{e}");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert!(problem_at(&e, "mqtt.password").message.contains("username"));
+        assert!(problem_at(&e, "mqtt.alpn[2]").message.contains("255 bytes"));
+        assert!(
+            problem_at(&e, "mqtt.max_packet")
+                .message
+                .contains("1KiB to 256MiB")
+        );
+        assert!(
+            problem_at(&e, "mqtt.status_topic")
+                .message
+                .contains("{gateway} only")
+        );
+        assert_eq!(
+            problem_at(&e, "mqtt.protocol").message,
+            "MQTT 5 (protocol = 5) is not supported by this version yet; use 4"
+        );
+
+        // the edges of the ranges, and the same keys from the environment
+        let ok = MINIMAL.replace(
+            "tls = false",
+            "tls = false\nusername = \"u\"\npassword = \"p\"\ncert_warn_days = 0\nmax_packet = \"1KiB\"",
+        );
+        let cfg = Dir::new(&ok)
+            .load_env(&[
+                ("SENSORGATE__MQTT__ALPN", "x-amzn-mqtt-ca, mqtt"),
+                ("SENSORGATE__MQTT__PASSWORD", "from-env"),
+                ("SENSORGATE__MQTT__CLEAN_SESSION", "false"),
+            ])
+            .unwrap();
+        assert_eq!(cfg.mqtt.alpn, ["x-amzn-mqtt-ca", "mqtt"]);
+        assert_eq!(cfg.mqtt.password.unwrap().expose(), "from-env");
+        assert!(!cfg.mqtt.clean_session);
+        assert_eq!(cfg.mqtt.max_packet, 1024);
+        let ok = MINIMAL.replace("tls = false", "tls = false\nmax_packet = \"256MiB\"");
+        Dir::new(&ok).load().unwrap();
+
+        let e = Dir::new(MINIMAL)
+            .load_env(&[("SENSORGATE__MQTT__PROTOCOL", "3")])
+            .unwrap_err();
+        let p = only_problem(e);
+        assert_eq!(p.source, "environment variable SENSORGATE__MQTT__PROTOCOL");
+        assert!(p.message.contains("use 4 (MQTT 3.1.1)"), "{p}");
+    }
+
+    #[test]
+    fn a_sensor_cannot_publish_on_the_status_topic() {
+        let text = MINIMAL.replace("name = \"s1\"", "name = \"status\"");
+        let p = only_problem(Dir::new(&text).load().unwrap_err());
+        assert_eq!(p.key, "mqtt.status_topic");
+        assert!(p.message.contains("sensor[0]"), "{p}");
+    }
+
+    #[test]
     fn log_levels_are_checked_strictly() {
         for ok in [
             "info",

@@ -89,7 +89,7 @@ impl UplinkSettings {
                 .iter()
                 .map(|s| (Arc::from(s.name.as_str()), cfg.topic_for(&s.name)))
                 .collect(),
-            status_topic: m.status_topic.replace("{gateway}", &cfg.gateway.id),
+            status_topic: cfg.status_topic(),
             gateway: cfg.gateway.id.clone(),
             started: SystemTime::now(),
         }

@@ -7,25 +7,35 @@
 //! The private key is read through [`crate::secret_file`], so a key that
 //! others can read is refused here exactly as the signing key is in `seal`.
 //!
+//! Beyond the files, [`load_client_config`] applies `mqtt.alpn` and
+//! `mqtt.server_name`. rumqttc opens the TLS session with `mqtt.host` as the
+//! server name and offers no way to give another, so the override is a
+//! certificate verifier (`NamedServerVerifier`) that checks the broker's
+//! certificate against the configured name instead; note that the SNI sent
+//! is still `mqtt.host` (none for an IP address).
+//!
 //! [`check`] is the `check-config` side: it loads the same files and also
 //! looks at what a connection attempt would only reveal at the broker — a
 //! key that belongs to another certificate, an expired certificate — so the
-//! operator learns it before deploying, with the dates.
+//! operator learns it before deploying, with the dates. [`check_expiry`]
+//! (and [`check_expiry_in_use`]) is the daily look at the client
+//! certificate's end while running.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::{self, PemObject};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore};
+use rustls::{SignatureScheme, crypto::CryptoProvider};
+use x509_parser::certificate::X509Certificate;
 
 use crate::config::Mqtt;
 use crate::secret_file::{self, SecretFileError};
-
-/// A client certificate this close to its end gets a warning from [`check`].
-pub const EXPIRY_WARNING_DAYS: i64 = 30;
 
 const DAY: i64 = 24 * 60 * 60;
 
@@ -127,8 +137,21 @@ pub struct TlsReport {
     /// How many CA certificates the CA file holds.
     pub ca_certs: usize,
     /// Things that still work but need attention soon (a certificate expiring
-    /// within [`EXPIRY_WARNING_DAYS`], an expired CA certificate).
+    /// within `mqtt.cert_warn_days`, an expired CA certificate).
     pub warnings: Vec<String>,
+}
+
+/// When the client certificate ends, and whether that is soon enough to
+/// warn about (within `mqtt.cert_warn_days`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiryReport {
+    /// RFC 3339 UTC, e.g. `2027-01-01T00:00:00Z`.
+    pub not_after: String,
+    /// Whole days left (0 on the last day).
+    pub days_left: i64,
+    /// The text to log when the end is within `cert_warn_days`; it names the
+    /// file, the date and says to renew.
+    pub warning: Option<String>,
 }
 
 /// The three files, from the configuration.
@@ -171,11 +194,140 @@ fn read_material(f: &Files<'_>) -> Result<Material, TlsError> {
 /// Builds the uplink's rustls configuration from the files named in `mqtt`:
 /// `ca_file` (one or more PEM certificates the broker must chain to),
 /// `cert_file` (the client certificate, then its chain) and `key_file`
-/// (PKCS#8, SEC1 or PKCS#1 PEM, mode-checked).
+/// (PKCS#8, SEC1 or PKCS#1 PEM, mode-checked); with `alpn` offered and the
+/// broker verified against `server_name` when it is set.
+///
+/// Every call reads the three files again, so this is also the SIGHUP
+/// reload: on an error the caller keeps the configuration it has. An
+/// expired client certificate is refused ([`TlsError::Expired`], exit 78),
+/// since no broker would accept it; one that is not valid *yet* is not,
+/// because that usually means the clock is not set yet after boot, and the
+/// broker judges by its own clock.
 pub fn load_client_config(mqtt: &Mqtt) -> Result<Arc<ClientConfig>, TlsError> {
     let files = Files::of(mqtt)?;
+    let extras = Extras::of(mqtt)?;
     let m = read_material(&files)?;
-    build(m.roots, m.chain, m.key).map_err(|e| e.with_files(&files))
+    let leaf = m.chain.first().cloned();
+    let config = build(m.roots, m.chain, m.key, extras).map_err(|e| e.with_files(&files))?;
+    if let Some(leaf) = leaf {
+        let cert = parse_leaf(&leaf, files.cert)?;
+        // Only expiry is fatal here; see above for "not yet valid".
+        if let Err(e @ TlsError::Expired { .. }) =
+            expiry_at(&cert, files.cert, mqtt.cert_warn_days, unix_now())
+        {
+            return Err(e);
+        }
+    }
+    Ok(config)
+}
+
+/// How the client certificate in `mqtt.cert_file` stands today: the date it
+/// ends, the days left, and a warning within `mqtt.cert_warn_days`. An
+/// expired certificate is [`TlsError::Expired`]; one not valid yet is
+/// [`TlsError::NotYetValid`] (the clock). Reads only the certificate file.
+pub fn check_expiry(mqtt: &Mqtt) -> Result<ExpiryReport, TlsError> {
+    check_expiry_at(mqtt, unix_now())
+}
+
+fn check_expiry_at(mqtt: &Mqtt, now: i64) -> Result<ExpiryReport, TlsError> {
+    let path = mqtt.cert_file.as_deref().ok_or(TlsError::NotConfigured {
+        key: "mqtt.cert_file",
+    })?;
+    let chain = read_certs(path, "client certificate file", "mqtt.cert_file")?;
+    let cert = parse_leaf(&chain[0], path)?;
+    expiry_at(&cert, path, mqtt.cert_warn_days, now)
+}
+
+/// Like [`check_expiry`], for the certificate that `config` (made by
+/// [`load_client_config`] from `mqtt`) presents — the one in use, which is
+/// not the one on disk when the files were replaced without a SIGHUP.
+pub fn check_expiry_in_use(config: &ClientConfig, mqtt: &Mqtt) -> Result<ExpiryReport, TlsError> {
+    check_expiry_in_use_at(config, mqtt, unix_now())
+}
+
+fn check_expiry_in_use_at(
+    config: &ClientConfig,
+    mqtt: &Mqtt,
+    now: i64,
+) -> Result<ExpiryReport, TlsError> {
+    let path = mqtt
+        .cert_file
+        .as_deref()
+        .unwrap_or(Path::new("(in memory)"));
+    let leaf = leaf_in_use(config).ok_or_else(|| TlsError::Invalid {
+        what: "the TLS client configuration".to_string(),
+        problem: "presents no client certificate".to_string(),
+    })?;
+    let cert = parse_leaf(&leaf, path)?;
+    expiry_at(&cert, path, mqtt.cert_warn_days, now)
+}
+
+/// Whole days until the client certificate in `mqtt.cert_file` expires,
+/// negative once it has; `None` when it cannot be read (the error then
+/// comes from [`check_expiry`] or [`load_client_config`]).
+pub fn days_left(mqtt: &Mqtt) -> Option<i64> {
+    let path = mqtt.cert_file.as_deref()?;
+    let chain = read_certs(path, "client certificate file", "mqtt.cert_file").ok()?;
+    let cert = parse_leaf(&chain[0], path).ok()?;
+    Some((cert.validity().not_after.timestamp() - unix_now()).div_euclid(DAY))
+}
+
+/// The leaf certificate `config` presents for client authentication.
+fn leaf_in_use(config: &ClientConfig) -> Option<CertificateDer<'static>> {
+    let schemes = config
+        .crypto_provider()
+        .signature_verification_algorithms
+        .supported_schemes();
+    let key = config.client_auth_cert_resolver.resolve(&[], &schemes)?;
+    key.cert.first().cloned()
+}
+
+fn parse_leaf<'a>(leaf: &'a [u8], path: &Path) -> Result<X509Certificate<'a>, TlsError> {
+    x509_parser::parse_x509_certificate(leaf)
+        .map(|(_, cert)| cert)
+        .map_err(|e| TlsError::Invalid {
+            what: format!("client certificate file {}", path.display()),
+            problem: format!("the first certificate cannot be parsed ({e})"),
+        })
+}
+
+/// The client certificate's standing at `now`.
+fn expiry_at(
+    cert: &X509Certificate<'_>,
+    path: &Path,
+    warn_days: u32,
+    now: i64,
+) -> Result<ExpiryReport, TlsError> {
+    let not_before = cert.validity().not_before.timestamp();
+    let not_after = cert.validity().not_after.timestamp();
+    if now > not_after {
+        return Err(TlsError::Expired {
+            path: path.to_path_buf(),
+            not_before: fmt_time(not_before),
+            not_after: fmt_time(not_after),
+            now: fmt_time(now),
+        });
+    }
+    if now < not_before {
+        return Err(TlsError::NotYetValid {
+            path: path.to_path_buf(),
+            not_before: fmt_time(not_before),
+            now: fmt_time(now),
+        });
+    }
+    let days_left = (not_after - now).div_euclid(DAY);
+    let warning = (days_left < i64::from(warn_days)).then(|| {
+        format!(
+            "client certificate {} expires on {} ({days_left} days left); renew it before then, then send SIGHUP",
+            path.display(),
+            fmt_time(not_after)
+        )
+    });
+    Ok(ExpiryReport {
+        not_after: fmt_time(not_after),
+        days_left,
+        warning,
+    })
 }
 
 /// Builds a rustls client configuration from material already in memory:
@@ -186,7 +338,7 @@ pub fn client_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<Arc<ClientConfig>, TlsError> {
-    build(roots, chain, key).map_err(BuildError::without_files)
+    build(roots, chain, key, Extras::default()).map_err(BuildError::without_files)
 }
 
 /// Checks the TLS material for `check-config`: the files exist and parse,
@@ -221,41 +373,14 @@ fn check_at(mqtt: &Mqtt, now: i64) -> Result<TlsReport, TlsError> {
     }
 
     let leaf = m.chain[0].clone();
-    build(m.roots, m.chain, m.key).map_err(|e| e.with_files(&files))?;
-
-    let (_, cert) = x509_parser::parse_x509_certificate(&leaf).map_err(|e| TlsError::Invalid {
-        what: format!("client certificate file {}", files.cert.display()),
-        problem: format!("the first certificate cannot be parsed ({e})"),
-    })?;
-    let not_before = cert.validity().not_before.timestamp();
-    let not_after = cert.validity().not_after.timestamp();
-    if now > not_after {
-        return Err(TlsError::Expired {
-            path: files.cert.to_path_buf(),
-            not_before: fmt_time(not_before),
-            not_after: fmt_time(not_after),
-            now: fmt_time(now),
-        });
-    }
-    if now < not_before {
-        return Err(TlsError::NotYetValid {
-            path: files.cert.to_path_buf(),
-            not_before: fmt_time(not_before),
-            now: fmt_time(now),
-        });
-    }
-    let days_left = (not_after - now).div_euclid(DAY);
-    if days_left < EXPIRY_WARNING_DAYS {
-        warnings.push(format!(
-            "client certificate {} expires on {} ({days_left} days left); renew it before then",
-            files.cert.display(),
-            fmt_time(not_after)
-        ));
-    }
+    build(m.roots, m.chain, m.key, Extras::of(mqtt)?).map_err(|e| e.with_files(&files))?;
+    let cert = parse_leaf(&leaf, files.cert)?;
+    let expiry = expiry_at(&cert, files.cert, mqtt.cert_warn_days, now)?;
+    warnings.extend(expiry.warning);
     Ok(TlsReport {
         client_cert_subject: cert.subject().to_string(),
-        not_after: fmt_time(not_after),
-        days_left,
+        not_after: expiry.not_after,
+        days_left: expiry.days_left,
         ca_certs,
         warnings,
     })
@@ -357,6 +482,110 @@ fn pem_problem(e: &pem::Error) -> String {
 // Building the rustls configuration
 // ---------------------------------------------------------------------------
 
+/// What a client configuration holds beyond the three files.
+#[derive(Default)]
+struct Extras {
+    /// `mqtt.server_name`: the name the broker's certificate is checked
+    /// against instead of the one the connection is opened with.
+    server_name: Option<ServerName<'static>>,
+    /// `mqtt.alpn`, as rustls wants it.
+    alpn: Vec<Vec<u8>>,
+}
+
+impl Extras {
+    fn of(mqtt: &Mqtt) -> Result<Extras, TlsError> {
+        let server_name = match &mqtt.server_name {
+            None => None,
+            Some(name) => Some(ServerName::try_from(name.clone()).map_err(|_| {
+                TlsError::Invalid {
+                    what: format!("mqtt.server_name \"{name}\""),
+                    problem: "is neither a DNS name nor an IP address, so the broker's certificate cannot be checked against it".to_string(),
+                }
+            })?),
+        };
+        let mut alpn = Vec::with_capacity(mqtt.alpn.len());
+        for (i, name) in mqtt.alpn.iter().enumerate() {
+            if name.is_empty() || name.len() > 255 {
+                return Err(TlsError::Invalid {
+                    what: format!("mqtt.alpn[{i}]"),
+                    problem: "an ALPN protocol name is 1 to 255 bytes".to_string(),
+                });
+            }
+            alpn.push(name.as_bytes().to_vec());
+        }
+        Ok(Extras { server_name, alpn })
+    }
+}
+
+/// Verifies the broker's certificate as rustls's WebPKI verifier does —
+/// chain to the CA file, validity dates, key usage, signature schemes — but
+/// against a configured name (`mqtt.server_name`) rather than the one the
+/// TLS session was opened with (rumqttc always uses `mqtt.host`). This is
+/// what lets a gateway connect to an IP address or through a tunnel and
+/// still insist on the broker's real DNS name; it never weakens a check.
+#[derive(Debug)]
+struct NamedServerVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    name: ServerName<'static>,
+}
+
+impl NamedServerVerifier {
+    fn new(
+        roots: RootCertStore,
+        provider: Arc<CryptoProvider>,
+        name: ServerName<'static>,
+    ) -> Result<Self, BuildError> {
+        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|e| BuildError::Verifier(e.to_string()))?;
+        Ok(NamedServerVerifier { inner, name })
+    }
+}
+
+impl ServerCertVerifier for NamedServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _opened_with: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        self.inner.requires_raw_public_keys()
+    }
+
+    fn root_hint_subjects(&self) -> Option<&[DistinguishedName]> {
+        self.inner.root_hint_subjects()
+    }
+}
+
 /// Why [`build`] failed, before we know whether file names are available.
 enum BuildError {
     NoRoots,
@@ -364,6 +593,7 @@ enum BuildError {
     NoChain,
     Mismatch,
     BadKey(rustls::Error),
+    Verifier(String),
     Other(rustls::Error),
 }
 
@@ -420,6 +650,9 @@ impl BuildError {
                     "is not a usable key ({err}); expected an ECDSA (P-256, P-384), Ed25519 or RSA key"
                 ),
             ),
+            BuildError::Verifier(err) => {
+                invalid(ca, format!("cannot be used to verify the broker ({err})"))
+            }
             BuildError::Other(err) => invalid(chain, format!("cannot be used for TLS ({err})")),
         }
     }
@@ -429,6 +662,7 @@ fn build(
     roots: Vec<CertificateDer<'static>>,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    extras: Extras,
 ) -> Result<Arc<ClientConfig>, BuildError> {
     if roots.is_empty() {
         return Err(BuildError::NoRoots);
@@ -443,10 +677,18 @@ fn build(
             .map_err(|err| BuildError::BadRoot { index, err })?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
+    let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(BuildError::Other)?
-        .with_root_certificates(store)
+        .map_err(BuildError::Other)?;
+    let builder = match extras.server_name {
+        None => builder.with_root_certificates(store),
+        Some(name) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NamedServerVerifier::new(
+                store, provider, name,
+            )?)),
+    };
+    let mut config = builder
         .with_client_auth_cert(chain, key)
         .map_err(|err| match err {
             rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
@@ -455,6 +697,7 @@ fn build(
             rustls::Error::General(_) => BuildError::BadKey(err),
             other => BuildError::Other(other),
         })?;
+    config.alpn_protocols = extras.alpn;
     Ok(Arc::new(config))
 }
 
@@ -462,8 +705,10 @@ fn build(
 mod tests {
     use super::*;
     use rcgen::{
-        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, date_time_ymd,
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SerialNumber,
+        date_time_ymd,
     };
+    use rustls::{CertificateError, ClientConnection, ServerConfig, ServerConnection};
     use std::fs;
     use std::os::unix::fs::PermissionsExt;
 
@@ -479,9 +724,13 @@ mod tests {
         fn new() -> Pki {
             let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
             params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            // each CA its own name, as real ones have: a CA with another's
+            // name would be a forgery, which is not what these tests are about
+            static CAS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = CAS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             params
                 .distinguished_name
-                .push(DnType::CommonName, "sensorgate test CA");
+                .push(DnType::CommonName, format!("sensorgate test CA {n}"));
             let key = KeyPair::generate().unwrap();
             let ca_pem = params.self_signed(&key).unwrap().pem();
             let pki = Pki {
@@ -503,7 +752,18 @@ mod tests {
         /// Writes client.pem: a certificate for `key`, valid from/to the
         /// given dates (rcgen's defaults otherwise).
         fn issue_client(&self, key: &KeyPair, validity: Option<(i32, i32)>) {
+            self.issue_client_serial(key, validity, None);
+        }
+
+        /// Like `issue_client`, with a chosen serial number.
+        fn issue_client_serial(
+            &self,
+            key: &KeyPair,
+            validity: Option<(i32, i32)>,
+            serial: Option<u64>,
+        ) {
             let mut params = CertificateParams::new(vec!["gw-test".to_string()]).unwrap();
+            params.serial_number = serial.map(SerialNumber::from);
             params
                 .distinguished_name
                 .push(DnType::CommonName, "gw-test");
@@ -552,6 +812,105 @@ mod tests {
                 protocol: 4,
             }
         }
+    }
+
+    /// The broker's side: a certificate for `names` issued by `ca` (valid
+    /// 2020 to 2999 unless `validity` says otherwise), client certificates
+    /// from `client_ca` required, `alpn` offered, TLS 1.3 and 1.2 unless
+    /// `tls12_only`.
+    struct Broker<'a> {
+        ca: &'a Pki,
+        client_ca: &'a Pki,
+        names: &'a [&'a str],
+        validity: Option<(i32, i32)>,
+        alpn: &'a [&'a str],
+        tls12_only: bool,
+    }
+
+    impl<'a> Broker<'a> {
+        fn of(pki: &'a Pki, names: &'a [&'a str]) -> Broker<'a> {
+            Broker {
+                ca: pki,
+                client_ca: pki,
+                names,
+                validity: None,
+                alpn: &[],
+                tls12_only: false,
+            }
+        }
+
+        fn config(&self) -> Arc<ServerConfig> {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(
+                self.names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            )
+            .unwrap();
+            let (from, to) = self.validity.unwrap_or((2020, 2999));
+            params.not_before = date_time_ymd(from, 1, 1);
+            params.not_after = date_time_ymd(to, 1, 1);
+            let cert = params.signed_by(&key, &self.ca.ca).unwrap();
+            let mut roots = RootCertStore::empty();
+            roots
+                .add(CertificateDer::from_pem_slice(self.client_ca.ca_pem.as_bytes()).unwrap())
+                .unwrap();
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                roots.into(),
+                provider.clone(),
+            )
+            .build()
+            .unwrap();
+            let versions: &[&rustls::SupportedProtocolVersion] = if self.tls12_only {
+                &[&rustls::version::TLS12]
+            } else {
+                &[&rustls::version::TLS13, &rustls::version::TLS12]
+            };
+            let mut cfg = ServerConfig::builder_with_provider(provider)
+                .with_protocol_versions(versions)
+                .unwrap()
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(
+                    vec![cert.der().clone()],
+                    PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap(),
+                )
+                .unwrap();
+            cfg.alpn_protocols = self.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+            Arc::new(cfg)
+        }
+    }
+
+    /// A whole TLS handshake in memory, the client opening the session with
+    /// `name` as rumqttc does with `mqtt.host`; the first error on either
+    /// side.
+    fn handshake(
+        client: Arc<ClientConfig>,
+        server: Arc<ServerConfig>,
+        name: &str,
+    ) -> Result<(ClientConnection, ServerConnection), rustls::Error> {
+        let name = ServerName::try_from(name.to_string()).unwrap();
+        let mut client = ClientConnection::new(client, name)?;
+        let mut server = ServerConnection::new(server)?;
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            client.write_tls(&mut buf).unwrap();
+            server.read_tls(&mut buf.as_slice()).unwrap();
+            server.process_new_packets()?;
+            let mut buf = Vec::new();
+            server.write_tls(&mut buf).unwrap();
+            client.read_tls(&mut buf.as_slice()).unwrap();
+            client.process_new_packets()?;
+            if !client.is_handshaking() && !server.is_handshaking() {
+                return Ok((client, server));
+            }
+        }
+        panic!("handshake did not finish");
+    }
+
+    /// The serial number of the client certificate `config` presents.
+    fn serial_in_use(config: &ClientConfig) -> Vec<u8> {
+        let leaf = leaf_in_use(config).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+        cert.raw_serial().to_vec()
     }
 
     fn pem(label: &str, der: &[u8]) -> String {
@@ -651,55 +1010,253 @@ pBXWc63qlbXuWekbj2BIy08=
     fn mutual_tls_handshake_succeeds_with_a_broker_that_requires_client_certificates() {
         let pki = Pki::new();
         let client_cfg = load_client_config(&pki.mqtt()).unwrap();
-
-        // the broker side: a server certificate for "localhost" from the same
-        // CA, and client certificates required
-        let server_key = KeyPair::generate().unwrap();
-        let server_cert = CertificateParams::new(vec!["localhost".to_string()])
-            .unwrap()
-            .signed_by(&server_key, &pki.ca)
-            .unwrap();
-        let mut roots = RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap())
-            .unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            roots.into(),
-            provider.clone(),
+        let (client, server) = handshake(
+            client_cfg,
+            Broker::of(&pki, &["localhost"]).config(),
+            "localhost",
         )
-        .build()
         .unwrap();
-        let server_cfg = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(
-                vec![server_cert.der().clone()],
-                PrivateKeyDer::from_pem_slice(server_key.serialize_pem().as_bytes()).unwrap(),
-            )
-            .unwrap();
-
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let mut client = rustls::ClientConnection::new(client_cfg, name).unwrap();
-        let mut server = rustls::ServerConnection::new(Arc::new(server_cfg)).unwrap();
-        for _ in 0..10 {
-            let mut buf = Vec::new();
-            client.write_tls(&mut buf).unwrap();
-            server.read_tls(&mut buf.as_slice()).unwrap();
-            server.process_new_packets().unwrap();
-            let mut buf = Vec::new();
-            server.write_tls(&mut buf).unwrap();
-            client.read_tls(&mut buf.as_slice()).unwrap();
-            client.process_new_packets().unwrap();
-            if !client.is_handshaking() && !server.is_handshaking() {
-                break;
-            }
-        }
-        assert!(!client.is_handshaking() && !server.is_handshaking());
         let presented = server.peer_certificates().unwrap();
         let (_, leaf) = x509_parser::parse_x509_certificate(&presented[0]).unwrap();
         assert!(leaf.subject().to_string().contains("gw-test"));
+        assert_eq!(
+            client.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_3)
+        );
+        assert_eq!(client.alpn_protocol(), None);
+    }
+
+    #[test]
+    fn tls_1_2_brokers_are_still_reached() {
+        let pki = Pki::new();
+        let broker = Broker {
+            tls12_only: true,
+            alpn: &["mqtt"],
+            ..Broker::of(&pki, &["localhost"])
+        };
+        let mut m = pki.mqtt();
+        m.alpn = vec!["mqtt".to_string()];
+        let (client, server) = handshake(
+            load_client_config(&m).unwrap(),
+            broker.config(),
+            "localhost",
+        )
+        .unwrap();
+        assert_eq!(
+            client.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_2)
+        );
+        assert_eq!(client.alpn_protocol(), Some(&b"mqtt"[..]));
+        assert!(server.peer_certificates().is_some());
+    }
+
+    fn is_wrong_name(e: &rustls::Error) -> bool {
+        matches!(
+            e,
+            rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
+            )
+        )
+    }
+
+    #[test]
+    fn server_name_override_checks_the_broker_against_the_configured_name() {
+        let pki = Pki::new();
+        let broker = Broker::of(&pki, &["broker.test"]).config();
+        let mut m = pki.mqtt();
+        m.host = "192.0.2.7".to_string();
+
+        // connecting to an address, checking the certificate's DNS name
+        m.server_name = Some("broker.test".to_string());
+        handshake(load_client_config(&m).unwrap(), broker.clone(), &m.host).unwrap();
+
+        // without the override, the address is what the certificate must carry
+        m.server_name = None;
+        let e = handshake(load_client_config(&m).unwrap(), broker.clone(), &m.host).unwrap_err();
+        assert!(is_wrong_name(&e), "{e:?}");
+
+        // an override to another name is checked just as strictly
+        m.server_name = Some("other.test".to_string());
+        let e = handshake(load_client_config(&m).unwrap(), broker.clone(), &m.host).unwrap_err();
+        assert!(is_wrong_name(&e), "{e:?}");
+
+        // the opened-with name no longer counts, even when it would match
+        m.host = "broker.test".to_string();
+        let e = handshake(load_client_config(&m).unwrap(), broker, &m.host).unwrap_err();
+        assert!(is_wrong_name(&e), "{e:?}");
+    }
+
+    #[test]
+    fn server_name_override_keeps_every_other_check() {
+        let pki = Pki::new();
+        let mut m = pki.mqtt();
+        m.host = "192.0.2.7".to_string();
+        m.server_name = Some("broker.test".to_string());
+        let client = load_client_config(&m).unwrap();
+
+        // right name, another CA
+        let stranger = Pki::new();
+        let broker = Broker {
+            client_ca: &pki,
+            ..Broker::of(&stranger, &["broker.test"])
+        };
+        let e = handshake(client.clone(), broker.config(), &m.host).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
+            ),
+            "{e:?}"
+        );
+
+        // right name and CA, expired
+        let broker = Broker {
+            validity: Some((2019, 2020)),
+            ..Broker::of(&pki, &["broker.test"])
+        };
+        let e = handshake(client.clone(), broker.config(), &m.host).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                rustls::Error::InvalidCertificate(
+                    CertificateError::Expired | CertificateError::ExpiredContext { .. }
+                )
+            ),
+            "{e:?}"
+        );
+
+        // and over TLS 1.2 (its own signature check) too
+        let broker = Broker {
+            tls12_only: true,
+            ..Broker::of(&pki, &["broker.test"])
+        };
+        handshake(client, broker.config(), &m.host).unwrap();
+    }
+
+    #[test]
+    fn a_bad_server_name_is_a_configuration_error() {
+        let pki = Pki::new();
+        let mut m = pki.mqtt();
+        m.server_name = Some("not a name".to_string());
+        let e = load_client_config(&m).unwrap_err();
+        assert_eq!(e.exit_code(), 78);
+        assert!(e.to_string().contains("mqtt.server_name"), "{e}");
+    }
+
+    #[test]
+    fn alpn_is_offered_and_negotiated() {
+        let pki = Pki::new();
+        let broker = Broker {
+            alpn: &["mqtt", "x-amzn-mqtt-ca"],
+            ..Broker::of(&pki, &["localhost"])
+        };
+        let broker = broker.config();
+        let mut m = pki.mqtt();
+        m.alpn = vec!["x-amzn-mqtt-ca".to_string()];
+        let cfg = load_client_config(&m).unwrap();
+        assert_eq!(cfg.alpn_protocols, [b"x-amzn-mqtt-ca".to_vec()]);
+        let (client, server) = handshake(cfg, broker.clone(), "localhost").unwrap();
+        assert_eq!(client.alpn_protocol(), Some(&b"x-amzn-mqtt-ca"[..]));
+        assert_eq!(server.alpn_protocol(), Some(&b"x-amzn-mqtt-ca"[..]));
+
+        // nothing offered, nothing negotiated
+        let (client, _) = handshake(
+            load_client_config(&pki.mqtt()).unwrap(),
+            broker,
+            "localhost",
+        )
+        .unwrap();
+        assert_eq!(client.alpn_protocol(), None);
+
+        // a protocol the broker does not speak fails the handshake (rustls
+        // servers answer no_application_protocol), it is not ignored
+        let strict = Broker {
+            alpn: &["mqtt"],
+            ..Broker::of(&pki, &["localhost"])
+        };
+        handshake(
+            load_client_config(&m).unwrap(),
+            strict.config(),
+            "localhost",
+        )
+        .unwrap_err();
+    }
+
+    #[test]
+    fn rsa_client_certificates_authenticate_with_pkcs8_and_pkcs1_keys() {
+        let rsa = KeyPair::from_pem(TEST_RSA_PKCS8.trim()).unwrap();
+        let pkcs1 = pem("RSA PRIVATE KEY", &pkcs8_inner(&rsa.serialize_der()));
+        for (format, key_pem) in [
+            ("PKCS#8", TEST_RSA_PKCS8.trim().to_string()),
+            ("PKCS#1", pkcs1),
+        ] {
+            for tls12_only in [false, true] {
+                let pki = Pki::new();
+                pki.issue_client(&rsa, None);
+                pki.write_key(&key_pem);
+                let client = load_client_config(&pki.mqtt()).unwrap();
+                let broker = Broker {
+                    tls12_only,
+                    ..Broker::of(&pki, &["localhost"])
+                };
+                let (_, server) = handshake(client, broker.config(), "localhost")
+                    .unwrap_or_else(|e| panic!("{format}, tls12_only {tls12_only}: {e}"));
+                let presented = server.peer_certificates().unwrap();
+                let (_, leaf) = x509_parser::parse_x509_certificate(&presented[0]).unwrap();
+                assert_eq!(
+                    leaf.public_key().algorithm.algorithm,
+                    x509_parser::oid_registry::OID_PKCS1_RSAENCRYPTION,
+                    "{format}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn reloading_reads_all_three_files_again() {
+        let pki = Pki::new();
+        let key = KeyPair::generate().unwrap();
+        pki.issue_client_serial(&key, None, Some(1));
+        pki.write_key(&key.serialize_pem());
+        let before = load_client_config(&pki.mqtt()).unwrap();
+        assert_eq!(serial_in_use(&before), [1]);
+
+        // cron rotates the client certificate and its key, and the CA
+        let new_ca = Pki::new();
+        fs::write(pki.path("ca.pem"), &new_ca.ca_pem).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let params = {
+            let mut p = CertificateParams::new(vec!["gw-test".to_string()]).unwrap();
+            p.serial_number = Some(SerialNumber::from(2));
+            p
+        };
+        let cert = params.signed_by(&key, &new_ca.ca).unwrap();
+        fs::write(pki.path("client.pem"), cert.pem()).unwrap();
+        pki.write_key(&key.serialize_pem());
+        let after = load_client_config(&pki.mqtt()).unwrap();
+        assert_eq!(serial_in_use(&after), [2]);
+
+        // the new CA is the one trusted now: a broker under it is reached,
+        // which the configuration from before could not do
+        let broker = Broker {
+            client_ca: &new_ca,
+            ..Broker::of(&new_ca, &["localhost"])
+        };
+        handshake(after, broker.config(), "localhost").unwrap();
+        let e = handshake(before, broker.config(), "localhost").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
+            ),
+            "{e:?}"
+        );
+
+        // a half-done rotation (the key of another certificate) is a clear
+        // error, and the caller keeps what it has
+        pki.write_key(&KeyPair::generate().unwrap().serialize_pem());
+        let e = load_client_config(&pki.mqtt()).unwrap_err();
+        assert!(matches!(e, TlsError::KeyMismatch { .. }), "{e}");
     }
 
     #[test]
@@ -840,6 +1397,106 @@ pBXWc63qlbXuWekbj2BIy08=
     }
 
     #[test]
+    fn an_expired_certificate_is_refused_at_load_and_at_reload() {
+        let pki = Pki::new();
+        let key = KeyPair::generate().unwrap();
+        pki.issue_client(&key, Some((2019, 2020)));
+        pki.write_key(&key.serialize_pem());
+        let e = load_client_config(&pki.mqtt()).unwrap_err();
+        assert!(matches!(e, TlsError::Expired { .. }), "{e}");
+        assert_eq!(e.exit_code(), 78);
+        let msg = e.to_string();
+        assert!(
+            msg.contains("client.pem")
+                && msg.contains("expired on 2020-01-01T00:00:00Z")
+                && msg.contains("valid from 2019-01-01T00:00:00Z")
+                && msg.contains("renew"),
+            "{msg}"
+        );
+        assert!(matches!(
+            check_expiry(&pki.mqtt()),
+            Err(TlsError::Expired { .. })
+        ));
+        assert!(days_left(&pki.mqtt()).unwrap() < -365);
+
+        // not valid *yet* is the clock's fault, not the certificate's: loaded
+        pki.issue_client(&key, Some((2900, 2999)));
+        load_client_config(&pki.mqtt()).unwrap();
+        assert!(matches!(
+            check_expiry(&pki.mqtt()),
+            Err(TlsError::NotYetValid { .. })
+        ));
+    }
+
+    #[test]
+    fn expiry_is_reported_with_a_warning_within_cert_warn_days() {
+        let pki = Pki::new();
+        let end = 32503680000; // 3000-01-01T00:00:00Z
+        let key = KeyPair::generate().unwrap();
+        pki.issue_client(&key, Some((2020, 3000)));
+        pki.write_key(&key.serialize_pem());
+        let mut m = pki.mqtt();
+        let config = load_client_config(&m).unwrap();
+
+        let r = check_expiry_at(&m, end - 10 * DAY - 60).unwrap();
+        assert_eq!(r.not_after, "3000-01-01T00:00:00Z");
+        assert_eq!(r.days_left, 10);
+        let w = r.warning.unwrap();
+        assert!(
+            w.contains("client.pem") && w.contains("10 days left") && w.contains("renew"),
+            "{w}"
+        );
+        assert_eq!(
+            check_expiry_in_use_at(&config, &m, end - 10 * DAY - 60).unwrap(),
+            check_expiry_at(&m, end - 10 * DAY - 60).unwrap()
+        );
+        assert_eq!(check_expiry_at(&m, end - 30 * DAY).unwrap().warning, None);
+        assert!(matches!(
+            check_expiry_at(&m, end + 1),
+            Err(TlsError::Expired { .. })
+        ));
+
+        m.cert_warn_days = 5;
+        assert_eq!(
+            check_expiry_at(&m, end - 10 * DAY - 60).unwrap().warning,
+            None
+        );
+        assert!(
+            check_expiry_at(&m, end - 4 * DAY)
+                .unwrap()
+                .warning
+                .is_some()
+        );
+        m.cert_warn_days = 0;
+        assert_eq!(check_expiry_at(&m, end - 60).unwrap().warning, None);
+
+        // today, with the default certificate: far away
+        let pki = Pki::new();
+        let r = check_expiry(&pki.mqtt()).unwrap();
+        assert_eq!(r.not_after, "2999-01-01T00:00:00Z");
+        assert!(r.warning.is_none());
+        assert_eq!(days_left(&pki.mqtt()), Some(r.days_left));
+    }
+
+    #[test]
+    fn the_expiry_in_use_is_that_of_the_loaded_certificate() {
+        // the files were replaced but not reloaded: the certificate in use
+        // is the one that matters
+        let pki = Pki::new();
+        let key = KeyPair::generate().unwrap();
+        pki.issue_client(&key, Some((2020, 2998)));
+        pki.write_key(&key.serialize_pem());
+        let config = load_client_config(&pki.mqtt()).unwrap();
+        pki.issue_client(&key, Some((2020, 2999)));
+        let in_use = check_expiry_in_use(&config, &pki.mqtt()).unwrap();
+        assert_eq!(in_use.not_after, "2998-01-01T00:00:00Z");
+        assert_eq!(
+            check_expiry(&pki.mqtt()).unwrap().not_after,
+            "2999-01-01T00:00:00Z"
+        );
+    }
+
+    #[test]
     fn a_certificate_expiring_soon_is_a_warning() {
         let pki = Pki::new();
         let end = 32503680000; // 3000-01-01T00:00:00Z
@@ -851,6 +1508,10 @@ pBXWc63qlbXuWekbj2BIy08=
         assert_eq!(r.warnings.len(), 1, "{r:?}");
         assert!(r.warnings[0].contains("10 days left"), "{r:?}");
         let r = check_at(&pki.mqtt(), end - 31 * DAY).unwrap();
+        assert!(r.warnings.is_empty(), "{r:?}");
+        let mut m = pki.mqtt();
+        m.cert_warn_days = 5;
+        let r = check_at(&m, end - 10 * DAY - 60).unwrap();
         assert!(r.warnings.is_empty(), "{r:?}");
     }
 
