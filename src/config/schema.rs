@@ -126,8 +126,7 @@ pub struct Mqtt {
     /// published; `{gateway}` is replaced by `gateway.id`.
     #[serde(default = "default_status_topic")]
     pub status_topic: String,
-    /// The MQTT protocol level: 4 is MQTT 3.1.1 (the only one accepted for
-    /// now), 5 is MQTT 5.
+    /// The MQTT protocol level: 4 (MQTT 3.1.1) or 5 (MQTT 5).
     #[serde(default = "default_protocol")]
     pub protocol: u8,
 }

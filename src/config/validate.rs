@@ -330,18 +330,14 @@ impl Found<'_> {
                 }
             }
         }
-        match m.protocol {
-            4 => {}
-            5 => self.fail(
-                "mqtt.protocol",
-                "MQTT 5 (protocol = 5) is not supported by this version yet; use 4",
-            ),
-            other => self.fail(
+        if !matches!(m.protocol, 4 | 5) {
+            self.fail(
                 "mqtt.protocol",
                 format!(
-                    "{other} is not an MQTT protocol level this gateway speaks; use 4 (MQTT 3.1.1)"
+                    "{} is not an MQTT protocol level this gateway speaks; use 4 (MQTT 3.1.1) or 5 (MQTT 5)",
+                    m.protocol
                 ),
-            ),
+            );
         }
     }
 
@@ -640,7 +636,7 @@ stats_interval = "0s"
         let text = MINIMAL.replace(
             "tls = false",
             &format!(
-                "tls = false\npassword = \"hunter2\"\nalpn = [\"mqtt\", \"\", \"{long}\", \"mqtt\"]\ncert_warn_days = 4000\nmax_packet = \"1000B\"\nstatus_topic = \"s/{{sensor}}/status\"\nprotocol = 5"
+                "tls = false\npassword = \"hunter2\"\nalpn = [\"mqtt\", \"\", \"{long}\", \"mqtt\"]\ncert_warn_days = 4000\nmax_packet = \"1000B\"\nstatus_topic = \"s/{{sensor}}/status\"\nprotocol = 3"
             ),
         );
         let d = Dir::new(&text);
@@ -673,7 +669,7 @@ stats_interval = "0s"
         );
         assert_eq!(
             problem_at(&e, "mqtt.protocol").message,
-            "MQTT 5 (protocol = 5) is not supported by this version yet; use 4"
+            "3 is not an MQTT protocol level this gateway speaks; use 4 (MQTT 3.1.1) or 5 (MQTT 5)"
         );
 
         // the edges of the ranges, and the same keys from the environment

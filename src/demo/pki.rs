@@ -31,7 +31,7 @@ use zeroize::Zeroizing;
 /// behind on the other side of the connection does not reject it.
 const BACKDATE: Duration = Duration::from_secs(60 * 60);
 /// How long the throwaway certificates stay valid.
-const LIFETIME: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+const LIFETIME: Duration = Duration::from_secs(90 * 24 * 60 * 60);
 
 /// What went wrong while making or writing throwaway certificates.
 #[derive(Debug, thiserror::Error)]

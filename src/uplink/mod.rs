@@ -9,6 +9,7 @@
 //! resends are new publishes of a new session, so MQTT's DUP flag, which
 //! marks redelivery within one session, does not apply.)
 
+pub mod conn;
 pub mod inflight;
 pub mod tls;
 
@@ -16,18 +17,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use rumqttc::{
-    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, MqttOptions,
-    Outgoing, Packet, QoS, Transport,
-};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::spool::Spool;
 use crate::telemetry::{RateLimit, Stats};
+use conn::{Conn, ConnEvent};
 use inflight::{Inflight, Tracked};
 
 /// A connection that lasted this long resets the reconnect backoff; one
@@ -51,6 +49,8 @@ pub struct UplinkSettings {
     pub max_inflight: u16,
     pub max_packet: usize,
     pub clean_session: bool,
+    /// 4 (MQTT 3.1.1) or 5.
+    pub protocol: u8,
     pub credentials: Option<(String, String)>,
     /// Topic per sensor name.
     pub topics: HashMap<Arc<str>, String>,
@@ -75,6 +75,7 @@ impl UplinkSettings {
             max_inflight: m.max_inflight.max(1),
             max_packet: m.max_packet,
             clean_session: m.clean_session,
+            protocol: m.protocol,
             credentials: m.username.as_ref().map(|u| {
                 (
                     u.clone(),
@@ -93,34 +94,6 @@ impl UplinkSettings {
             gateway: cfg.gateway.id.clone(),
             started: SystemTime::now(),
         }
-    }
-
-    fn options(&self, tls: Option<&Arc<rustls::ClientConfig>>) -> MqttOptions {
-        let mut o = MqttOptions::new(&self.client_id, &self.host, self.port);
-        // Packet size: what we send is split to fit `max_packet` before it is
-        // sealed; the limit here is for what the broker sends us.
-        let packet = self.max_packet.max(64 * 1024) + 1024;
-        o.set_keep_alive(self.keepalive.max(Duration::from_secs(1)))
-            .set_clean_session(self.clean_session)
-            // One more than the window: the status message.
-            .set_inflight(self.max_inflight.saturating_add(1))
-            .set_max_packet_size(packet, packet)
-            .set_request_channel_capacity(usize::from(self.max_inflight) + 8)
-            .set_last_will(LastWill::new(
-                &self.status_topic,
-                self.status("offline"),
-                QoS::AtLeastOnce,
-                true,
-            ));
-        if let Some((user, password)) = &self.credentials {
-            o.set_credentials(user, password);
-        }
-        if let Some(tls) = tls {
-            o.set_transport(Transport::tls_with_config(
-                rumqttc::TlsConfiguration::Rustls(tls.clone()),
-            ));
-        }
-        o
     }
 
     fn topic(&self, sensor: &Arc<str>) -> String {
@@ -166,28 +139,21 @@ pub async fn run(
     let mut backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
     let mut refusals = RateLimit::new(Duration::from_secs(60));
     let mut down_since: Option<Instant> = None;
+    // The broker refused us: retry at the longest delay.
+    let mut refused = false;
     loop {
         if abort.is_cancelled() || spool.is_drained() {
             return;
         }
         spool.rewind();
         let tls_now = tls.borrow_and_update().clone();
-        let (client, mut eventloop) = AsyncClient::new(
-            settings.options(tls_now.as_ref()),
-            usize::from(settings.max_inflight) + 8,
-        );
-        let mut net = eventloop.network_options();
-        net.set_connection_timeout(settings.connect_timeout.as_secs().max(1));
-        eventloop.set_network_options(net);
-        let (ev_tx, mut ev_rx) = mpsc::channel(256);
-        let poller = tokio::spawn(poll_events(eventloop, ev_tx));
-
+        let mut conn = Conn::open(&settings, tls_now.as_ref());
         let connected = tokio::select! {
-            _ = abort.cancelled() => { poller.abort(); return; }
-            ev = ev_rx.recv() => match ev {
-                Some(Ok(Event::Incoming(Packet::ConnAck(_)))) => Ok(()),
+            _ = abort.cancelled() => { conn.abort(); return; }
+            ev = conn.recv() => match ev {
+                Some(Ok(ConnEvent::Connected)) => Ok(()),
                 Some(Ok(other)) => Err((format!("unexpected first event {other:?}"), false)),
-                Some(Err(e)) => Err((e.to_string(), is_refusal(&e))),
+                Some(Err(e)) => Err((e.message, e.refused)),
                 None => Err(("MQTT event loop ended".into(), false)),
             },
         };
@@ -202,21 +168,19 @@ pub async fn run(
                     }
                 }
                 let connected_at = Instant::now();
-                let end = session(
-                    &settings, &client, &mut ev_rx, &mut tls, &spool, &stats, &abort,
-                )
-                .await;
+                let end = session(&settings, &mut conn, &mut tls, &spool, &stats, &abort).await;
                 if connected_at.elapsed() >= STABLE_CONNECTION {
                     backoff.reset();
                 }
                 end
             }
-            Err((error, refused)) => {
+            Err((error, is_refused)) => {
                 Stats::add(&stats.connect_failures, 1);
-                if refused {
+                if is_refused {
                     // The broker answered and said no: retrying sooner
                     // will not change its mind.
                     backoff.to_max();
+                    refused = true;
                 }
                 if let Some(suppressed) = refusals.check(Instant::now()) {
                     warn!(broker = %settings.host, port = settings.port, %error, suppressed,
@@ -231,28 +195,21 @@ pub async fn run(
         match end {
             SessionEnd::Drained => {
                 // A clean stop: say so, then leave.
-                let _ = client.try_publish(
-                    &settings.status_topic,
-                    QoS::AtLeastOnce,
-                    true,
-                    settings.status("offline"),
-                );
-                let _ = client.try_disconnect();
-                let _ = tokio::time::timeout(Duration::from_secs(2), poller).await;
+                let _ = conn.publish(&settings.status_topic, settings.status("offline"), true);
+                conn.close(Duration::from_secs(2)).await;
                 return;
             }
             SessionEnd::Aborted => {
-                poller.abort();
+                conn.abort();
                 return;
             }
             SessionEnd::Reload => {
-                let _ = client.try_disconnect();
-                let _ = tokio::time::timeout(Duration::from_secs(1), poller).await;
+                conn.close(Duration::from_secs(1)).await;
                 info!("reconnecting with the reloaded TLS material");
                 continue;
             }
             SessionEnd::Lost(error) => {
-                poller.abort();
+                conn.abort();
                 if down_since.is_none() {
                     Stats::add(&stats.connect_failures, 1);
                     warn!(broker = %settings.host, %error, "broker connection lost; reconnecting");
@@ -263,31 +220,12 @@ pub async fn run(
         tokio::select! {
             _ = abort.cancelled() => return,
             _ = tls.changed() => {}
-            _ = tokio::time::sleep(backoff.next_delay_full_jitter()) => {}
-        }
-    }
-}
-
-/// The broker rejected us (CONNACK refusal): credentials or authorization.
-fn is_refusal(e: &ConnectionError) -> bool {
-    matches!(
-        e,
-        ConnectionError::ConnectionRefused(
-            ConnectReturnCode::BadUserNamePassword
-                | ConnectReturnCode::NotAuthorized
-                | ConnectReturnCode::BadClientId
-        )
-    )
-}
-
-/// Drives the MQTT event loop on its own task: `EventLoop::poll` is not
-/// cancel-safe, so it must never be a branch of a `select!`.
-async fn poll_events(mut eventloop: EventLoop, tx: mpsc::Sender<Result<Event, ConnectionError>>) {
-    loop {
-        let ev = eventloop.poll().await;
-        let failed = ev.is_err();
-        if tx.send(ev).await.is_err() || failed {
-            return;
+            _ = tokio::time::sleep(if std::mem::take(&mut refused) {
+                // Equal jitter at the ceiling: between max/2 and max.
+                backoff.next_delay()
+            } else {
+                backoff.next_delay_full_jitter()
+            }) => {}
         }
     }
 }
@@ -296,21 +234,15 @@ async fn poll_events(mut eventloop: EventLoop, tx: mpsc::Sender<Result<Event, Co
 /// messages unacknowledged, and notice a link that silently stopped.
 async fn session(
     settings: &UplinkSettings,
-    client: &AsyncClient,
-    events: &mut mpsc::Receiver<Result<Event, ConnectionError>>,
+    conn: &mut Conn,
     tls: &mut TlsWatch,
     spool: &Spool,
     stats: &Stats,
     abort: &CancellationToken,
 ) -> SessionEnd {
     let mut window = Inflight::new(usize::from(settings.max_inflight));
-    if client
-        .try_publish(
-            &settings.status_topic,
-            QoS::AtLeastOnce,
-            true,
-            settings.status("online"),
-        )
+    if conn
+        .publish(&settings.status_topic, settings.status("online"), true)
         .is_ok()
     {
         window.published(Tracked::Status);
@@ -325,7 +257,7 @@ async fn session(
                 break;
             };
             let topic = settings.topic(&msg.sensor);
-            if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, false, msg.bytes.clone()) {
+            if let Err(e) = conn.publish(&topic, msg.bytes.clone(), false) {
                 return SessionEnd::Lost(format!("publish request refused: {e}"));
             }
             Stats::add(&stats.messages_published, 1);
@@ -348,18 +280,29 @@ async fn session(
                     silence_limit.as_secs_f64(), settings.keepalive.as_secs()
                 ));
             }
-            ev = events.recv() => match ev {
-                Some(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => window.assigned(pkid),
-                Some(Ok(Event::Incoming(packet))) => {
+            ev = conn.recv() => match ev {
+                Some(Ok(ConnEvent::Sent(pkid))) => window.assigned(pkid),
+                Some(Ok(ConnEvent::Acked { pkid, refused })) => {
                     last_heard = tokio::time::Instant::now();
-                    if let Packet::PubAck(ack) = packet {
-                        if let Some(Tracked::Message { id, records }) = window.acked(ack.pkid) {
+                    match (window.acked(pkid), refused) {
+                        (Some(Tracked::Message { id, records }), None) => {
                             spool.ack(id, records);
                         }
+                        (Some(Tracked::Message { .. }), Some(reason)) => {
+                            // MQTT 5: the broker refused the message (an
+                            // ACL, a quota). It stays in the spool and is
+                            // offered again after a backoff; the operator
+                            // sees why.
+                            error!(broker = %settings.host, %reason,
+                                "broker refused a message; it stays queued and is retried");
+                            return SessionEnd::Lost(format!("broker refused a message: {reason}"));
+                        }
+                        _ => {}
                     }
                 }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return SessionEnd::Lost(e.to_string()),
+                Some(Ok(ConnEvent::Heard)) => last_heard = tokio::time::Instant::now(),
+                Some(Ok(ConnEvent::Connected)) => {}
+                Some(Err(e)) => return SessionEnd::Lost(e.message),
                 None => return SessionEnd::Lost("MQTT event loop ended".into()),
             },
         }

@@ -805,3 +805,60 @@ impl Drop for GatewayProcess {
         let _ = self.child.wait();
     }
 }
+
+// ---------------------------------------------------------------------
+// Added for tests/uplink.rs
+// ---------------------------------------------------------------------
+
+impl Mosquitto {
+    /// Like [`Mosquitto::start`], with more configuration: `extra` gets the
+    /// broker's folder (to write a password or ACL file into) and returns
+    /// lines appended to `mosquitto.conf`. A later line overrides an earlier
+    /// one, e.g. `use_identity_as_username false`.
+    ///
+    /// It starts the standard broker, stops it, appends the lines and
+    /// starts it again on the same port (panics with mosquitto's log if it
+    /// does not come up, e.g. for a line it does not understand).
+    pub fn start_with(pki: &Pki, extra: impl FnOnce(&Path) -> String) -> Mosquitto {
+        let mut broker = Mosquitto::start(pki);
+        broker.stop();
+        let conf_path = broker.dir.join("mosquitto.conf");
+        let mut conf = fs::read_to_string(&conf_path).expect("read mosquitto.conf");
+        let lines = extra(broker.dir.path());
+        let _ = write!(conf, "# Added by the test.\n{lines}\n");
+        write_file(&conf_path, &conf, 0o644);
+        if let Err(failure) = broker.spawn_and_wait() {
+            panic!("mosquitto with the extra configuration did not start: {failure}");
+        }
+        broker
+    }
+}
+
+impl GatewayProcess {
+    /// The process id (for signals).
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// Sends `sig` (e.g. SIGHUP) to the process.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(self.pid(), sig)
+            .unwrap_or_else(|e| panic!("send {sig} to sensorgate: {e}"));
+    }
+
+    /// Waits (bounded) for the process to exit by itself; returns its exit
+    /// code (-1 for a signal), or `None` if it still runs after `timeout`.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let mut code = None;
+        wait_until(timeout, Duration::from_millis(20), || {
+            match self.child.try_wait().expect("wait for sensorgate") {
+                Some(status) => {
+                    code = Some(status.code().unwrap_or(-1));
+                    true
+                }
+                None => false,
+            }
+        });
+        code
+    }
+}

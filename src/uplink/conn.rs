@@ -1,0 +1,252 @@
+//! One MQTT connection, whatever the protocol version: MQTT 3.1.1
+//! (`protocol = 4`) or MQTT 5 (`protocol = 5`), both with rumqttc.
+//!
+//! The session logic (window, acknowledgements, dead-link detection) only
+//! sees [`ConnEvent`]s; the version-specific client and event loop stay in
+//! here. The event loop runs on its own task: `EventLoop::poll` is not
+//! cancel-safe, so it must never be a branch of a `select!`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::v5 as mqtt5;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::UplinkSettings;
+
+/// rumqttc's own keepalive check (a ping still unanswered when the next
+/// is due) may notice a dead link before ours; both say the same.
+const DEAD_LINK: &str = "no answer to the last keepalive ping: the link is dead";
+
+/// What the session needs to know of the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnEvent {
+    /// The broker accepted the connection.
+    Connected,
+    /// The client sent the oldest pending publish under this packet id.
+    Sent(u16),
+    /// The broker acknowledged a publish. `refused` carries the reason
+    /// when it refused it (MQTT 5 reason codes; MQTT 3.1.1 cannot refuse).
+    Acked { pkid: u16, refused: Option<String> },
+    /// Anything else heard from the broker (PINGRESP, ...).
+    Heard,
+}
+
+/// Why the connection ended or could not start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnError {
+    pub message: String,
+    /// The broker answered and said no (credentials, authorization).
+    pub refused: bool,
+}
+
+enum Client {
+    V4(rumqttc::AsyncClient),
+    V5(mqtt5::AsyncClient),
+}
+
+/// A connection attempt and, once [`ConnEvent::Connected`], the session.
+pub struct Conn {
+    client: Client,
+    events: mpsc::Receiver<Result<ConnEvent, ConnError>>,
+    poller: JoinHandle<()>,
+}
+
+impl Conn {
+    /// Starts connecting (the first event says how it went).
+    pub fn open(settings: &UplinkSettings, tls: Option<&Arc<rustls::ClientConfig>>) -> Conn {
+        let (tx, events) = mpsc::channel(256);
+        let cap = usize::from(settings.max_inflight) + 8;
+        let transport = tls.map(|tls| {
+            rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls.clone()))
+        });
+        let (client, poller) = if settings.protocol == 5 {
+            let (client, eventloop) = mqtt5::AsyncClient::new(options_v5(settings, transport), cap);
+            (Client::V5(client), tokio::spawn(poll_v5(eventloop, tx)))
+        } else {
+            let (client, mut eventloop) =
+                rumqttc::AsyncClient::new(options_v4(settings, transport), cap);
+            let mut net = eventloop.network_options();
+            net.set_connection_timeout(settings.connect_timeout.as_secs().max(1));
+            eventloop.set_network_options(net);
+            (Client::V4(client), tokio::spawn(poll_v4(eventloop, tx)))
+        };
+        Conn {
+            client,
+            events,
+            poller,
+        }
+    }
+
+    /// Hands a QoS 1 publish to the client (never waits).
+    pub fn publish(&self, topic: &str, payload: Vec<u8>, retain: bool) -> Result<(), String> {
+        match &self.client {
+            Client::V4(c) => c
+                .try_publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload)
+                .map_err(|e| e.to_string()),
+            Client::V5(c) => c
+                .try_publish(topic, mqtt5::mqttbytes::QoS::AtLeastOnce, retain, payload)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The next event; `None` once the connection is gone.
+    pub async fn recv(&mut self) -> Option<Result<ConnEvent, ConnError>> {
+        self.events.recv().await
+    }
+
+    /// Ends the connection at once.
+    pub fn abort(&self) {
+        self.poller.abort();
+    }
+
+    /// Asks for a clean DISCONNECT (after what was handed over before) and
+    /// waits up to `wait` for it to go out.
+    pub async fn close(self, wait: Duration) {
+        let _ = match &self.client {
+            Client::V4(c) => c.try_disconnect().map_err(|e| e.to_string()),
+            Client::V5(c) => c.try_disconnect().map_err(|e| e.to_string()),
+        };
+        let poller = self.poller;
+        let abort = poller.abort_handle();
+        if tokio::time::timeout(wait, poller).await.is_err() {
+            abort.abort();
+        }
+    }
+}
+
+fn options_v4(s: &UplinkSettings, transport: Option<rumqttc::Transport>) -> rumqttc::MqttOptions {
+    let mut o = rumqttc::MqttOptions::new(&s.client_id, &s.host, s.port);
+    // What we send is split to fit `max_packet` before it is sealed; the
+    // limit here is for what the broker sends us.
+    let packet = s.max_packet.max(64 * 1024) + 1024;
+    o.set_keep_alive(s.keepalive.max(Duration::from_secs(1)))
+        .set_clean_session(s.clean_session)
+        // One more than the window: the status message.
+        .set_inflight(s.max_inflight.saturating_add(1))
+        .set_max_packet_size(packet, packet)
+        .set_request_channel_capacity(usize::from(s.max_inflight) + 8)
+        .set_last_will(rumqttc::LastWill::new(
+            &s.status_topic,
+            s.status("offline"),
+            rumqttc::QoS::AtLeastOnce,
+            true,
+        ));
+    if let Some((user, password)) = &s.credentials {
+        o.set_credentials(user, password);
+    }
+    if let Some(t) = transport {
+        o.set_transport(t);
+    }
+    o
+}
+
+fn options_v5(s: &UplinkSettings, transport: Option<rumqttc::Transport>) -> mqtt5::MqttOptions {
+    let mut o = mqtt5::MqttOptions::new(&s.client_id, &s.host, s.port);
+    let packet = u32::try_from(s.max_packet.max(64 * 1024) + 1024).unwrap_or(u32::MAX);
+    o.set_keep_alive(s.keepalive.max(Duration::from_secs(1)))
+        .set_clean_start(s.clean_session)
+        .set_outgoing_inflight_upper_limit(s.max_inflight.saturating_add(1))
+        .set_max_packet_size(Some(packet))
+        .set_request_channel_capacity(usize::from(s.max_inflight) + 8)
+        .set_connection_timeout(s.connect_timeout.as_secs().max(1))
+        .set_last_will(mqtt5::mqttbytes::v5::LastWill::new(
+            &s.status_topic,
+            s.status("offline"),
+            mqtt5::mqttbytes::QoS::AtLeastOnce,
+            true,
+            None,
+        ));
+    if let Some((user, password)) = &s.credentials {
+        o.set_credentials(user, password);
+    }
+    if let Some(t) = transport {
+        o.set_transport(t);
+    }
+    o
+}
+
+async fn poll_v4(
+    mut eventloop: rumqttc::EventLoop,
+    tx: mpsc::Sender<Result<ConnEvent, ConnError>>,
+) {
+    use rumqttc::{ConnectReturnCode as Code, ConnectionError, Event, Outgoing, Packet};
+    loop {
+        let ev = match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => Ok(ConnEvent::Connected),
+            Ok(Event::Incoming(Packet::PubAck(ack))) => Ok(ConnEvent::Acked {
+                pkid: ack.pkid,
+                refused: None,
+            }),
+            Ok(Event::Incoming(_)) => Ok(ConnEvent::Heard),
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Ok(ConnEvent::Sent(pkid)),
+            Ok(Event::Outgoing(_)) => continue,
+            Err(e) => Err(ConnError {
+                refused: matches!(
+                    e,
+                    ConnectionError::ConnectionRefused(
+                        Code::BadUserNamePassword | Code::NotAuthorized | Code::BadClientId
+                    )
+                ),
+                message: match e {
+                    ConnectionError::MqttState(rumqttc::StateError::AwaitPingResp) => {
+                        DEAD_LINK.to_string()
+                    }
+                    e => e.to_string(),
+                },
+            }),
+        };
+        let failed = ev.is_err();
+        if tx.send(ev).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+async fn poll_v5(mut eventloop: mqtt5::EventLoop, tx: mpsc::Sender<Result<ConnEvent, ConnError>>) {
+    use mqtt5::mqttbytes::v5::{ConnectReturnCode as Code, Packet, PubAckReason};
+    use mqtt5::{ConnectionError, Event};
+    use rumqttc::Outgoing;
+    loop {
+        let ev = match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => Ok(ConnEvent::Connected),
+            Ok(Event::Incoming(Packet::PubAck(ack))) => Ok(ConnEvent::Acked {
+                pkid: ack.pkid,
+                refused: match ack.reason {
+                    PubAckReason::Success | PubAckReason::NoMatchingSubscribers => None,
+                    reason => Some(match ack.properties.and_then(|p| p.reason_string) {
+                        Some(text) => format!("{reason:?}: {text}"),
+                        None => format!("{reason:?}"),
+                    }),
+                },
+            }),
+            Ok(Event::Incoming(_)) => Ok(ConnEvent::Heard),
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Ok(ConnEvent::Sent(pkid)),
+            Ok(Event::Outgoing(_)) => continue,
+            Err(e) => Err(ConnError {
+                refused: matches!(
+                    e,
+                    ConnectionError::ConnectionRefused(
+                        Code::BadUserNamePassword
+                            | Code::NotAuthorized
+                            | Code::BadClientId
+                            | Code::ClientIdentifierNotValid
+                            | Code::Banned
+                            | Code::BadAuthenticationMethod
+                    )
+                ),
+                message: match e {
+                    ConnectionError::MqttState(mqtt5::StateError::AwaitPingResp) => {
+                        DEAD_LINK.to_string()
+                    }
+                    e => e.to_string(),
+                },
+            }),
+        };
+        let failed = ev.is_err();
+        if tx.send(ev).await.is_err() || failed {
+            return;
+        }
+    }
+}
