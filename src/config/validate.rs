@@ -305,11 +305,11 @@ impl Found<'_> {
                 ),
             );
         }
-        if !(KIB as usize..=256 * MIB as usize).contains(&m.max_packet) {
+        if !(4 * KIB as usize..=256 * MIB as usize).contains(&m.max_packet) {
             self.fail(
                 "mqtt.max_packet",
                 format!(
-                    "{} is out of range; use 1KiB to 256MiB (the MQTT limit); AWS IoT Core accepts 128KiB",
+                    "{} is out of range; use 4KiB (a sealed message of even one record carries ~1.5 KB of signature and key wrapping) to 256MiB (the MQTT limit); AWS IoT Core accepts 128KiB",
                     format_size(m.max_packet as u64)
                 ),
             );
@@ -660,7 +660,7 @@ stats_interval = "0s"
         assert!(
             problem_at(&e, "mqtt.max_packet")
                 .message
-                .contains("1KiB to 256MiB")
+                .contains("use 4KiB")
         );
         assert!(
             problem_at(&e, "mqtt.status_topic")
@@ -675,7 +675,7 @@ stats_interval = "0s"
         // the edges of the ranges, and the same keys from the environment
         let ok = MINIMAL.replace(
             "tls = false",
-            "tls = false\nusername = \"u\"\npassword = \"p\"\ncert_warn_days = 0\nmax_packet = \"1KiB\"",
+            "tls = false\nusername = \"u\"\npassword = \"p\"\ncert_warn_days = 0\nmax_packet = \"4KiB\"",
         );
         let cfg = Dir::new(&ok)
             .load_env(&[
@@ -687,7 +687,7 @@ stats_interval = "0s"
         assert_eq!(cfg.mqtt.alpn, ["x-amzn-mqtt-ca", "mqtt"]);
         assert_eq!(cfg.mqtt.password.unwrap().expose(), "from-env");
         assert!(!cfg.mqtt.clean_session);
-        assert_eq!(cfg.mqtt.max_packet, 1024);
+        assert_eq!(cfg.mqtt.max_packet, 4096);
         let ok = MINIMAL.replace("tls = false", "tls = false\nmax_packet = \"256MiB\"");
         Dir::new(&ok).load().unwrap();
 

@@ -22,8 +22,9 @@ const DEAD_LINK: &str = "no answer to the last keepalive ping: the link is dead"
 /// What the session needs to know of the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnEvent {
-    /// The broker accepted the connection.
-    Connected,
+    /// The broker accepted the connection; under MQTT 5 it may say the
+    /// largest packet it takes.
+    Connected { broker_max_packet: Option<u32> },
     /// The client sent the oldest pending publish under this packet id.
     Sent(u16),
     /// The broker acknowledged a publish. `refused` carries the reason
@@ -174,7 +175,9 @@ async fn poll_v4(
     use rumqttc::{ConnectReturnCode as Code, ConnectionError, Event, Outgoing, Packet};
     loop {
         let ev = match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => Ok(ConnEvent::Connected),
+            Ok(Event::Incoming(Packet::ConnAck(_))) => Ok(ConnEvent::Connected {
+                broker_max_packet: None,
+            }),
             Ok(Event::Incoming(Packet::PubAck(ack))) => Ok(ConnEvent::Acked {
                 pkid: ack.pkid,
                 refused: None,
@@ -210,7 +213,9 @@ async fn poll_v5(mut eventloop: mqtt5::EventLoop, tx: mpsc::Sender<Result<ConnEv
     use rumqttc::Outgoing;
     loop {
         let ev = match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => Ok(ConnEvent::Connected),
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => Ok(ConnEvent::Connected {
+                broker_max_packet: ack.properties.and_then(|p| p.max_packet_size),
+            }),
             Ok(Event::Incoming(Packet::PubAck(ack))) => Ok(ConnEvent::Acked {
                 pkid: ack.pkid,
                 refused: match ack.reason {

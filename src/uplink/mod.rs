@@ -151,7 +151,16 @@ pub async fn run(
         let connected = tokio::select! {
             _ = abort.cancelled() => { conn.abort(); return; }
             ev = conn.recv() => match ev {
-                Some(Ok(ConnEvent::Connected)) => Ok(()),
+                Some(Ok(ConnEvent::Connected { broker_max_packet })) => {
+                    if let Some(limit) = broker_max_packet {
+                        if (limit as usize) < settings.max_packet {
+                            warn!(broker_max_packet = limit, max_packet = settings.max_packet,
+                                "the broker takes smaller packets than mqtt.max_packet; \
+                                 larger messages will be refused: lower max_packet to at most its limit");
+                        }
+                    }
+                    Ok(())
+                }
                 Some(Ok(other)) => Err((format!("unexpected first event {other:?}"), false)),
                 Some(Err(e)) => Err((e.message, e.refused)),
                 None => Err(("MQTT event loop ended".into(), false)),
@@ -301,7 +310,7 @@ async fn session(
                     }
                 }
                 Some(Ok(ConnEvent::Heard)) => last_heard = tokio::time::Instant::now(),
-                Some(Ok(ConnEvent::Connected)) => {}
+                Some(Ok(ConnEvent::Connected { .. })) => {}
                 Some(Err(e)) => return SessionEnd::Lost(e.message),
                 None => return SessionEnd::Lost("MQTT event loop ended".into()),
             },
