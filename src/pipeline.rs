@@ -21,10 +21,22 @@ use crate::spool::{Fsync, Spool, SpoolSettings};
 use crate::telemetry::{self, Snapshot, Stats};
 use crate::uplink::{self, UplinkSettings, tls::TlsError};
 
-/// Records waiting between a sensor's reader and its batcher.
-const RECORD_CHANNEL: usize = 1024;
+/// Records waiting between a sensor's reader and its batcher. Small on
+/// purpose: what sits in the channels when the process dies is lost, so
+/// these (with `max_records`) bound what a crash can cost, and the spool
+/// behind them is fast.
+pub const RECORD_CHANNEL: usize = 256;
 /// Batches waiting to be sealed.
-const BATCH_CHANNEL: usize = 16;
+pub const BATCH_CHANNEL: usize = 4;
+
+/// The most records of one sensor that can be read but not yet in the
+/// spool: its record channel, its open batch, the batches waiting to be
+/// sealed and the one being sealed and stored. A crash (or SIGKILL) loses
+/// at most these, plus the undecoded bytes in the serial read buffer
+/// ([`crate::serial::READ_BUFFER`]); the next start reports the range.
+pub fn records_in_flight_bound(max_records: usize) -> usize {
+    RECORD_CHANNEL + (BATCH_CHANNEL + 2) * max_records
+}
 
 /// Why the pipeline could not start. Runtime faults are never errors: they
 /// are logged, counted and survived.

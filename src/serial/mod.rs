@@ -25,7 +25,8 @@ use lines::{LineFrame, LinesDecoder};
 
 const REOPEN_MIN: Duration = Duration::from_millis(500);
 const REOPEN_MAX: Duration = Duration::from_secs(30);
-const READ_BUFFER: usize = 8 * 1024;
+/// Bytes read from a device at a time (and so at most held undecoded).
+pub const READ_BUFFER: usize = 8 * 1024;
 
 /// One configured sensor, ready to run.
 #[derive(Debug, Clone)]
