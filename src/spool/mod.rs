@@ -353,7 +353,9 @@ impl Spool {
             let (_, m, _) = s.cache.pop_front().expect("not empty");
             s.cache_bytes -= m.bytes.len();
         }
-        if s.log.release_acked(below, true) > 0 {
+        // The acknowledged position is recorded at the next sync tick, not
+        // here: two fsyncs per released segment stalled the uplink.
+        if s.log.release_acked(below, false) > 0 {
             self.space.notify_one();
         }
         self.update_gauges(&s);

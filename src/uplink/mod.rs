@@ -228,7 +228,7 @@ pub async fn run(
         }
         tokio::select! {
             _ = abort.cancelled() => return,
-            _ = tls.changed() => {}
+            _ = tls_changed(&mut tls) => {}
             _ = tokio::time::sleep(if std::mem::take(&mut refused) {
                 // Equal jitter at the ceiling: between max/2 and max.
                 backoff.next_delay()
@@ -236,6 +236,14 @@ pub async fn run(
                 backoff.next_delay_full_jitter()
             }) => {}
         }
+    }
+}
+
+/// Resolves when new TLS material arrives; never, once nobody can send
+/// any (the SIGHUP handler could not be installed, or has stopped).
+async fn tls_changed(tls: &mut TlsWatch) {
+    if tls.changed().await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -281,7 +289,7 @@ async fn session(
         let room = window.has_room();
         tokio::select! {
             _ = abort.cancelled() => return SessionEnd::Aborted,
-            _ = tls.changed() => return SessionEnd::Reload,
+            _ = tls_changed(tls) => return SessionEnd::Reload,
             _ = spool.changed(), if room => {}
             _ = tokio::time::sleep_until(last_heard + silence_limit) => {
                 return SessionEnd::Lost(format!(
