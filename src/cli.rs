@@ -149,15 +149,30 @@ pub fn check_config(config_path: &Path) -> u8 {
     EX_OK
 }
 
-/// `sensorgate keygen`
-pub fn keygen(out: &Path, name: &str) -> u8 {
+/// `sensorgate keygen`. `recipient` only changes what is printed: the
+/// recipient (cloud-side) key is the same P-256 key type as a gateway's
+/// signing key, but its private half must stay on the cloud side.
+pub fn keygen(out: &Path, name: &str, recipient: bool) -> u8 {
     match seal::keygen(out, name) {
         Ok(k) => {
-            eprintln!(
-                "wrote {} (private, mode 0600) and {}",
-                k.key_path.display(),
-                k.pub_path.display()
-            );
+            if recipient {
+                eprintln!(
+                    "wrote the recipient (cloud-side) key pair: {} (private, mode 0600; keep it on \
+                     the cloud side for `sensorgate open --recipient-key`) and {}",
+                    k.key_path.display(),
+                    k.pub_path.display()
+                );
+                eprintln!(
+                    "copy ONLY {} to the gateways (their [seal] recipient_key); never copy the .key",
+                    k.pub_path.display()
+                );
+            } else {
+                eprintln!(
+                    "wrote {} (private, mode 0600) and {}",
+                    k.key_path.display(),
+                    k.pub_path.display()
+                );
+            }
             println!("{}", k.kid);
             EX_OK
         }
@@ -165,22 +180,45 @@ pub fn keygen(out: &Path, name: &str) -> u8 {
     }
 }
 
-/// `sensorgate open`
-pub fn open(recipient_key: &Path, trust: &[PathBuf]) -> u8 {
+/// `sensorgate open`. Each `trust` path is a `.pub` file or a directory of
+/// them; `state` is the file that carries the duplicate/gap state from one
+/// run to the next.
+pub fn open(
+    recipient_key: &Path,
+    trust: &[PathBuf],
+    state: Option<&Path>,
+    format: seal::OutputFormat,
+) -> u8 {
     let recipient = match seal::load_recipient_key(recipient_key) {
         Ok(k) => k,
         Err(e) => return fail(e.exit_code(), e),
     };
     let mut trusted = Vec::new();
     for p in trust {
-        match seal::load_public_key(p) {
-            Ok(k) => trusted.push(k),
+        match seal::load_trusted_keys(p) {
+            Ok(keys) => trusted.extend(keys),
             Err(e) => return fail(e.exit_code(), e),
         }
     }
     let mut opener = seal::Opener::new(trusted, Some(recipient));
+    if let Some(path) = state {
+        match seal::SequenceTracker::load(path) {
+            Ok(tracker) => opener = opener.with_tracker(tracker),
+            Err(e) => return fail(e.exit_code(), e),
+        }
+    }
+    let options = seal::StreamOptions {
+        format,
+        state: state.map(Path::to_path_buf),
+    };
     let stdin = io::stdin();
-    match seal::open_stream(stdin.lock(), io::stdout().lock(), io::stderr(), &mut opener) {
+    match seal::open_stream_with(
+        stdin.lock(),
+        io::stdout().lock(),
+        io::stderr(),
+        &mut opener,
+        &options,
+    ) {
         Ok(summary) if summary.rejected == 0 => EX_OK,
         Ok(_) => EX_DATAERR,
         Err(e) => fail(74, format!("I/O error while opening messages: {e}")),

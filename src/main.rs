@@ -42,6 +42,11 @@ enum Command {
         out: PathBuf,
         #[arg(long)]
         name: String,
+        /// The pair is the cloud side's recipient key (what the sensitive
+        /// fields are encrypted for): same key type, but only the .pub goes
+        /// to the gateways.
+        #[arg(long)]
+        recipient: bool,
     },
     /// Verify and decrypt sealed messages read from stdin, one per line;
     /// print one JSON record per line.
@@ -49,9 +54,18 @@ enum Command {
         /// The recipient's private key (PKCS#8 PEM, mode 0600).
         #[arg(long)]
         recipient_key: PathBuf,
-        /// A trusted gateway public key (.pub); repeat for several gateways.
+        /// A trusted gateway public key (.pub), or a directory whose every
+        /// *.pub is trusted; repeat for several. Messages select the key by kid.
         #[arg(long, required = true)]
         trust: Vec<PathBuf>,
+        /// Keep the sequence numbers seen (per gateway, sensor and epoch) in
+        /// this file, so duplicates and conflicts are caught across runs.
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Output: one JSON object per record, or CSV with a header line
+        /// before the first record and whenever the columns change.
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
     },
     /// Run the whole system here with no hardware and no installed broker.
     Demo {
@@ -64,16 +78,34 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Format {
+    Json,
+    Csv,
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let code = match args.command {
         Command::Run { config } => cli::run(&config),
         Command::CheckConfig { config } => cli::check_config(&config),
-        Command::Keygen { out, name } => cli::keygen(&out, &name),
+        Command::Keygen {
+            out,
+            name,
+            recipient,
+        } => cli::keygen(&out, &name, recipient),
         Command::Open {
             recipient_key,
             trust,
-        } => cli::open(&recipient_key, &trust),
+            state,
+            format,
+        } => {
+            let format = match format {
+                Format::Json => sensorgate::seal::OutputFormat::Json,
+                Format::Csv => sensorgate::seal::OutputFormat::Csv,
+            };
+            cli::open(&recipient_key, &trust, state.as_deref(), format)
+        }
         Command::Demo { count, rate } => cli::demo(count, rate),
     };
     ExitCode::from(code)

@@ -361,6 +361,51 @@ fn a_private_key_readable_by_others_is_refused_with_the_fix() {
 }
 
 #[test]
+fn a_private_key_owned_by_another_user_is_refused_with_the_fix() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: only root can give a file to another user");
+        return;
+    }
+    let site = Site::new();
+    std::os::unix::fs::chown(&site.signing_key, Some(4242), None).expect("chown the key");
+    let out = site.check_config();
+    // 77 is EX_NOPERM.
+    assert_eq!(out.code, 77, "{}", out.shown());
+    assert!(
+        out.stderr.contains(&site.signing_key.display().to_string()),
+        "{}",
+        out.shown()
+    );
+    assert!(out.stderr.contains("owned by uid 4242"), "{}", out.shown());
+    assert!(out.stderr.contains("chown"), "{}", out.shown());
+
+    // The TLS client key and the recipient key in `open` follow the same rule.
+    std::os::unix::fs::chown(&site.signing_key, Some(0), None).unwrap();
+    std::os::unix::fs::chown(&site.tls.client_key, Some(4242), None).unwrap();
+    let out = site.check_config();
+    assert_eq!(out.code, 77, "{}", out.shown());
+    assert!(
+        out.stderr
+            .contains(&site.tls.client_key.display().to_string())
+            && out.stderr.contains("chown"),
+        "{}",
+        out.shown()
+    );
+
+    let consumer = Consumer::new();
+    std::os::unix::fs::chown(&consumer.recipient_key, Some(4242), None).unwrap();
+    let out = consumer.open(&[]);
+    assert_eq!(out.code, 77, "{}", out.shown());
+    assert!(
+        out.stderr
+            .contains(&consumer.recipient_key.display().to_string())
+            && out.stderr.contains("chown"),
+        "{}",
+        out.shown()
+    );
+}
+
+#[test]
 fn a_state_dir_that_cannot_be_created_fails_check_config() {
     let site = Site::new();
     // A file where a folder should be: nobody, root included, can create
@@ -513,22 +558,23 @@ impl Consumer {
 
     /// `sensorgate open` with `lines` on stdin, one message per line.
     fn open(&self, lines: &[Vec<u8>]) -> Outcome {
+        self.open_with(&["--trust".as_ref(), self.gateway_pub.as_os_str()], lines)
+    }
+
+    /// `sensorgate open --recipient-key … ARGS` with `lines` on stdin.
+    fn open_with(&self, args: &[&std::ffi::OsStr], lines: &[Vec<u8>]) -> Outcome {
         let mut input = Vec::new();
         for line in lines {
             input.extend_from_slice(line);
             input.push(b'\n');
         }
-        run(
-            sensorgate([
-                Path::new("open"),
-                "--recipient-key".as_ref(),
-                &self.recipient_key,
-                "--trust".as_ref(),
-                &self.gateway_pub,
-            ]),
-            &input,
-            QUICK,
-        )
+        let mut cmd = sensorgate([
+            Path::new("open"),
+            "--recipient-key".as_ref(),
+            &self.recipient_key,
+        ]);
+        cmd.args(args);
+        run(cmd, &input, QUICK)
     }
 }
 
@@ -756,6 +802,247 @@ fn open_counts_gaps() {
     assert_eq!(
         summary(&out),
         "opened 2 messages, 20 records, 0 duplicates, 10 gaps, 0 rejected",
+        "{}",
+        out.shown()
+    );
+}
+
+#[test]
+fn open_trusts_every_pub_in_a_directory_so_a_rotated_gateway_key_is_accepted() {
+    let consumer = Consumer::new();
+    let trust_dir = consumer.dir.join("trusted");
+    fs::create_dir(&trust_dir).unwrap();
+    let old = seal::keygen(&trust_dir, "gateway-old").expect("make the old key");
+    let new = seal::keygen(&trust_dir, "gateway-new").expect("make the new key");
+    // Private keys beside the .pub files are not trusted as such: ignored.
+    let stranger = seal::keygen(consumer.dir.path(), "stranger").expect("make another key");
+
+    let messages = vec![
+        seal_batch(&mut consumer.sealer_with(&old.key_path), &readings(0..=2)),
+        seal_batch(&mut consumer.sealer_with(&new.key_path), &readings(3..=4)),
+        seal_batch(
+            &mut consumer.sealer_with(&stranger.key_path),
+            &readings(5..=5),
+        ),
+    ];
+    let out = consumer.open_with(&["--trust".as_ref(), trust_dir.as_os_str()], &messages);
+    assert_eq!(out.code, 65, "{}", out.shown());
+    let seqs: Vec<u64> = printed(&out.stdout).iter().map(|p| p.seq).collect();
+    assert_eq!(seqs, [0, 1, 2, 3, 4], "{}", out.shown());
+    let reason = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("rejected message at line 3:"))
+        .unwrap_or_else(|| panic!("no rejection line\n{}", out.shown()));
+    assert!(
+        reason.contains(&stranger.kid) && reason.contains("not a trusted gateway key"),
+        "{reason}"
+    );
+    assert_eq!(
+        summary(&out),
+        "opened 2 messages, 5 records, 0 duplicates, 0 gaps, 1 rejected",
+        "{}",
+        out.shown()
+    );
+
+    // A directory without any .pub is refused before reading anything.
+    let empty = consumer.dir.join("empty");
+    fs::create_dir(&empty).unwrap();
+    let out = consumer.open_with(&["--trust".as_ref(), empty.as_os_str()], &messages);
+    assert_eq!(out.code, 66, "{}", out.shown());
+    assert!(out.stderr.contains("no .pub file"), "{}", out.shown());
+}
+
+#[test]
+fn open_with_state_prints_only_new_records_on_the_second_run() {
+    let consumer = Consumer::new();
+    let mut sealer = consumer.sealer();
+    let m: Vec<Vec<u8>> = [readings(0..=2), readings(3..=4), readings(5..=7)]
+        .iter()
+        .map(|b| seal_batch(&mut sealer, b))
+        .collect();
+    let state = consumer.dir.join("open.state");
+    let args = [
+        "--trust".as_ref(),
+        consumer.gateway_pub.as_os_str(),
+        "--state".as_ref(),
+        state.as_os_str(),
+    ];
+
+    let first = consumer.open_with(&args, &m[..2]);
+    assert_eq!(first.code, 0, "{}", first.shown());
+    assert_eq!(printed(&first.stdout).len(), 5, "{}", first.shown());
+    assert!(state.exists(), "no state file written");
+
+    // Overlapping input: the first two messages again (one of them sealed
+    // anew: other bytes, same records), then a new one.
+    let resealed = seal_batch(&mut sealer, &readings(3..=4));
+    let second = consumer.open_with(&args, &[m[0].clone(), resealed, m[2].clone()]);
+    assert_eq!(second.code, 0, "{}", second.shown());
+    let seqs: Vec<u64> = printed(&second.stdout).iter().map(|p| p.seq).collect();
+    assert_eq!(seqs, [5, 6, 7], "{}", second.shown());
+    assert_eq!(
+        summary(&second),
+        "opened 3 messages, 3 records, 5 duplicates, 0 gaps, 0 rejected",
+        "{}",
+        second.shown()
+    );
+    // No temporary file left beside the state.
+    let names: Vec<_> = fs::read_dir(consumer.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains("open.state"))
+        .collect();
+    assert_eq!(names, ["open.state"]);
+}
+
+#[test]
+fn open_with_state_rejects_a_range_replayed_with_other_content_across_runs() {
+    let consumer = Consumer::new();
+    let mut sealer = consumer.sealer();
+    let state = consumer.dir.join("open.state");
+    let args = [
+        "--trust".as_ref(),
+        consumer.gateway_pub.as_os_str(),
+        "--state".as_ref(),
+        state.as_os_str(),
+    ];
+    let first = consumer.open_with(&args, &[seal_batch(&mut sealer, &readings(0..=2))]);
+    assert_eq!(first.code, 0, "{}", first.shown());
+
+    let mut altered = readings(0..=2);
+    altered[1].fields[0].value = Value::Float(999.0);
+    let second = consumer.open_with(&args, &[seal_batch(&mut sealer, &altered)]);
+    assert_eq!(second.code, 65, "{}", second.shown());
+    assert!(second.stdout.is_empty(), "{}", second.shown());
+    assert!(
+        second.stderr.contains(&format!(
+            "rejected message at line 1: conflict: seq 0..2 of {GATEWAY}/{SENSOR}/{EPOCH} seen before with different content"
+        )),
+        "{}",
+        second.shown()
+    );
+    assert_eq!(
+        summary(&second),
+        "opened 0 messages, 0 records, 0 duplicates, 0 gaps, 1 rejected",
+        "{}",
+        second.shown()
+    );
+
+    // A state file that is not one is refused, naming it.
+    fs::write(&state, "garbage").unwrap();
+    let third = consumer.open_with(&args, &[]);
+    assert_eq!(third.code, 65, "{}", third.shown());
+    assert!(third.stderr.contains("open.state"), "{}", third.shown());
+}
+
+#[test]
+fn open_reports_each_missing_range_before_the_summary() {
+    let consumer = Consumer::new();
+    let mut sealer = consumer.sealer();
+    let messages = vec![
+        seal_batch(&mut sealer, &readings(0..=1)),
+        seal_batch(&mut sealer, &readings(5..=6)),
+        seal_batch(&mut sealer, &readings(9..=9)),
+    ];
+    let out = consumer.open(&messages);
+    assert_eq!(out.code, 0, "{}", out.shown());
+    let gaps: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("gap:"))
+        .collect();
+    assert_eq!(
+        gaps,
+        [
+            format!("gap: {GATEWAY}/{SENSOR} epoch {EPOCH}: seq 2..4 missing"),
+            format!("gap: {GATEWAY}/{SENSOR} epoch {EPOCH}: seq 7..8 missing"),
+        ],
+        "{}",
+        out.shown()
+    );
+    assert_eq!(
+        summary(&out),
+        "opened 3 messages, 5 records, 0 duplicates, 5 gaps, 0 rejected"
+    );
+}
+
+#[test]
+fn open_format_csv_prints_a_header_and_one_line_per_record() {
+    let consumer = Consumer::new();
+    let mut sealer = consumer.sealer();
+    let messages = vec![
+        seal_batch(&mut sealer, &readings(0..=1)),
+        seal_batch(&mut sealer, &readings(1..=2)),
+    ];
+    let out = consumer.open_with(
+        &[
+            "--trust".as_ref(),
+            consumer.gateway_pub.as_os_str(),
+            "--format".as_ref(),
+            "csv".as_ref(),
+        ],
+        &messages,
+    );
+    assert_eq!(out.code, 0, "{}", out.shown());
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines[0],
+        "gateway,sensor,seq,ts,speed,heart_rate,cadence,note,pedalling",
+        "{}",
+        out.shown()
+    );
+    assert_eq!(lines.len(), 4, "{}", out.shown());
+    let r = reading(1);
+    assert_eq!(
+        lines[2],
+        format!(
+            "{GATEWAY},{SENSOR},1,{},22.25,121,85,\"confidential-1 \"\"q\"\" ü\",false",
+            record::format_ts(r.ts)
+        ),
+        "{}",
+        out.shown()
+    );
+    assert!(lines[3].starts_with(&format!("{GATEWAY},{SENSOR},2,")));
+    assert_eq!(
+        summary(&out),
+        "opened 2 messages, 3 records, 1 duplicates, 0 gaps, 0 rejected"
+    );
+}
+
+#[test]
+fn keygen_recipient_says_to_copy_only_the_pub_to_gateways() {
+    let dir = TempDir::new();
+    let out = run(
+        sensorgate([
+            Path::new("keygen"),
+            "--recipient".as_ref(),
+            "--out".as_ref(),
+            dir.path(),
+            "--name".as_ref(),
+            "recipient".as_ref(),
+        ]),
+        b"",
+        QUICK,
+    );
+    assert_eq!(out.code, 0, "{}", out.shown());
+    let key = dir.join("recipient.key");
+    let public = dir.join("recipient.pub");
+    assert_eq!(mode(&key), 0o600);
+    let kid = seal::load_recipient_key(&key)
+        .expect("a P-256 recipient key")
+        .kid()
+        .to_owned();
+    assert_eq!(seal::load_public_key(&public).unwrap().kid(), kid);
+    assert_eq!(out.stdout, format!("{kid}\n"), "{}", out.shown());
+    assert!(
+        out.stderr.contains("recipient (cloud-side) key"),
+        "{}",
+        out.shown()
+    );
+    assert!(
+        out.stderr
+            .contains(&format!("copy ONLY {} to the gateways", public.display())),
         "{}",
         out.shown()
     );

@@ -60,6 +60,10 @@ pub enum KeyError {
     BadName { dir: PathBuf, name: String },
     #[error("cannot generate a key for {path}: the system random generator failed: {detail}")]
     Random { path: PathBuf, detail: String },
+    #[error(
+        "trusted key directory {path} holds no .pub file; copy the gateways' .pub files into it"
+    )]
+    NoPublicKeys { path: PathBuf },
 }
 
 impl KeyError {
@@ -79,6 +83,7 @@ impl KeyError {
             KeyError::Exists { .. } | KeyError::Write { .. } => 73,
             KeyError::BadName { .. } => 64,
             KeyError::Random { .. } => 71,
+            KeyError::NoPublicKeys { .. } => 66,
         }
     }
 
@@ -90,7 +95,8 @@ impl KeyError {
             | KeyError::BadContent { path, .. }
             | KeyError::Exists { path }
             | KeyError::Write { path, .. }
-            | KeyError::Random { path, .. } => path,
+            | KeyError::Random { path, .. }
+            | KeyError::NoPublicKeys { path } => path,
             KeyError::BadName { dir, .. } => dir,
         }
     }
@@ -354,6 +360,35 @@ pub fn load_public_key(path: &Path) -> Result<PublicKey, KeyError> {
     })
 }
 
+/// Loads the trusted gateway keys named by `path`: a `.pub` file, or a
+/// directory whose every `*.pub` file is trusted (in name order; other files
+/// are ignored). A directory lets a gateway key be rotated without changing
+/// the consumer's command line: messages select their key by `kid`, so the
+/// old and the new key are both accepted while both files are there.
+pub fn load_trusted_keys(path: &Path) -> Result<Vec<PublicKey>, KeyError> {
+    if !path.is_dir() {
+        return load_public_key(path).map(|k| vec![k]);
+    }
+    let read_err = |source| KeyError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut files = Vec::new();
+    for entry in fs::read_dir(path).map_err(read_err)? {
+        let file = entry.map_err(read_err)?.path();
+        if file.extension().is_some_and(|e| e == "pub") && !file.is_dir() {
+            files.push(file);
+        }
+    }
+    if files.is_empty() {
+        return Err(KeyError::NoPublicKeys {
+            path: path.to_path_buf(),
+        });
+    }
+    files.sort();
+    files.iter().map(|f| load_public_key(f)).collect()
+}
+
 /// What [`keygen`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeygenOutput {
@@ -551,6 +586,31 @@ mod tests {
         assert!(shown.contains("<redacted>") && shown.contains(g.kid()));
         let d = b64::encode(g.signing_key().to_bytes());
         assert!(!shown.contains(&d));
+    }
+
+    #[test]
+    fn a_trust_directory_loads_every_pub_file_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = keygen(dir.path(), "gateway-2025").unwrap();
+        let new = keygen(dir.path(), "gateway-2026").unwrap();
+        fs::write(dir.path().join("README"), "not a key").unwrap();
+        let kids: Vec<String> = load_trusted_keys(dir.path())
+            .unwrap()
+            .iter()
+            .map(|k| k.kid().to_string())
+            .collect();
+        assert_eq!(kids, [old.kid.clone(), new.kid]);
+        let single = load_trusted_keys(&old.pub_path).unwrap();
+        assert_eq!(single[0].kid(), old.kid);
+
+        let empty = tempfile::tempdir().unwrap();
+        let e = load_trusted_keys(empty.path()).unwrap_err();
+        assert_eq!(e.exit_code(), 66);
+        assert!(e.to_string().contains("no .pub file"), "{e}");
+        // A broken .pub in the directory is an error naming it, not skipped.
+        fs::write(dir.path().join("broken.pub"), "junk").unwrap();
+        let e = load_trusted_keys(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("broken.pub"), "{e}");
     }
 
     /// The thumbprint follows RFC 7638 §3.2 exactly (members in lexicographic

@@ -24,10 +24,13 @@ pub use format::{FORMAT_VERSION, FieldMap, JWS_ALG, JWS_TYP};
 pub use jwe::{JWE_ALG, JWE_ENC};
 pub use keys::{
     GatewayKey, KeyError, KeygenOutput, PublicKey, RecipientKey, keygen, load_public_key,
-    load_recipient_key, load_signing_key,
+    load_recipient_key, load_signing_key, load_trusted_keys,
 };
 pub use opener::{
-    MAX_MESSAGE_BYTES, OpenError, OpenSummary, OpenedMessage, OpenedRecord, Opener, open_stream,
+    MAX_GAP_LINES, MAX_MESSAGE_BYTES, OpenError, OpenSummary, OpenedMessage, OpenedRecord, Opener,
+    OutputFormat, STATE_SAVE_INTERVAL, StreamOptions, open_stream, open_stream_with,
 };
 pub use sealer::{SealError, SealedMessage, Sealer};
-pub use tracker::{Seen, SeqSet, SequenceTracker};
+pub use tracker::{
+    DIGEST_WINDOW, Digest, RangeVerdict, Seen, SeqSet, SequenceTracker, StateError, StreamKey,
+};

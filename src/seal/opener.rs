@@ -6,6 +6,13 @@
 //! before the signature verifies; the duplicate/gap tracker is updated only
 //! for messages that pass every check, so a rejected message never hides a
 //! later genuine one as a "duplicate".
+//!
+//! Verdicts per message: *ok* (its new records are printed), *duplicate*
+//! (its range was seen before with the same records: normal under
+//! at-least-once delivery, nothing printed twice), *conflict* (its exact
+//! range was seen before with different records: rejected), *rejected*
+//! (fails a check). *Gaps* are the sequence numbers missing between the
+//! lowest and highest seen per stream, reported at the end.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -21,7 +28,7 @@ use super::format::{
 };
 use super::jwe::{self, Binding, expect_param};
 use super::keys::{PublicKey, RecipientKey};
-use super::tracker::SequenceTracker;
+use super::tracker::{Digest, RangeVerdict, SequenceTracker};
 use crate::record::parse_ts;
 
 /// The largest sealed message `open` accepts (bounded memory on hostile
@@ -94,6 +101,16 @@ pub enum OpenError {
     Decryption { reason: String },
     #[error("bad decrypted fields: {0}")]
     BadPlaintext(String),
+    #[error(
+        "conflict: seq {first}..{last} of {gateway}/{sensor}/{epoch} seen before with different content"
+    )]
+    Conflict {
+        gateway: String,
+        sensor: String,
+        epoch: String,
+        first: u64,
+        last: u64,
+    },
 }
 
 /// A value from the message for an error line: escaped, at most 80 chars.
@@ -206,6 +223,12 @@ impl Opener {
         }
     }
 
+    /// Continues from earlier duplicate/gap state (`open --state`).
+    pub fn with_tracker(mut self, tracker: SequenceTracker) -> Opener {
+        self.tracker = tracker;
+        self
+    }
+
     /// Verifies, checks bindings, decrypts, and updates duplicate/gap
     /// tracking. The returned message holds only records not seen before.
     pub fn open(&mut self, message: &[u8]) -> Result<OpenedMessage, OpenError> {
@@ -224,10 +247,26 @@ impl Opener {
             last_seq,
             mut records,
         } = verified;
-        let stream = self.tracker.stream_mut(&gateway, &sensor, &epoch);
+        let key = (gateway, sensor, epoch);
+        let digest = records_digest(&records);
+        if self.tracker.check_range(&key, first_seq, last_seq, &digest) == RangeVerdict::Different {
+            self.rejected += 1;
+            let (gateway, sensor, epoch) = key;
+            return Err(OpenError::Conflict {
+                gateway,
+                sensor,
+                epoch,
+                first: first_seq,
+                last: last_seq,
+            });
+        }
+        let stream = self.tracker.stream_mut(&key.0, &key.1, &key.2);
         let before = records.len();
         records.retain(|r| stream.insert(r.seq));
         let duplicates = (before - records.len()) as u64;
+        self.tracker
+            .remember_range(&key, first_seq, last_seq, digest);
+        let (gateway, sensor, epoch) = key;
         self.messages += 1;
         self.records += records.len() as u64;
         self.duplicates += duplicates;
@@ -406,6 +445,15 @@ impl Opener {
     }
 }
 
+/// SHA-256 over the records as `open` prints them (identity, seq, timestamp
+/// and every field, decrypted ones included), so the same records re-sealed
+/// (another IV, another wrapped key) have the same digest.
+fn records_digest(records: &[OpenedRecord]) -> Digest {
+    use sha2::{Digest as _, Sha256};
+    let json = serde_json::to_vec(records).expect("records of JSON values always serialize");
+    Sha256::digest(&json).into()
+}
+
 /// Explains a payload that does not parse: another version, or malformed.
 fn payload_error(json: &[u8], e: serde_json::Error) -> OpenError {
     match serde_json::from_slice::<VersionOnly>(json) {
@@ -447,19 +495,64 @@ fn check_range(payload: &PayloadIn<'_>, first: u64, last: u64) -> Result<(), Ope
     Ok(())
 }
 
-/// Reads one message per line from `input` (blank lines skipped, a trailing
-/// `\r` tolerated), prints each new record as one JSON line on `out`, a line
-/// `rejected message at line N: <reason>` on `err` for each rejected message,
-/// and the summary line on `err` at the end.
+/// How `open` prints records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// One JSON object per record.
+    #[default]
+    Json,
+    /// CSV (RFC 4180 quoting): a header line `gateway,sensor,seq,ts,` then
+    /// the record's field names, printed before the first record and again
+    /// whenever a record's field names differ from the last header printed
+    /// (e.g. another sensor with other columns); then one line per record.
+    Csv,
+}
+
+/// Options of [`open_stream_with`].
+#[derive(Debug, Clone, Default)]
+pub struct StreamOptions {
+    pub format: OutputFormat,
+    /// Where the duplicate/gap state is saved: every [`STATE_SAVE_INTERVAL`]
+    /// while messages arrive, and at the end.
+    pub state: Option<std::path::PathBuf>,
+}
+
+/// How often `open --state` saves while messages keep arriving. A run that
+/// is killed loses at most this much state: those messages are then opened
+/// again as new by the next run (at-least-once, never a loss).
+pub const STATE_SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// At most this many `gap:` lines are printed; the rest are counted.
+pub const MAX_GAP_LINES: usize = 100;
+
+/// [`open_stream_with`] with JSON output and no state file.
 pub fn open_stream(
+    input: impl BufRead,
+    out: impl Write,
+    err: impl Write,
+    opener: &mut Opener,
+) -> io::Result<OpenSummary> {
+    open_stream_with(input, out, err, opener, &StreamOptions::default())
+}
+
+/// Reads one message per line from `input` (blank lines skipped, a trailing
+/// `\r` tolerated), prints each new record on `out` (JSON line or CSV), a
+/// line `rejected message at line N: <reason>` on `err` for each rejected
+/// message, and at the end one `gap: …` line per missing range and the
+/// summary line on `err`.
+pub fn open_stream_with(
     mut input: impl BufRead,
     mut out: impl Write,
     mut err: impl Write,
     opener: &mut Opener,
+    options: &StreamOptions,
 ) -> io::Result<OpenSummary> {
     let mut line = Vec::new();
     let mut rendered = Vec::new();
+    let mut csv_header: Option<Vec<String>> = None;
     let mut line_no: u64 = 0;
+    let mut last_save = std::time::Instant::now();
+    let mut unsaved = false;
     loop {
         line.clear();
         let read = read_bounded_line(&mut input, &mut line, MAX_MESSAGE_BYTES)?;
@@ -487,11 +580,18 @@ pub fn open_stream(
             Ok(opened) => {
                 rendered.clear();
                 for record in &opened.records {
-                    serde_json::to_writer(&mut rendered, record).map_err(io::Error::other)?;
-                    rendered.push(b'\n');
+                    match options.format {
+                        OutputFormat::Json => {
+                            serde_json::to_writer(&mut rendered, record)
+                                .map_err(io::Error::other)?;
+                            rendered.push(b'\n');
+                        }
+                        OutputFormat::Csv => write_csv(&mut rendered, &mut csv_header, record),
+                    }
                 }
                 out.write_all(&rendered)?;
                 out.flush()?;
+                unsaved = true;
             }
             Err(e) => writeln!(
                 err,
@@ -499,11 +599,92 @@ pub fn open_stream(
                 one_line(&e.to_string())
             )?,
         }
+        if let Some(path) = &options.state
+            && unsaved
+            && last_save.elapsed() >= STATE_SAVE_INTERVAL
+        {
+            opener.tracker().save(path).map_err(io::Error::other)?;
+            last_save = std::time::Instant::now();
+            unsaved = false;
+        }
     }
+    if let Some(path) = &options.state {
+        opener.tracker().save(path).map_err(io::Error::other)?;
+    }
+    write_gaps(&mut err, opener.tracker())?;
     let summary = opener.summary();
     writeln!(err, "{summary}")?;
     err.flush()?;
     Ok(summary)
+}
+
+/// One line per missing range, `gap: GATEWAY/SENSOR epoch E: seq A..B
+/// missing`, streams in order, at most [`MAX_GAP_LINES`].
+fn write_gaps(err: &mut impl Write, tracker: &SequenceTracker) -> io::Result<()> {
+    let mut shown_lines = 0usize;
+    let mut more = 0u64;
+    for ((gateway, sensor, epoch), set) in tracker.iter_streams() {
+        for (first, last) in set.missing() {
+            if shown_lines < MAX_GAP_LINES {
+                let text =
+                    format!("gap: {gateway}/{sensor} epoch {epoch}: seq {first}..{last} missing");
+                writeln!(err, "{}", one_line(&text))?;
+                shown_lines += 1;
+            } else {
+                more += 1;
+            }
+        }
+    }
+    if more > 0 {
+        writeln!(err, "gap: {more} more missing ranges not listed")?;
+    }
+    Ok(())
+}
+
+/// Appends `record` as a CSV line, preceded by a header line when its
+/// columns differ from `header` (the last header printed).
+fn write_csv(out: &mut Vec<u8>, header: &mut Option<Vec<String>>, record: &OpenedRecord) {
+    let same = header
+        .as_ref()
+        .is_some_and(|h| h.iter().map(String::as_str).eq(record.fields.names()));
+    if !same {
+        let names: Vec<String> = record.fields.names().map(str::to_string).collect();
+        let mut line = String::from("gateway,sensor,seq,ts");
+        for name in &names {
+            line.push(',');
+            line.push_str(&csv_cell(name));
+        }
+        line.push('\n');
+        out.extend_from_slice(line.as_bytes());
+        *header = Some(names);
+    }
+    let mut line = format!(
+        "{},{},{},{}",
+        csv_cell(&record.gateway),
+        csv_cell(&record.sensor),
+        record.seq,
+        csv_cell(&record.ts)
+    );
+    for (_, value) in &record.fields {
+        line.push(',');
+        match value {
+            serde_json::Value::Null => {}
+            serde_json::Value::String(s) => line.push_str(&csv_cell(s)),
+            other => line.push_str(&csv_cell(&other.to_string())),
+        }
+    }
+    line.push('\n');
+    out.extend_from_slice(line.as_bytes());
+}
+
+/// A CSV cell: quoted (with `"` doubled) when it holds a comma, a quote or
+/// a line break (RFC 4180).
+fn csv_cell(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains([',', '"', '\r', '\n']) {
+        format!("\"{}\"", text.replace('"', "\"\"")).into()
+    } else {
+        text.into()
+    }
 }
 
 /// Escapes control characters, so a reason quoting hostile input (e.g. a
@@ -613,6 +794,82 @@ mod tests {
     fn rejection_reasons_stay_on_one_line() {
         assert_eq!(one_line("plain"), "plain");
         assert_eq!(one_line("unknown field `a\nb`"), "unknown field `a\\nb`");
+    }
+
+    fn record(sensor: &str, seq: u64, fields: &[(&str, serde_json::Value)]) -> OpenedRecord {
+        let mut map = FieldMap::new();
+        for (name, value) in fields {
+            map.push(name.to_string(), value.clone());
+        }
+        OpenedRecord {
+            gateway: "gw".into(),
+            sensor: sensor.into(),
+            seq,
+            ts: "2026-11-25T20:04:37Z".into(),
+            fields: map,
+        }
+    }
+
+    #[test]
+    fn csv_prints_a_header_whenever_the_columns_change_and_quotes_cells() {
+        use serde_json::json;
+        let mut out = Vec::new();
+        let mut header = None;
+        let bike = |seq, note: &str| {
+            record(
+                "bike",
+                seq,
+                &[
+                    ("speed", json!(21.5)),
+                    ("note", json!(note)),
+                    ("ok", json!(true)),
+                ],
+            )
+        };
+        write_csv(&mut out, &mut header, &bike(1, "plain"));
+        write_csv(&mut out, &mut header, &bike(2, "a, \"b\"\nc"));
+        write_csv(
+            &mut out,
+            &mut header,
+            &record("room", 7, &[("temp", json!(19))]),
+        );
+        write_csv(&mut out, &mut header, &bike(3, ""));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "gateway,sensor,seq,ts,speed,note,ok\n\
+             gw,bike,1,2026-11-25T20:04:37Z,21.5,plain,true\n\
+             gw,bike,2,2026-11-25T20:04:37Z,21.5,\"a, \"\"b\"\"\nc\",true\n\
+             gateway,sensor,seq,ts,temp\n\
+             gw,room,7,2026-11-25T20:04:37Z,19\n\
+             gateway,sensor,seq,ts,speed,note,ok\n\
+             gw,bike,3,2026-11-25T20:04:37Z,21.5,,true\n"
+        );
+    }
+
+    #[test]
+    fn gaps_are_listed_per_stream_with_their_missing_range() {
+        let mut t = SequenceTracker::new();
+        for seq in [1, 2, 6, 9] {
+            t.observe("gw", "bike", "e1", seq);
+        }
+        t.observe("gw", "room", "e1", 4);
+        let mut err = Vec::new();
+        write_gaps(&mut err, &t).unwrap();
+        assert_eq!(
+            String::from_utf8(err).unwrap(),
+            "gap: gw/bike epoch e1: seq 3..5 missing\ngap: gw/bike epoch e1: seq 7..8 missing\n"
+        );
+        for seq in (20..20 + 2 * MAX_GAP_LINES as u64 + 10).step_by(2) {
+            t.observe("gw", "room", "e1", seq);
+        }
+        let mut err = Vec::new();
+        write_gaps(&mut err, &t).unwrap();
+        let text = String::from_utf8(err).unwrap();
+        assert_eq!(text.lines().count(), MAX_GAP_LINES + 1);
+        assert!(
+            text.ends_with("gap: 7 more missing ranges not listed\n"),
+            "{text}"
+        );
     }
 
     #[test]

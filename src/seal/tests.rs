@@ -555,6 +555,52 @@ fn duplicates_are_dropped_and_gaps_counted() {
 }
 
 #[test]
+fn same_range_same_records_is_a_duplicate_other_records_a_conflict() {
+    let keys = Keys::new();
+    let mut sealer = keys.sealer();
+    let original = sealer.seal(&batch("bike", 1..=3)).unwrap();
+    // Sealed again (another IV): other bytes, the same records.
+    let resealed = sealer.seal(&batch("bike", 1..=3)).unwrap();
+    assert_ne!(original.bytes, resealed.bytes);
+    let mut altered = batch("bike", 1..=3);
+    altered[1].fields[0].value = Value::Float(999.0);
+    let altered = sealer.seal(&altered).unwrap();
+
+    let mut opener = keys.opener();
+    assert_eq!(opener.open(&original.bytes).unwrap().records.len(), 3);
+    let again = opener.open(&original.bytes).unwrap();
+    assert_eq!((again.records.len(), again.duplicates), (0, 3));
+    let again = opener.open(&resealed.bytes).unwrap();
+    assert_eq!((again.records.len(), again.duplicates), (0, 3));
+    let e = opener.open(&altered.bytes).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            OpenError::Conflict {
+                first: 1,
+                last: 3,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(
+        e.to_string(),
+        format!("conflict: seq 1..3 of {GATEWAY}/bike/{EPOCH} seen before with different content")
+    );
+    assert_eq!(
+        opener.summary(),
+        OpenSummary {
+            messages: 3,
+            records: 3,
+            duplicates: 6,
+            gaps: 0,
+            rejected: 1
+        }
+    );
+}
+
+#[test]
 fn open_stream_prints_records_rejections_and_the_summary() {
     let keys = Keys::new();
     let mut sealer = keys.sealer();
@@ -604,15 +650,19 @@ fn open_stream_prints_records_rejections_and_the_summary() {
 
     let err = String::from_utf8(err).unwrap();
     let err_lines: Vec<&str> = err.lines().collect();
-    assert_eq!(err_lines.len(), 3, "{err}");
+    assert_eq!(err_lines.len(), 4, "{err}");
     assert!(err_lines[0].starts_with("rejected message at line 4: not a sealed message"));
     assert!(err_lines[1].starts_with("rejected message at line 5: signed with key kid"));
     assert!(err_lines[1].contains(&stranger_kid));
     assert_eq!(
         err_lines[2],
+        format!("gap: {GATEWAY}/bike epoch {EPOCH}: seq 3..3 missing")
+    );
+    assert_eq!(
+        err_lines[3],
         "opened 3 messages, 3 records, 2 duplicates, 1 gaps, 2 rejected"
     );
-    assert_eq!(summary.to_string(), err_lines[2]);
+    assert_eq!(summary.to_string(), err_lines[3]);
 }
 
 #[test]

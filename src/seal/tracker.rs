@@ -5,8 +5,25 @@
 //! per-(gateway, sensor, epoch) sequence number; the tracker remembers which
 //! numbers it has seen as a set of disjoint ranges, so a long gap-free stream
 //! costs one range however many records it holds.
+//!
+//! It also tells a harmless duplicate from a conflict: for each message it
+//! keeps a digest of the message's records under its sequence range, so the
+//! same range arriving again with the same records is a duplicate and with
+//! different records is a conflict (a replay of forged or altered content).
+//! Digests are kept for the last [`DIGEST_WINDOW`] distinct message ranges
+//! only, so memory stays bounded; a range older than that is still known as
+//! seen (its records are dropped as duplicates) but its content is no longer
+//! compared.
+//!
+//! [`SequenceTracker::save`] and [`SequenceTracker::load`] persist all of it
+//! (`open --state FILE`) so duplicates and conflicts are caught across runs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
 
 /// The sequence numbers seen on one stream, as disjoint inclusive ranges
 /// that never touch (adjacent ranges are merged).
@@ -92,6 +109,43 @@ impl SeqSet {
     pub fn ranges(&self) -> usize {
         self.ranges.len()
     }
+
+    /// The ranges of numbers missing between the lowest and the highest
+    /// seen, as inclusive `(first, last)` pairs in order.
+    pub fn missing(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.ranges
+            .iter()
+            .zip(self.ranges.iter().skip(1))
+            .map(|((_, &end), (&next, _))| (end + 1, next - 1))
+    }
+
+    /// The held ranges, inclusive, in order.
+    pub fn iter_ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.ranges.iter().map(|(&s, &e)| (s, e))
+    }
+
+    /// Adds every number of `first..=last` (for loading saved state).
+    fn insert_range(&mut self, first: u64, last: u64) {
+        // Saved ranges are few and disjoint; inserting the ends and merging
+        // through `insert` would be per number, so merge directly.
+        let mut start = first;
+        let mut end = last;
+        let overlapping: Vec<(u64, u64)> = self
+            .ranges
+            .range(..=last.saturating_add(1))
+            .rev()
+            .take_while(|&(_, &e)| e.saturating_add(1) >= first)
+            .map(|(&s, &e)| (s, e))
+            .collect();
+        for (s, e) in overlapping {
+            self.ranges.remove(&s);
+            self.count = self.count.saturating_sub((e - s).saturating_add(1));
+            start = start.min(s);
+            end = end.max(e);
+        }
+        self.ranges.insert(start, end);
+        self.count = self.count.saturating_add((end - start).saturating_add(1));
+    }
 }
 
 /// Whether a record was new or a duplicate.
@@ -104,15 +158,45 @@ pub enum Seen {
 /// A stream is one gateway's sequence for one sensor within one epoch.
 pub type StreamKey = (String, String, String);
 
-/// Per-stream [`SeqSet`]s.
+/// How many distinct message ranges keep their content digest.
+pub const DIGEST_WINDOW: usize = 10_000;
+
+/// A digest of a message's records (SHA-256).
+pub type Digest = [u8; 32];
+
+/// What the tracker knows about a message's sequence range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeVerdict {
+    /// Not seen with a digest in the window: its records are checked one by
+    /// one (new ones kept, seen ones dropped as duplicates).
+    Unknown,
+    /// Seen before with the same content: a duplicate.
+    Same,
+    /// Seen before with different content: a conflict.
+    Different,
+}
+
+/// Per-stream [`SeqSet`]s, and the content digests of recent message ranges.
 #[derive(Debug, Clone, Default)]
 pub struct SequenceTracker {
     streams: HashMap<StreamKey, SeqSet>,
+    digests: HashMap<(StreamKey, u64, u64), Digest>,
+    /// The ranges in `digests`, oldest first (evicted from the front).
+    recent: VecDeque<(StreamKey, u64, u64)>,
+    window: usize,
 }
 
 impl SequenceTracker {
     pub fn new() -> SequenceTracker {
-        SequenceTracker::default()
+        SequenceTracker::with_window(DIGEST_WINDOW)
+    }
+
+    /// A tracker keeping digests for the last `window` message ranges.
+    pub fn with_window(window: usize) -> SequenceTracker {
+        SequenceTracker {
+            window,
+            ..SequenceTracker::default()
+        }
     }
 
     /// The set for a stream, created empty on first use.
@@ -137,6 +221,45 @@ impl SequenceTracker {
             .get(&(gateway.to_string(), sensor.to_string(), epoch.to_string()))
     }
 
+    /// Compares a message's content with what was seen under its exact range.
+    pub fn check_range(
+        &self,
+        key: &StreamKey,
+        first: u64,
+        last: u64,
+        digest: &Digest,
+    ) -> RangeVerdict {
+        match self.digests.get(&(key.clone(), first, last)) {
+            None => RangeVerdict::Unknown,
+            Some(d) if d == digest => RangeVerdict::Same,
+            Some(_) => RangeVerdict::Different,
+        }
+    }
+
+    /// Remembers the digest of a message range, evicting the oldest beyond
+    /// the window. A range already held keeps its first digest.
+    pub fn remember_range(&mut self, key: &StreamKey, first: u64, last: u64, digest: Digest) {
+        if self.window == 0 {
+            return;
+        }
+        let id = (key.clone(), first, last);
+        if self.digests.contains_key(&id) {
+            return;
+        }
+        self.digests.insert(id.clone(), digest);
+        self.recent.push_back(id);
+        while self.recent.len() > self.window {
+            if let Some(old) = self.recent.pop_front() {
+                self.digests.remove(&old);
+            }
+        }
+    }
+
+    /// How many message ranges hold a digest now.
+    pub fn digests(&self) -> usize {
+        self.digests.len()
+    }
+
     /// Missing numbers summed over all streams.
     pub fn gaps(&self) -> u64 {
         self.streams
@@ -147,6 +270,191 @@ impl SequenceTracker {
     /// How many streams were seen.
     pub fn streams(&self) -> usize {
         self.streams.len()
+    }
+
+    /// Every stream with its set, in (gateway, sensor, epoch) order.
+    pub fn iter_streams(&self) -> Vec<(&StreamKey, &SeqSet)> {
+        let mut all: Vec<_> = self.streams.iter().collect();
+        all.sort_by(|a, b| a.0.cmp(b.0));
+        all
+    }
+
+    /// The persisted form: streams in order with their ranges, and the
+    /// digest window oldest first (each naming its stream by index).
+    fn to_state(&self) -> StateFile {
+        let streams = self.iter_streams();
+        let index: HashMap<&StreamKey, usize> = streams
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (*k, i))
+            .collect();
+        let recent = self
+            .recent
+            .iter()
+            .filter_map(|id| {
+                let digest = self.digests.get(id)?;
+                // A range is remembered only after its records were inserted,
+                // so its stream exists.
+                let &i = index.get(&id.0)?;
+                Some((i, id.1, id.2, super::b64::encode(digest)))
+            })
+            .collect();
+        StateFile {
+            version: STATE_VERSION,
+            streams: streams
+                .iter()
+                .map(|((gateway, sensor, epoch), set)| StreamState {
+                    gateway: gateway.clone(),
+                    sensor: sensor.clone(),
+                    epoch: epoch.clone(),
+                    seen: set.iter_ranges().collect(),
+                })
+                .collect(),
+            recent,
+        }
+    }
+
+    fn from_state(state: StateFile) -> Result<SequenceTracker, String> {
+        if state.version != STATE_VERSION {
+            return Err(format!(
+                "version {} (this build reads version {STATE_VERSION})",
+                state.version
+            ));
+        }
+        let mut tracker = SequenceTracker::new();
+        let mut keys = Vec::with_capacity(state.streams.len());
+        for s in state.streams {
+            let key = (s.gateway, s.sensor, s.epoch);
+            let set = tracker.streams.entry(key.clone()).or_default();
+            for (first, last) in s.seen {
+                if first > last {
+                    return Err(format!("range {first}..{last} is reversed"));
+                }
+                set.insert_range(first, last);
+            }
+            keys.push(key);
+        }
+        for (i, first, last, digest) in state.recent {
+            let key = keys
+                .get(i)
+                .ok_or_else(|| format!("digest names stream {i}, which is not listed"))?;
+            let digest: Digest = super::b64::decode(&digest)
+                .ok()
+                .and_then(|d| d.try_into().ok())
+                .ok_or_else(|| format!("digest {digest:?} is not 32 bytes of base64url"))?;
+            tracker.remember_range(key, first, last, digest);
+        }
+        Ok(tracker)
+    }
+
+    /// Loads the state saved by [`SequenceTracker::save`]; a missing file
+    /// is a first run (an empty tracker).
+    pub fn load(path: &Path) -> Result<SequenceTracker, StateError> {
+        let bytes = match fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(SequenceTracker::new()),
+            Err(source) => {
+                return Err(StateError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        let bad = |detail: String| StateError::Bad {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let state: StateFile = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+        SequenceTracker::from_state(state).map_err(bad)
+    }
+
+    /// Saves the state atomically: written to a temporary file beside
+    /// `path`, flushed to disk, renamed over `path`, and the directory
+    /// synced, so a crash leaves the old state or the new, never half.
+    pub fn save(&self, path: &Path) -> Result<(), StateError> {
+        let write_err = |source| StateError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        let json =
+            serde_json::to_vec(&self.to_state()).map_err(|e| write_err(io::Error::other(e)))?;
+        let name = path
+            .file_name()
+            .ok_or_else(|| write_err(io::Error::other("the path has no file name")))?;
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".tmp{}", std::process::id()));
+        let tmp = path.with_file_name(tmp_name);
+        let result = (|| {
+            let mut file = fs::File::create(&tmp)?;
+            file.write_all(&json)?;
+            file.write_all(b"\n")?;
+            file.sync_all()?;
+            fs::rename(&tmp, path)?;
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            fs::File::open(dir)?.sync_all()
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.map_err(write_err)
+    }
+}
+
+const STATE_VERSION: u32 = 1;
+
+/// The `--state` file: JSON, one object.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateFile {
+    version: u32,
+    streams: Vec<StreamState>,
+    /// `[stream index, first, last, digest]`, oldest first.
+    recent: Vec<(usize, u64, u64, String)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamState {
+    gateway: String,
+    sensor: String,
+    epoch: String,
+    /// Inclusive ranges of the sequence numbers seen.
+    seen: Vec<(u64, u64)>,
+}
+
+/// Why the `--state` file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read state file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "state file {path} is not a sensorgate open state file ({detail}); move it away to start afresh"
+    )]
+    Bad { path: PathBuf, detail: String },
+    #[error("cannot save state file {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl StateError {
+    /// sysexits: 74 I/O, 65 bad data, 73 cannot create.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            StateError::Read { .. } => 74,
+            StateError::Bad { .. } => 65,
+            StateError::Write { .. } => 73,
+        }
     }
 }
 
@@ -203,6 +511,100 @@ mod tests {
         assert_eq!(t.gaps(), 2);
         assert_eq!(t.streams(), 3);
         assert_eq!(t.stream("gw", "bike", "e1").unwrap().len(), 2);
+    }
+
+    fn key(sensor: &str) -> StreamKey {
+        ("gw".into(), sensor.into(), "e1".into())
+    }
+
+    #[test]
+    fn missing_ranges_are_listed_in_order() {
+        let mut s = SeqSet::new();
+        for seq in [1, 2, 5, 9, 10] {
+            s.insert(seq);
+        }
+        assert_eq!(s.missing().collect::<Vec<_>>(), [(3, 4), (6, 8)]);
+        assert_eq!(s.gaps(), 5);
+    }
+
+    #[test]
+    fn same_range_with_other_content_is_a_conflict_and_the_window_is_bounded() {
+        let mut t = SequenceTracker::with_window(2);
+        let k = key("bike");
+        assert_eq!(t.check_range(&k, 1, 3, &[1; 32]), RangeVerdict::Unknown);
+        t.remember_range(&k, 1, 3, [1; 32]);
+        assert_eq!(t.check_range(&k, 1, 3, &[1; 32]), RangeVerdict::Same);
+        assert_eq!(t.check_range(&k, 1, 3, &[2; 32]), RangeVerdict::Different);
+        assert_eq!(t.check_range(&k, 1, 4, &[2; 32]), RangeVerdict::Unknown);
+        assert_eq!(
+            t.check_range(&key("rower"), 1, 3, &[2; 32]),
+            RangeVerdict::Unknown
+        );
+        // Re-remembering keeps the first digest and does not use the window.
+        t.remember_range(&k, 1, 3, [9; 32]);
+        assert_eq!(t.check_range(&k, 1, 3, &[1; 32]), RangeVerdict::Same);
+        t.remember_range(&k, 4, 6, [4; 32]);
+        t.remember_range(&k, 7, 9, [7; 32]);
+        assert_eq!(t.digests(), 2);
+        assert_eq!(t.check_range(&k, 1, 3, &[2; 32]), RangeVerdict::Unknown);
+        assert_eq!(t.check_range(&k, 7, 9, &[7; 32]), RangeVerdict::Same);
+    }
+
+    #[test]
+    fn state_survives_a_save_and_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("open.state");
+        assert_eq!(SequenceTracker::load(&path).unwrap().streams(), 0);
+
+        let mut t = SequenceTracker::new();
+        for seq in (1..=100).chain(150..=160) {
+            t.observe("gw", "bike", "e1", seq);
+        }
+        t.observe("gw", "rower", "e2", 7);
+        t.remember_range(&key("bike"), 1, 100, [1; 32]);
+        t.remember_range(&("gw".into(), "rower".into(), "e2".into()), 7, 7, [7; 32]);
+        t.save(&path).unwrap();
+        // Compact: ranges, not numbers.
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.contains("[[1,100],[150,160]]"), "{text}");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
+
+        let back = SequenceTracker::load(&path).unwrap();
+        let bike = back.stream("gw", "bike", "e1").unwrap();
+        assert_eq!((bike.len(), bike.gaps(), bike.ranges()), (111, 49, 2));
+        assert!(bike.contains(155) && !bike.contains(120));
+        assert_eq!(back.gaps(), t.gaps());
+        assert_eq!(
+            back.check_range(&key("bike"), 1, 100, &[1; 32]),
+            RangeVerdict::Same
+        );
+        assert_eq!(
+            back.check_range(&key("bike"), 1, 100, &[2; 32]),
+            RangeVerdict::Different
+        );
+        assert_eq!(back.digests(), 2);
+
+        fs::write(&path, "{\"version\":1}").unwrap();
+        let e = SequenceTracker::load(&path).unwrap_err();
+        assert_eq!(e.exit_code(), 65);
+        assert!(e.to_string().contains("open.state") && e.to_string().contains("move it away"));
+    }
+
+    #[test]
+    fn loading_merges_overlapping_saved_ranges() {
+        let mut s = SeqSet::new();
+        s.insert_range(5, 10);
+        s.insert_range(1, 3);
+        s.insert_range(4, 4);
+        s.insert_range(8, 20);
+        assert_eq!(s.iter_ranges().collect::<Vec<_>>(), [(1, 20)]);
+        assert_eq!(s.len(), 20);
+        s.insert_range(u64::MAX - 1, u64::MAX);
+        assert_eq!(s.len(), 22);
     }
 
     proptest! {
