@@ -192,6 +192,8 @@ pub struct DiskLog {
     acked_below: u64,
     persisted_below: u64,
     last_seq: BTreeMap<String, u64>,
+    /// Acknowledged segments whose files are not deleted yet.
+    released: Vec<(PathBuf, u64)>,
 }
 
 impl DiskLog {
@@ -272,10 +274,12 @@ impl DiskLog {
             acked_below: ack.below,
             persisted_below: ack.below,
             last_seq: ack.last_seq,
+            released: Vec::new(),
         };
         // Segments acknowledged entirely before the stop. Their highest
         // sequence numbers move into the ack file's record.
         if log.release_acked(ack.below, false) > 0 {
+            log.delete_released();
             log.persist_acks();
         }
         // Resume appending to the last segment when it has room.
@@ -333,6 +337,11 @@ impl DiskLog {
             None => true,
         };
         let needed = len + if rotate { SEGMENT_HEADER_LEN } else { 0 };
+        if self.bytes + needed > self.settings.budget && !self.released.is_empty() {
+            // Acknowledged segments waiting for the sync tick: delete them
+            // now rather than call the spool full.
+            self.delete_released();
+        }
         if self.bytes + needed > self.settings.budget {
             return Err(AppendError::Budget {
                 used: self.bytes,
@@ -418,12 +427,14 @@ impl DiskLog {
     }
 
     fn forget(&mut self, info: &SegmentInfo) {
-        if let Err(e) = fs::remove_file(&info.path) {
-            if e.kind() != io::ErrorKind::NotFound {
-                warn!(segment = %info.path.display(), error = %e, "cannot delete spool segment");
-            }
-        }
+        remove_segment_file(&info.path);
         self.bytes = self.bytes.saturating_sub(info.bytes);
+        self.forget_later(info);
+    }
+
+    /// Takes a segment out of the log; its file stays (and counts against
+    /// the budget) until [`Self::delete_released`] removes it.
+    fn forget_later(&mut self, info: &SegmentInfo) {
         for (sensor, r) in &info.sensors {
             let e = self
                 .last_seq
@@ -459,13 +470,28 @@ impl DiskLog {
             if self.segments.is_empty() {
                 self.writer = None;
             }
-            self.forget(&info);
+            self.forget_later(&info);
+            self.released.push((info.path, info.bytes));
             released += 1;
         }
         if released > 0 && persist {
             self.persist_acks();
         }
         released
+    }
+
+    /// Deletes the files of released segments. Unlinking an 8 MiB file
+    /// takes milliseconds, so this runs at the sync tick on the blocking
+    /// pool, not on the uplink's acknowledgement path; until then the files
+    /// still count against the budget. Returns the bytes freed.
+    pub fn delete_released(&mut self) -> u64 {
+        let mut freed = 0;
+        for (path, bytes) in self.released.drain(..) {
+            remove_segment_file(&path);
+            freed += bytes;
+        }
+        self.bytes = self.bytes.saturating_sub(freed);
+        freed
     }
 
     /// The first message with an id of at least `id`, read from disk.
@@ -545,7 +571,8 @@ impl DiskLog {
 
     /// Forces appended data to disk (the `interval` policy's tick, and at
     /// stop) and records the acknowledged position.
-    pub fn sync(&mut self) {
+    pub fn sync(&mut self) -> u64 {
+        let freed = self.delete_released();
         if self.dirty {
             if let Some(w) = self.writer.as_mut() {
                 if let Err(e) = w.sync() {
@@ -557,6 +584,7 @@ impl DiskLog {
         if self.acked_below != self.persisted_below {
             self.persist_acks();
         }
+        freed
     }
 
     fn persist_acks(&mut self) {
@@ -600,6 +628,14 @@ impl DiskLog {
     /// Lowest id with a segment still on disk.
     pub fn oldest_id(&self) -> Option<u64> {
         self.segments.iter().find_map(|s| s.ids.map(|(a, _)| a))
+    }
+}
+
+fn remove_segment_file(path: &Path) {
+    if let Err(e) = fs::remove_file(path) {
+        if e.kind() != io::ErrorKind::NotFound {
+            warn!(segment = %path.display(), error = %e, "cannot delete spool segment");
+        }
     }
 }
 
@@ -722,7 +758,10 @@ mod tests {
         let before = log.segments();
         let bytes = log.bytes();
         assert!(log.release_acked(13, true) > 0);
-        assert!(log.segments() < before && log.bytes() < bytes);
+        assert!(log.segments() < before);
+        assert_eq!(log.bytes(), bytes, "files are deleted at the sync tick");
+        log.sync();
+        assert!(log.bytes() < bytes);
         assert_eq!(log.oldest_id().map(|id| id <= 13), Some(true));
         drop(log);
 

@@ -353,11 +353,10 @@ impl Spool {
             let (_, m, _) = s.cache.pop_front().expect("not empty");
             s.cache_bytes -= m.bytes.len();
         }
-        // The acknowledged position is recorded at the next sync tick, not
-        // here: two fsyncs per released segment stalled the uplink.
-        if s.log.release_acked(below, false) > 0 {
-            self.space.notify_one();
-        }
+        // Released segments are deleted, and the acknowledged position
+        // recorded, at the next sync tick, not here: the unlink and two
+        // fsyncs per segment stalled the uplink (benches/spool.rs).
+        s.log.release_acked(below, false);
         self.update_gauges(&s);
         drop(s);
         Stats::add(&self.stats.messages_acked, 1);
@@ -374,7 +373,15 @@ impl Spool {
     /// Forces written data to disk and records the acknowledged position
     /// (the `interval` policy's tick).
     pub fn sync(&self) {
-        self.lock().log.sync();
+        let freed = {
+            let mut s = self.lock();
+            let freed = s.log.sync();
+            self.update_gauges(&s);
+            freed
+        };
+        if freed > 0 {
+            self.space.notify_one();
+        }
     }
 
     /// No more messages will be pushed (shutting down).
