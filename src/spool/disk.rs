@@ -526,6 +526,7 @@ impl DiskLog {
                     let Some(path) = next else {
                         return Ok(None);
                     };
+                    self.prefetch_after(&path);
                     cursor = Cursor {
                         reader: SegmentReader::open(&path)?,
                         path,
@@ -558,10 +559,32 @@ impl DiskLog {
         Some(info)
     }
 
+    /// Asks the kernel to read `path` and the segment after it ahead, in
+    /// the background: draining a backlog from a cold cache (after a
+    /// restart) then waits on the disk far less.
+    fn prefetch_after(&self, path: &Path) {
+        let i = self.segments.iter().position(|s| s.path == path);
+        let paths = std::iter::once(path).chain(
+            i.and_then(|i| self.segments.get(i + 1))
+                .map(|s| s.path.as_path()),
+        );
+        for p in paths {
+            if let Ok(f) = File::open(p) {
+                let _ = nix::fcntl::posix_fadvise(
+                    &f,
+                    0,
+                    0,
+                    nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+                );
+            }
+        }
+    }
+
     fn open_cursor(&self, id: u64) -> Result<Option<Cursor>, SegmentError> {
         let Some(seg) = self.segment_of(id) else {
             return Ok(None);
         };
+        self.prefetch_after(&seg.path);
         Ok(Some(Cursor {
             reader: SegmentReader::open(&seg.path)?,
             path: seg.path.clone(),
