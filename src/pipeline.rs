@@ -81,7 +81,11 @@ pub async fn run(
         key,
         recipient,
         &cfg.seal.encrypt,
-    );
+    )
+    .with_options(seal::SealerOptions {
+        rotate_after_messages: cfg.seal.rotate_after_messages,
+        rotate_after: cfg.seal.rotate_after,
+    });
     let tls = if cfg.mqtt.tls {
         Some(uplink::tls::load_client_config(&cfg.mqtt)?)
     } else {

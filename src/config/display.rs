@@ -77,6 +77,8 @@ impl fmt::Display for Config {
         w.string("signing_key", &path(&self.seal.signing_key))?;
         w.string("recipient_key", &path(&self.seal.recipient_key))?;
         w.strings("encrypt", &self.seal.encrypt)?;
+        w.value("rotate_after_messages", self.seal.rotate_after_messages)?;
+        w.string("rotate_after", &duration(self.seal.rotate_after))?;
         w.table("[log]")?;
         w.string("level", &self.log.level)?;
         w.string("format", self.log.format.as_str())?;

@@ -169,6 +169,13 @@ pub struct Seal {
     /// Column names whose values are encrypted for the recipient.
     #[serde(default)]
     pub encrypt: Vec<String>,
+    /// Messages one wrapped data key (CEK, epk, encrypted_key) is reused for
+    /// before a new one is made (one ECDH each), 1 ..= 2^32.
+    #[serde(default = "default_rotate_after_messages")]
+    pub rotate_after_messages: u64,
+    /// How long one data key is reused at most, 1s ..= 30d.
+    #[serde(default = "default_rotate_after", deserialize_with = "de_duration")]
+    pub rotate_after: Duration,
 }
 
 /// Logging.
@@ -237,6 +244,12 @@ fn default_qos() -> u8 {
 }
 fn default_true() -> bool {
     true
+}
+fn default_rotate_after_messages() -> u64 {
+    1000
+}
+fn default_rotate_after() -> Duration {
+    Duration::from_secs(3600)
 }
 fn default_keepalive() -> Duration {
     Duration::from_secs(30)

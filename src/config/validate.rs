@@ -404,6 +404,26 @@ impl Found<'_> {
                 );
             }
         }
+        if !(1..=1u64 << 32).contains(&cfg.seal.rotate_after_messages) {
+            self.fail(
+                "seal.rotate_after_messages",
+                format!(
+                    "{} is out of range; use 1 (a new data key, one ECDH, per message) to 4294967296 (2^32, the AES-GCM limit per key)",
+                    cfg.seal.rotate_after_messages
+                ),
+            );
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(30 * 86_400))
+            .contains(&cfg.seal.rotate_after)
+        {
+            self.fail(
+                "seal.rotate_after",
+                format!(
+                    "{} is out of range; use 1s to 30d",
+                    humantime::format_duration(cfg.seal.rotate_after)
+                ),
+            );
+        }
         for (key, path) in [
             ("seal.signing_key", &cfg.seal.signing_key),
             ("seal.recipient_key", &cfg.seal.recipient_key),
@@ -697,6 +717,41 @@ stats_interval = "0s"
         let p = only_problem(e);
         assert_eq!(p.source, "environment variable SENSORGATE__MQTT__PROTOCOL");
         assert!(p.message.contains("use 4 (MQTT 3.1.1)"), "{p}");
+    }
+
+    #[test]
+    fn data_key_rotation_limits_are_checked() {
+        let with = |extra: &str| {
+            MINIMAL.replace(
+                "recipient_key = \"/k/r.pub\"",
+                &format!("recipient_key = \"/k/r.pub\"\n{extra}"),
+            )
+        };
+        let cfg = Dir::new(MINIMAL).load().unwrap();
+        assert_eq!(cfg.seal.rotate_after_messages, 1000);
+        assert_eq!(cfg.seal.rotate_after, Duration::from_secs(3600));
+        for (extra, key) in [
+            ("rotate_after_messages = 0", "seal.rotate_after_messages"),
+            (
+                "rotate_after_messages = 4294967297",
+                "seal.rotate_after_messages",
+            ),
+            ("rotate_after = \"500ms\"", "seal.rotate_after"),
+            ("rotate_after = \"31d\"", "seal.rotate_after"),
+        ] {
+            let d = Dir::new(&with(extra));
+            let p = only_problem(d.load().unwrap_err());
+            assert_eq!(p.key, key, "{extra}");
+            assert_eq!(p.source, d.main().display().to_string(), "{extra}");
+            assert!(p.message.contains("out of range"), "{p}");
+        }
+        let cfg = Dir::new(&with(
+            "rotate_after_messages = 4294967296\nrotate_after = \"30d\"",
+        ))
+        .load()
+        .unwrap();
+        assert_eq!(cfg.seal.rotate_after_messages, 1 << 32);
+        assert_eq!(cfg.seal.rotate_after, Duration::from_secs(30 * 86_400));
     }
 
     #[test]

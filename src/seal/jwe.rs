@@ -3,14 +3,17 @@
 //! §4.6 and §5.3), flattened JSON serialization.
 //!
 //! One JWE per sealed message: the encrypted columns of all records of the
-//! batch are one plaintext, so sealing a batch costs one ECDH and one AEAD
-//! operation however many records it holds.
+//! batch are one plaintext, so sealing a batch costs one AEAD operation
+//! however many records it holds. The wrapped data key ([`DataKey`]) is
+//! reused for a bounded number of messages, so the ECDH is paid once per
+//! key, not per message; each message gets its own counter-based IV.
 //!
 //! The message context (gateway, sensor, epoch, seq range) sits in the JWE
 //! protected header, which is the AAD of AES-GCM, so a ciphertext cut out of
 //! one sealed message cannot be opened as part of another.
 
 use std::borrow::Cow;
+use std::time::Instant;
 
 use aes_gcm::aead::AeadInOut;
 use aes_gcm::{Aes256Gcm, KeyInit};
@@ -123,42 +126,164 @@ fn derive_kek(z: &[u8]) -> Zeroizing<[u8; 32]> {
     kek
 }
 
+/// A data key: a CEK wrapped once for the recipient, reused for several
+/// sealed messages (see `docs/FORMAT.md`, "Data-key reuse"). Every message
+/// still carries `epk` and `encrypted_key`, so it opens alone.
+///
+/// The IV of each message is `iv_prefix (4 bytes) || counter (8 bytes,
+/// big-endian)`; the counter only goes up, and the key refuses to produce
+/// an IV once the counter would wrap, so an IV never repeats under one CEK.
+pub(crate) struct DataKey {
+    cek: Zeroizing<[u8; CEK_LEN]>,
+    epk_x: String,
+    epk_y: String,
+    /// base64url of the wrapped CEK, as in every message's `encrypted_key`.
+    encrypted_key: String,
+    iv_prefix: [u8; 4],
+    /// The counter half of the next IV; `None` once it has wrapped.
+    next_counter: Option<u64>,
+    /// Messages encrypted under this key so far.
+    used: u64,
+    created: Instant,
+}
+
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataKey")
+            .field("encrypted_key", &self.encrypted_key)
+            .field("used", &self.used)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DataKey {
+    /// A fresh data key: a new ephemeral key pair (one ECDH), a random CEK
+    /// and a random 4-byte IV prefix; the counter starts at 0.
+    pub(crate) fn generate(recipient: &PublicKey, now: Instant) -> Result<DataKey, SealError> {
+        let random = |e: rand::rngs::SysError| SealError::Random(e.to_string());
+        let ephemeral =
+            p256::ecdh::EphemeralSecret::try_generate_from_rng(&mut SysRng).map_err(random)?;
+        let (epk_x, epk_y) = coordinates(&ephemeral.public_key());
+        let shared = ephemeral.diffie_hellman(recipient.p256());
+        drop(ephemeral);
+        let mut cek = Zeroizing::new([0u8; CEK_LEN]);
+        SysRng.try_fill_bytes(cek.as_mut()).map_err(random)?;
+        let mut iv_prefix = [0u8; 4];
+        SysRng.try_fill_bytes(&mut iv_prefix).map_err(random)?;
+        Ok(DataKey::assemble(
+            shared.raw_secret_bytes(),
+            (epk_x, epk_y),
+            cek,
+            iv_prefix,
+            0,
+            now,
+        ))
+    }
+
+    /// A data key from fixed inputs, for test vectors only: the ephemeral
+    /// private key, the CEK, and the first IV (prefix and counter start).
+    pub(crate) fn from_fixed(
+        recipient: &PublicKey,
+        epk: &p256::SecretKey,
+        cek: &[u8; CEK_LEN],
+        first_iv: &[u8; IV_LEN],
+        now: Instant,
+    ) -> DataKey {
+        let shared =
+            p256::ecdh::diffie_hellman(epk.to_nonzero_scalar(), recipient.p256().as_affine());
+        let mut prefix = [0u8; 4];
+        prefix.copy_from_slice(&first_iv[..4]);
+        let counter = u64::from_be_bytes(first_iv[4..].try_into().expect("8 bytes"));
+        DataKey::assemble(
+            shared.raw_secret_bytes(),
+            coordinates(&epk.public_key()),
+            Zeroizing::new(*cek),
+            prefix,
+            counter,
+            now,
+        )
+    }
+
+    fn assemble(
+        z: &[u8],
+        (epk_x, epk_y): (String, String),
+        cek: Zeroizing<[u8; CEK_LEN]>,
+        iv_prefix: [u8; 4],
+        counter: u64,
+        now: Instant,
+    ) -> DataKey {
+        let kek = derive_kek(z);
+        let mut wrapped = [0u8; WRAPPED_CEK_LEN];
+        KwAes256::new_from_slice(kek.as_ref())
+            .expect("32-byte KEK")
+            .wrap_key(cek.as_ref(), &mut wrapped)
+            .expect("a 32-byte CEK fits a 40-byte buffer");
+        DataKey {
+            cek,
+            epk_x,
+            epk_y,
+            encrypted_key: b64::encode(wrapped),
+            iv_prefix,
+            next_counter: Some(counter),
+            used: 0,
+            created: now,
+        }
+    }
+
+    /// Messages encrypted under this key so far.
+    pub(crate) fn used(&self) -> u64 {
+        self.used
+    }
+
+    /// When the key was made (monotonic clock).
+    pub(crate) fn created(&self) -> Instant {
+        self.created
+    }
+
+    /// The wrapped CEK (base64url), as in `encrypted_key`; public data.
+    #[cfg(test)]
+    pub(crate) fn debug_encrypted_key(&self) -> &str {
+        &self.encrypted_key
+    }
+
+    /// Whether the IV counter is used up (the key must be replaced).
+    pub(crate) fn exhausted(&self) -> bool {
+        self.next_counter.is_none()
+    }
+
+    /// The next IV, advancing the counter; `None` if it is used up.
+    fn take_iv(&mut self) -> Option<[u8; IV_LEN]> {
+        let counter = self.next_counter?;
+        self.next_counter = counter.checked_add(1);
+        let mut iv = [0u8; IV_LEN];
+        iv[..4].copy_from_slice(&self.iv_prefix);
+        iv[4..].copy_from_slice(&counter.to_be_bytes());
+        Some(iv)
+    }
+}
+
 /// Encrypts `plaintext` (in place: afterwards the buffer holds the
-/// ciphertext) for `recipient`, binding it to `binding`.
+/// ciphertext) under `key`, binding it to `binding`. Takes the key's next
+/// IV; fails with [`SealError::KeyExhausted`] if there is none (the caller
+/// rotates before that).
 pub(crate) fn encrypt(
-    recipient: &PublicKey,
+    key: &mut DataKey,
+    recipient_kid: &str,
     binding: &Binding<'_>,
     plaintext: &mut [u8],
 ) -> Result<Jwe<'static>, SealError> {
-    let random = |e: rand::rngs::SysError| SealError::Random(e.to_string());
-    let ephemeral =
-        p256::ecdh::EphemeralSecret::try_generate_from_rng(&mut SysRng).map_err(random)?;
-    let (x, y) = coordinates(&ephemeral.public_key());
-    let shared = ephemeral.diffie_hellman(recipient.p256());
-    drop(ephemeral);
-    let kek = derive_kek(shared.raw_secret_bytes());
-    drop(shared);
-
-    let mut cek = Zeroizing::new([0u8; CEK_LEN]);
-    SysRng.try_fill_bytes(cek.as_mut()).map_err(random)?;
-    let mut iv = [0u8; IV_LEN];
-    SysRng.try_fill_bytes(&mut iv).map_err(random)?;
-
-    let mut wrapped = [0u8; WRAPPED_CEK_LEN];
-    KwAes256::new_from_slice(kek.as_ref())
-        .expect("32-byte KEK")
-        .wrap_key(cek.as_ref(), &mut wrapped)
-        .expect("a 32-byte CEK fits a 40-byte buffer");
+    let iv = key.take_iv().ok_or(SealError::KeyExhausted)?;
+    key.used += 1;
 
     let header = JweHeader {
         alg: JWE_ALG.into(),
         enc: JWE_ENC.into(),
-        kid: recipient.kid().into(),
+        kid: recipient_kid.into(),
         epk: Epk {
             kty: "EC".into(),
             crv: "P-256".into(),
-            x: x.into(),
-            y: y.into(),
+            x: key.epk_x.as_str().into(),
+            y: key.epk_y.as_str().into(),
         },
         gateway: binding.gateway.into(),
         sensor: binding.sensor.into(),
@@ -168,7 +293,7 @@ pub(crate) fn encrypt(
     let header_json = serde_json::to_vec(&header).expect("a header serializes");
     let protected = b64::encode(&header_json);
 
-    let cipher = Aes256Gcm::new_from_slice(cek.as_ref()).expect("32-byte CEK");
+    let cipher = Aes256Gcm::new_from_slice(key.cek.as_ref()).expect("32-byte CEK");
     // AAD = ASCII(BASE64URL(UTF8(JWE Protected Header))), RFC 7516 §5.1 step 14.
     let tag = cipher
         .encrypt_inout_detached(&iv.into(), protected.as_bytes(), plaintext.into())
@@ -176,7 +301,7 @@ pub(crate) fn encrypt(
 
     Ok(Jwe {
         protected: protected.into(),
-        encrypted_key: b64::encode(wrapped).into(),
+        encrypted_key: key.encrypted_key.clone().into(),
         iv: b64::encode(iv).into(),
         ciphertext: b64::encode(&*plaintext).into(),
         tag: b64::encode(tag).into(),
@@ -432,8 +557,9 @@ mod tests {
     #[test]
     fn encrypt_then_decrypt_round_trips_and_binds_the_header() {
         let recipient = RecipientKey::generate();
+        let mut key = DataKey::generate(&recipient.public(), Instant::now()).unwrap();
         let mut buf = br#"[{"heart_rate":140}]"#.to_vec();
-        let jwe = encrypt(&recipient.public(), &binding(), &mut buf).unwrap();
+        let jwe = encrypt(&mut key, recipient.kid(), &binding(), &mut buf).unwrap();
         assert_ne!(buf, br#"[{"heart_rate":140}]"#);
         assert_eq!(open(&jwe, &recipient).unwrap(), br#"[{"heart_rate":140}]"#);
 
@@ -461,6 +587,90 @@ mod tests {
         assert!(matches!(
             decrypt(&moved, &parsed, &recipient),
             Err(OpenError::Decryption { .. })
+        ));
+    }
+
+    /// Two messages under one reused data key: both open alone, share epk
+    /// and encrypted_key, get different IVs, and the ciphertext (with its
+    /// IV and tag) of one cannot be moved into the other: the binding in
+    /// the protected header is the AAD, so the tag fails.
+    #[test]
+    fn a_reused_data_key_does_not_let_ciphertext_move_between_messages() {
+        let recipient = RecipientKey::generate();
+        let mut key = DataKey::generate(&recipient.public(), Instant::now()).unwrap();
+        let first_binding = binding();
+        let second_binding = Binding {
+            seq: [3, 4],
+            ..binding()
+        };
+        let mut a = br#"[{"heart_rate":140},{"heart_rate":141}]"#.to_vec();
+        let first = encrypt(&mut key, recipient.kid(), &first_binding, &mut a).unwrap();
+        let mut b = br#"[{"heart_rate":150},{"heart_rate":151}]"#.to_vec();
+        let second = encrypt(&mut key, recipient.kid(), &second_binding, &mut b).unwrap();
+        assert_eq!(key.used(), 2);
+        assert_eq!(first.encrypted_key, second.encrypted_key);
+        assert_ne!(first.iv, second.iv);
+
+        let open_as = |jwe: &Jwe<'_>, expected: &Binding<'_>| {
+            let header_json = b64::decode(jwe.protected.as_bytes()).unwrap();
+            let header = check_header(&header_json, expected, Some(recipient.kid()))?;
+            decrypt(jwe, &header, &recipient).map(|p| p.to_vec())
+        };
+        assert_eq!(
+            open_as(&first, &first_binding).unwrap(),
+            br#"[{"heart_rate":140},{"heart_rate":141}]"#
+        );
+        assert_eq!(
+            open_as(&second, &second_binding).unwrap(),
+            br#"[{"heart_rate":150},{"heart_rate":151}]"#
+        );
+
+        // The first message's ciphertext, IV and tag under the second
+        // message's header (same CEK, same epk and encrypted_key).
+        let moved = Jwe {
+            protected: second.protected.clone(),
+            encrypted_key: second.encrypted_key.clone(),
+            iv: first.iv.clone(),
+            ciphertext: first.ciphertext.clone(),
+            tag: first.tag.clone(),
+        };
+        assert!(matches!(
+            open_as(&moved, &second_binding),
+            Err(OpenError::Decryption { .. })
+        ));
+        // Only the ciphertext moved, the second message's own IV and tag kept.
+        let spliced = Jwe {
+            ciphertext: first.ciphertext.clone(),
+            ..second.clone()
+        };
+        assert!(matches!(
+            open_as(&spliced, &second_binding),
+            Err(OpenError::Decryption { .. })
+        ));
+    }
+
+    #[test]
+    fn ivs_are_prefix_and_counter_and_the_key_refuses_to_wrap() {
+        let recipient = RecipientKey::generate();
+        let epk = p256::SecretKey::from_slice(&[9u8; 32]).unwrap();
+        let mut first_iv = [0xAB, 0xCD, 0xEF, 0x01, 0, 0, 0, 0, 0, 0, 0, 0];
+        first_iv[4..].copy_from_slice(&(u64::MAX - 1).to_be_bytes());
+        let mut key = DataKey::from_fixed(
+            &recipient.public(),
+            &epk,
+            &[5u8; 32],
+            &first_iv,
+            Instant::now(),
+        );
+        assert_eq!(key.take_iv().unwrap(), first_iv);
+        let second = key.take_iv().unwrap();
+        assert_eq!(second[..4], first_iv[..4]);
+        assert_eq!(second[4..], u64::MAX.to_be_bytes());
+        assert!(key.exhausted());
+        let mut buf = b"[{}]".to_vec();
+        assert!(matches!(
+            encrypt(&mut key, recipient.kid(), &binding(), &mut buf),
+            Err(SealError::KeyExhausted)
         ));
     }
 }

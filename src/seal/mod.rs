@@ -30,7 +30,9 @@ pub use opener::{
     MAX_GAP_LINES, MAX_MESSAGE_BYTES, OpenError, OpenSummary, OpenedMessage, OpenedRecord, Opener,
     OutputFormat, STATE_SAVE_INTERVAL, StreamOptions, open_stream, open_stream_with,
 };
-pub use sealer::{SealError, SealedMessage, Sealer};
+pub use sealer::{
+    FixedRandomness, MAX_MESSAGES_PER_DATA_KEY, SealError, SealedMessage, Sealer, SealerOptions,
+};
 pub use tracker::{
     DIGEST_WINDOW, Digest, RangeVerdict, Seen, SeqSet, SequenceTracker, StateError, StreamKey,
 };

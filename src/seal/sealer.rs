@@ -2,6 +2,7 @@
 //! whose payload carries the clear fields and a JWE with the encrypted ones.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use p256::ecdsa::Signature;
 use p256::ecdsa::signature::MultipartSigner;
@@ -11,7 +12,7 @@ use super::b64;
 use super::format::{
     FORMAT_VERSION, JWS_ALG, JWS_TYP, JwsHeader, PayloadOut, PlaintextOut, RecordsOut, Selection,
 };
-use super::jwe::{self, Binding};
+use super::jwe::{self, Binding, DataKey};
 use super::keys::{GatewayKey, PublicKey};
 use crate::record::Record;
 
@@ -37,6 +38,47 @@ pub enum SealError {
     TooLarge,
     #[error("the system random generator failed: {0}")]
     Random(String),
+    #[error("the data key's IV counter is used up; a new data key is needed")]
+    KeyExhausted,
+}
+
+/// The most messages one data key may encrypt: the NIST SP 800-38D limit
+/// on AES-GCM invocations under one key, far below the 2^64 IV counter.
+pub const MAX_MESSAGES_PER_DATA_KEY: u64 = 1 << 32;
+
+/// How long a wrapped data key (CEK, `epk`, `encrypted_key`) is reused
+/// before the sealer makes a new one: after `rotate_after_messages`
+/// messages or `rotate_after` time, whichever comes first. The config's
+/// `[seal] rotate_after_messages` and `rotate_after`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SealerOptions {
+    /// 1 ..= [`MAX_MESSAGES_PER_DATA_KEY`]; 1 means a new key per message.
+    pub rotate_after_messages: u64,
+    pub rotate_after: Duration,
+}
+
+impl Default for SealerOptions {
+    fn default() -> Self {
+        SealerOptions {
+            rotate_after_messages: 1000,
+            rotate_after: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Fixed inputs in place of the random ones, so that a sealed message is
+/// reproducible byte for byte (ES256 is deterministic, RFC 6979). For test
+/// vectors only: a fixed CEK and IV in production would be a disaster.
+#[doc(hidden)]
+#[derive(Clone)]
+pub struct FixedRandomness {
+    /// The ephemeral private key (a P-256 scalar, big-endian).
+    pub epk: [u8; 32],
+    /// The content encryption key.
+    pub cek: [u8; 32],
+    /// The IV of the first message under this key: a 4-byte prefix and the
+    /// 8-byte big-endian counter it starts from.
+    pub iv: [u8; 12],
 }
 
 /// One sealed message, ready for the spool: the exact bytes to publish.
@@ -60,6 +102,9 @@ pub struct Sealer {
     encrypt: Vec<String>,
     /// base64url of the JWS protected header, identical for every message.
     protected: String,
+    options: SealerOptions,
+    /// The data key in use; made on the first message that needs one.
+    data_key: Option<DataKey>,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -70,6 +115,8 @@ impl std::fmt::Debug for Sealer {
             .field("key", &self.key)
             .field("recipient", &self.recipient)
             .field("encrypt", &self.encrypt)
+            .field("options", &self.options)
+            .field("data_key", &self.data_key)
             .finish()
     }
 }
@@ -97,7 +144,21 @@ impl Sealer {
             recipient,
             encrypt: encrypt.to_vec(),
             protected,
+            options: SealerOptions::default(),
+            data_key: None,
         }
+    }
+
+    /// Sets how long a data key is reused. `rotate_after_messages` is
+    /// clamped to 1 ..= [`MAX_MESSAGES_PER_DATA_KEY`].
+    pub fn with_options(mut self, options: SealerOptions) -> Sealer {
+        self.options = SealerOptions {
+            rotate_after_messages: options
+                .rotate_after_messages
+                .clamp(1, MAX_MESSAGES_PER_DATA_KEY),
+            ..options
+        };
+        self
     }
 
     /// The signing key's `kid`, as in every message's JWS header.
@@ -106,9 +167,62 @@ impl Sealer {
     }
 
     /// Seals a batch: `records` non-empty, one sensor, sequence numbers
-    /// ascending by one. One ECDH and one AEAD operation per message (none
-    /// when no record has a field to encrypt), one ES256 signature.
+    /// ascending by one. One AEAD operation per message (none when no record
+    /// has a field to encrypt), one ES256 signature, and one ECDH each time
+    /// the data key rotates (see [`SealerOptions`]).
     pub fn seal(&mut self, records: &[Record]) -> Result<SealedMessage, SealError> {
+        self.seal_at(records, Instant::now())
+    }
+
+    /// Replaces the data key by one made from `fixed`, then seals `records`
+    /// with it; later [`seal`](Self::seal) calls reuse that key like any
+    /// other. For test vectors only.
+    ///
+    /// # Panics
+    ///
+    /// If `fixed.epk` is not a valid P-256 private key (zero or ≥ n).
+    #[doc(hidden)]
+    pub fn seal_with(
+        &mut self,
+        records: &[Record],
+        fixed: &FixedRandomness,
+    ) -> Result<SealedMessage, SealError> {
+        let now = Instant::now();
+        check_batch(records)?;
+        let epk = p256::SecretKey::from_slice(&fixed.epk)
+            .expect("the fixed epk is a P-256 scalar in 1..n");
+        self.data_key = Some(DataKey::from_fixed(
+            &self.recipient,
+            &epk,
+            &fixed.cek,
+            &fixed.iv,
+            now,
+        ));
+        self.seal_at(records, now)
+    }
+
+    /// The data key for the next message at `now`: the current one while it
+    /// is under both limits and has IVs left, otherwise a new one.
+    /// (A function of the fields it needs, so `seal_at` can hold borrows
+    /// of the others.)
+    fn data_key<'k>(
+        slot: &'k mut Option<DataKey>,
+        recipient: &PublicKey,
+        options: &SealerOptions,
+        now: Instant,
+    ) -> Result<&'k mut DataKey, SealError> {
+        let fresh = slot.as_ref().is_some_and(|key| {
+            key.used() < options.rotate_after_messages
+                && now.saturating_duration_since(key.created()) < options.rotate_after
+                && !key.exhausted()
+        });
+        if !fresh {
+            *slot = Some(DataKey::generate(recipient, now)?);
+        }
+        Ok(slot.as_mut().expect("set above"))
+    }
+
+    fn seal_at(&mut self, records: &[Record], now: Instant) -> Result<SealedMessage, SealError> {
         let (first, last) = check_batch(records)?;
         let sensor = &records[0].sensor;
         let count = u32::try_from(records.len()).map_err(|_| SealError::TooManyRecords {
@@ -129,7 +243,13 @@ impl Sealer {
             let mut plaintext = Zeroizing::new(Vec::with_capacity(64 * records.len()));
             serde_json::to_writer(&mut *plaintext, &PlaintextOut { records, selection })
                 .expect("records serialize to JSON");
-            Some(jwe::encrypt(&self.recipient, &binding, &mut plaintext)?)
+            let key = Sealer::data_key(&mut self.data_key, &self.recipient, &self.options, now)?;
+            Some(jwe::encrypt(
+                key,
+                self.recipient.kid(),
+                &binding,
+                &mut plaintext,
+            )?)
         } else {
             None
         };
@@ -206,4 +326,102 @@ fn check_batch(records: &[Record]) -> Result<(u64, u64), SealError> {
         }
     }
     Ok((first.seq, first.seq + (records.len() as u64 - 1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::record::{Field, Value};
+    use crate::seal::RecipientKey;
+
+    fn records(seq: u64) -> Vec<Record> {
+        vec![Record {
+            sensor: Arc::from("bike"),
+            seq,
+            ts: SystemTime::UNIX_EPOCH,
+            fields: vec![Field {
+                name: Arc::from("heart_rate"),
+                value: Value::Int(140),
+            }],
+        }]
+    }
+
+    fn sealer(options: SealerOptions) -> Sealer {
+        let recipient = RecipientKey::generate();
+        Sealer::new(
+            "gw",
+            "e1",
+            GatewayKey::generate(),
+            recipient.public(),
+            &["heart_rate".to_string()],
+        )
+        .with_options(options)
+    }
+
+    /// `encrypted_key` of each message sealed at the given offsets.
+    fn wrapped_keys(sealer: &mut Sealer, offsets: &[u64]) -> Vec<String> {
+        let start = Instant::now();
+        offsets
+            .iter()
+            .enumerate()
+            .map(|(i, &secs)| {
+                sealer
+                    .seal_at(&records(i as u64), start + Duration::from_secs(secs))
+                    .unwrap();
+                let key = sealer.data_key.as_ref().unwrap();
+                key.debug_encrypted_key().to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_data_key_rotates_after_the_message_limit() {
+        let mut sealer = sealer(SealerOptions {
+            rotate_after_messages: 2,
+            rotate_after: Duration::from_secs(3600),
+        });
+        let keys = wrapped_keys(&mut sealer, &[0, 0, 0, 0, 0]);
+        assert_eq!(keys[0], keys[1]);
+        assert_ne!(keys[1], keys[2]);
+        assert_eq!(keys[2], keys[3]);
+        assert_ne!(keys[3], keys[4]);
+    }
+
+    #[test]
+    fn the_data_key_rotates_after_the_time_limit() {
+        let mut sealer = sealer(SealerOptions {
+            rotate_after_messages: 1000,
+            rotate_after: Duration::from_secs(60),
+        });
+        let keys = wrapped_keys(&mut sealer, &[0, 59, 60, 61, 200]);
+        assert_eq!(keys[0], keys[1]);
+        assert_ne!(keys[1], keys[2]);
+        assert_eq!(keys[2], keys[3]);
+        assert_ne!(keys[3], keys[4]);
+    }
+
+    #[test]
+    fn options_are_clamped_to_the_gcm_limit() {
+        let s = sealer(SealerOptions {
+            rotate_after_messages: 0,
+            rotate_after: Duration::from_secs(1),
+        });
+        assert_eq!(s.options.rotate_after_messages, 1);
+        let s = sealer(SealerOptions {
+            rotate_after_messages: u64::MAX,
+            rotate_after: Duration::from_secs(1),
+        });
+        assert_eq!(s.options.rotate_after_messages, MAX_MESSAGES_PER_DATA_KEY);
+    }
+
+    #[test]
+    fn a_batch_without_encrypted_fields_uses_no_data_key() {
+        let mut s = sealer(SealerOptions::default());
+        let mut plain = records(0);
+        plain[0].fields[0].name = Arc::from("speed");
+        s.seal(&plain).unwrap();
+        assert!(s.data_key.is_none());
+    }
 }

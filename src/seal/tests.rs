@@ -897,4 +897,484 @@ mod properties {
             prop_assert!(!raw.contains('\n'));
         }
     }
+
+    /// A sensor-shaped batch: every record has the same columns (names from
+    /// a safe alphabet), each value of any type, strings of any Unicode
+    /// (control characters, NUL and quotes included), any timestamp.
+    /// Per record: seconds and nanoseconds since the epoch, and a value
+    /// for each of up to 8 columns.
+    type Row = (u64, u32, Vec<Value>);
+
+    fn sensor_batch() -> impl Strategy<Value = (Vec<String>, Vec<Row>)> {
+        let names = proptest::collection::btree_set("[a-z_][a-z0-9_]{0,9}", 1..=8)
+            .prop_map(|s| s.into_iter().collect::<Vec<_>>());
+        let value = prop_oneof![
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::Int),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::Float),
+            any::<String>().prop_map(Value::Str),
+        ];
+        // Seconds up to the year 2500; nanoseconds to the last digit.
+        let record = (
+            0u64..16_725_225_600,
+            0u32..1_000_000_000,
+            proptest::collection::vec(value, 8),
+        );
+        (names, proptest::collection::vec(record, 1..50))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Seal then open returns exactly the records sealed: seq, ts,
+        /// column order, values and JSON types, for any choice of the
+        /// columns to encrypt (none, some, all, and names not present).
+        #[test]
+        fn seal_then_open_returns_exactly_the_records_sealed(
+            (names, rows) in sensor_batch(),
+            encrypt_mask in proptest::collection::vec(any::<bool>(), 8),
+            extra_name in proptest::option::of("[a-z_][a-z0-9_]{0,9}"),
+            first in 0u64..u64::MAX / 2,
+        ) {
+            let keys = Keys::new();
+            let mut encrypt: Vec<String> = names
+                .iter()
+                .zip(&encrypt_mask)
+                .filter(|(_, on)| **on)
+                .map(|(n, _)| n.clone())
+                .collect();
+            encrypt.extend(extra_name);
+            let mut sealer =
+                Sealer::new(GATEWAY, EPOCH, keys.gateway(), keys.recipient.public(), &encrypt);
+            let sensor: Arc<str> = Arc::from("bike");
+            let columns: Vec<Arc<str>> = names.iter().map(|n| Arc::from(n.as_str())).collect();
+            let records: Vec<Record> = rows
+                .into_iter()
+                .enumerate()
+                .map(|(i, (secs, nanos, values))| Record {
+                    sensor: Arc::clone(&sensor),
+                    seq: first + i as u64,
+                    ts: SystemTime::UNIX_EPOCH + Duration::new(secs, nanos),
+                    fields: columns
+                        .iter()
+                        .zip(values)
+                        .map(|(name, value)| Field { name: Arc::clone(name), value })
+                        .collect(),
+                })
+                .collect();
+            let sealed = sealer.seal(&records).unwrap();
+            prop_assert_eq!((sealed.first_seq, sealed.records as usize), (first, records.len()));
+            let opened = keys.opener().open(&sealed.bytes).unwrap();
+            prop_assert_eq!((opened.first_seq, opened.last_seq), (first, first + records.len() as u64 - 1));
+            prop_assert_eq!(opened.records.len(), records.len());
+            for (got, want) in opened.records.iter().zip(&records) {
+                prop_assert_eq!(got.seq, want.seq);
+                prop_assert_eq!(&got.ts, &format_ts(want.ts));
+                prop_assert_eq!(crate::record::parse_ts(&got.ts), Some(want.ts));
+                prop_assert_eq!((got.gateway.as_str(), got.sensor.as_str()), (GATEWAY, "bike"));
+                // serde_json numbers keep their kind: 2.0 (float) != 2 (int).
+                let expected: Vec<(String, Json)> = want
+                    .fields
+                    .iter()
+                    .map(|f| (f.name.to_string(), f.value.to_json()))
+                    .collect();
+                prop_assert_eq!(got.fields.clone().into_vec(), expected);
+                for (f, (_, v)) in want.fields.iter().zip(got.fields.clone().into_vec()) {
+                    if let Value::Float(x) = f.value {
+                        prop_assert_eq!(v.as_f64().map(f64::to_bits), Some(x.to_bits()));
+                    }
+                }
+            }
+            // No encrypted column is among a record's clear fields.
+            let (_, _, _, payload) = parts(&sealed.bytes);
+            for record in payload["records"].as_array().unwrap() {
+                for name in record["fields"].as_object().unwrap().keys() {
+                    prop_assert!(!encrypt.contains(name), "{} in clear", name);
+                }
+            }
+        }
+    }
+}
+
+/// The tampering matrix of issue 5: one byte changed in each part of a
+/// sealed message, inside and outside the JWE, each rejected for the reason
+/// that part's check gives, and nothing panics. The JWE rows re-sign the
+/// altered payload with the gateway key, so they reach the checks behind
+/// the signature (what a forger holding the key, or a gateway bug, makes).
+mod tampering {
+    use super::*;
+
+    type Check = fn(&OpenError) -> bool;
+
+    /// One byte of `text` (base64url of the decoded bytes) changed: the
+    /// decoded byte at `at` with its low bit flipped, re-encoded, so the
+    /// change is in the part's content and not in its encoding.
+    fn flip_decoded(text: &str, at: usize) -> String {
+        let mut bytes = b64::decode(text).unwrap();
+        bytes[at] ^= 0x01;
+        b64::encode(bytes)
+    }
+
+    /// The variant's name, e.g. `BadHeader`.
+    fn variant(e: &OpenError) -> String {
+        let debug = format!("{e:?}");
+        debug.split([' ', '(', '{']).next().unwrap().to_string()
+    }
+
+    fn decoded_len(text: &str) -> usize {
+        b64::decode(text).unwrap().len()
+    }
+
+    /// `positions` of a part of `len` bytes: all of them when short, else
+    /// the first and last 16 and every 7th (debug builds are slow).
+    fn positions(len: usize) -> Vec<usize> {
+        (0..len)
+            .filter(|&i| len <= 64 || i < 16 || i + 16 >= len || i % 7 == 0)
+            .collect()
+    }
+
+    /// Each byte of a JWS member, changed in the message text as received.
+    #[test]
+    fn a_changed_byte_in_each_jws_part_is_rejected_for_that_part() {
+        let keys = Keys::new();
+        let sealed = keys.sealer().seal(&batch("bike", 7..=8)).unwrap();
+        let text = std::str::from_utf8(&sealed.bytes).unwrap();
+        let (protected, payload, signature, _) = parts(&sealed.bytes);
+        let kid = keys.gateway().kid().to_string();
+        let mut opener = keys.opener();
+        let span = |member: &str| {
+            let start = text.find(member).unwrap();
+            start..start + member.len()
+        };
+        let rows: [(&str, std::ops::Range<usize>, Check); 4] = [
+            // The header is read before the signature: a change breaks its
+            // encoding or JSON, changes alg/typ/kid (an unknown kid), or
+            // else fails the signature.
+            ("JWS protected header", span(&protected), |e| {
+                matches!(
+                    e,
+                    OpenError::BadBase64 {
+                        member: "JWS protected header"
+                    } | OpenError::BadHeader { part: "JWS", .. }
+                        | OpenError::WrongAlgorithm { part: "JWS", .. }
+                        | OpenError::UntrustedKey { .. }
+                        | OpenError::BadSignature { .. }
+                )
+            }),
+            // The signature covers the payload text as received, and is
+            // checked before the payload is decoded.
+            ("JWS payload", span(&payload), |e| {
+                matches!(e, OpenError::BadSignature { .. })
+            }),
+            ("JWS signature", span(&signature), |e| {
+                matches!(
+                    e,
+                    OpenError::BadBase64 {
+                        member: "JWS signature"
+                    } | OpenError::BadSignature { .. }
+                )
+            }),
+            // The JSON frame around the three members.
+            ("JSON frame", 0..14, |e| matches!(e, OpenError::NotJws(_))),
+        ];
+        let mut tried = 0;
+        for (part, range, check) in rows {
+            for i in positions(range.len()).into_iter().map(|i| range.start + i) {
+                let mut forged = sealed.bytes.clone();
+                forged[i] = if forged[i] == b'A' { b'B' } else { b'A' };
+                let e = opener
+                    .open(&forged)
+                    .expect_err(&format!("{part}: byte {i} changed and accepted"));
+                assert!(check(&e), "{part}: byte {i} changed: wrong reason: {e}");
+                if let OpenError::BadSignature { kid: k, .. } = &e {
+                    assert_eq!(*k, kid, "{part}: {e}");
+                }
+                tried += 1;
+            }
+        }
+        assert_eq!(opener.summary().rejected, tried);
+        assert_eq!(opener.open(&sealed.bytes).unwrap().records.len(), 2);
+    }
+
+    /// Each byte of each JWE member, changed and the payload re-signed.
+    #[test]
+    fn a_changed_byte_in_each_jwe_part_is_rejected_for_that_part() {
+        let keys = Keys::new();
+        let sealed = keys.sealer().seal(&batch("bike", 7..=8)).unwrap();
+        let (protected, _, _, payload) = parts(&sealed.bytes);
+        let jwe = payload["jwe"].clone();
+        let member = |k: &str| jwe[k].as_str().unwrap().to_string();
+        let header_b64 = member("protected");
+        let header: Json = serde_json::from_slice(&b64::decode(&header_b64).unwrap()).unwrap();
+        let mut opener = keys.opener();
+
+        fn aead(e: &OpenError) -> bool {
+            matches!(e, OpenError::Decryption { reason } if reason.starts_with("AES-GCM authentication failed"))
+        }
+        fn unwrap(e: &OpenError) -> bool {
+            matches!(e, OpenError::Decryption { reason } if reason.starts_with("the content key does not unwrap"))
+        }
+        fn off_curve(e: &OpenError) -> bool {
+            matches!(e, OpenError::BadHeader { part: "JWE", detail } if detail.contains("not a point on P-256"))
+        }
+        /// The header is the AAD and holds the binding, the algorithms, the
+        /// recipient kid and the epk: each change is caught by one of them.
+        fn header_checks(e: &OpenError) -> bool {
+            matches!(
+                e,
+                OpenError::BadBase64 { .. }
+                    | OpenError::BadHeader { part: "JWE", .. }
+                    | OpenError::WrongAlgorithm { part: "JWE", .. }
+                    | OpenError::BindingMismatch { .. }
+                    | OpenError::WrongRecipient { .. }
+                    | OpenError::Decryption { .. }
+            )
+        }
+
+        // (part, JWE member or epk coordinate, check)
+        let rows: [(&str, &str, Check); 7] = [
+            ("JWE protected header", "protected", header_checks),
+            ("JWE iv", "iv", aead),
+            ("JWE ciphertext", "ciphertext", aead),
+            ("JWE tag", "tag", aead),
+            ("JWE encrypted_key (wrapped CEK)", "encrypted_key", unwrap),
+            ("JWE epk x", "epk.x", off_curve),
+            ("JWE epk y", "epk.y", off_curve),
+        ];
+        let mut tried = 0;
+        for (part, name, check) in rows {
+            let len = match name {
+                "epk.x" | "epk.y" => 32,
+                m => decoded_len(&member(m)),
+            };
+            let mut reasons = std::collections::BTreeSet::new();
+            for i in positions(len) {
+                let mut forged_jwe = jwe.clone();
+                match name {
+                    "epk.x" | "epk.y" => {
+                        let coord = &name[4..];
+                        let mut h = header.clone();
+                        h["epk"][coord] = json!(flip_decoded(h["epk"][coord].as_str().unwrap(), i));
+                        forged_jwe["protected"] =
+                            json!(b64::encode(serde_json::to_vec(&h).unwrap()));
+                    }
+                    m => forged_jwe[m] = json!(flip_decoded(&member(m), i)),
+                }
+                let mut forged = payload.clone();
+                forged["jwe"] = forged_jwe;
+                let e = opener
+                    .open(&resign(&keys, &protected, &forged))
+                    .expect_err(&format!("{part}: byte {i} changed and accepted"));
+                assert!(check(&e), "{part}: byte {i} changed: wrong reason: {e}");
+                reasons.insert(variant(&e));
+                tried += 1;
+            }
+            if name == "protected" {
+                // The header starts with `{"alg":"ECDH-ES+A256KW"` and ends
+                // with the binding (`"seq":[7,8]}`): its first and last bytes
+                // reach the JSON, algorithm and binding checks.
+                for expected in ["BadHeader", "WrongAlgorithm", "BindingMismatch"] {
+                    assert!(reasons.contains(expected), "{part}: {reasons:?}");
+                }
+            }
+        }
+        assert_eq!(opener.summary().rejected, tried);
+        assert_eq!(opener.open(&sealed.bytes).unwrap().records.len(), 2);
+    }
+
+    /// Encrypted columns carried from one message into another, payload
+    /// re-signed with the gateway key: the binding or the tag refuses them.
+    #[test]
+    fn encrypted_columns_moved_between_messages_are_rejected() {
+        let keys = Keys::new();
+        let mut sealer = keys.sealer();
+        let target = sealer.seal(&batch("bike", 1..=2)).unwrap();
+        let same_range_other_sensor = sealer.seal(&batch("rower", 1..=2)).unwrap();
+        let next = sealer.seal(&batch("bike", 3..=4)).unwrap();
+        let other_epoch = Sealer::new(
+            GATEWAY,
+            "another-epoch",
+            keys.gateway(),
+            keys.recipient.public(),
+            &encrypt_list(),
+        )
+        .seal(&batch("bike", 1..=2))
+        .unwrap();
+        let other_gateway = Sealer::new(
+            "another-gateway",
+            EPOCH,
+            keys.gateway(),
+            keys.recipient.public(),
+            &encrypt_list(),
+        )
+        .seal(&batch("bike", 1..=2))
+        .unwrap();
+        let (protected, _, _, into) = parts(&target.bytes);
+        let mut opener = keys.opener();
+
+        fn binding(field: &'static str) -> impl Fn(&OpenError) -> bool {
+            move |e| matches!(e, OpenError::BindingMismatch { field: f, .. } if *f == field)
+        }
+        let aead = |e: &OpenError| matches!(e, OpenError::Decryption { reason } if reason.starts_with("AES-GCM"));
+        // The other message's wrapped key does not unwrap with this
+        // header's epk, or (when the sealer reuses its data key: same epk
+        // and wrapped key) it does and the tag fails on this header (AAD).
+        let decryption = |e: &OpenError| matches!(e, OpenError::Decryption { .. });
+        let check_seq = binding("seq");
+        let check_sensor = binding("sensor");
+        let check_epoch = binding("epoch");
+        let check_gateway = binding("gateway");
+        // (case, source message, JWE members moved, check)
+        type Row<'a> = (
+            &'a str,
+            &'a SealedMessage,
+            &'a [&'a str],
+            &'a dyn Fn(&OpenError) -> bool,
+        );
+        let rows: [Row<'_>; 8] = [
+            (
+                "whole JWE, next range",
+                &next,
+                &["protected", "encrypted_key", "iv", "ciphertext", "tag"],
+                &check_seq,
+            ),
+            (
+                "whole JWE, other sensor",
+                &same_range_other_sensor,
+                &["protected", "encrypted_key", "iv", "ciphertext", "tag"],
+                &check_sensor,
+            ),
+            (
+                "whole JWE, other epoch",
+                &other_epoch,
+                &["protected", "encrypted_key", "iv", "ciphertext", "tag"],
+                &check_epoch,
+            ),
+            (
+                "whole JWE, other gateway",
+                &other_gateway,
+                &["protected", "encrypted_key", "iv", "ciphertext", "tag"],
+                &check_gateway,
+            ),
+            // Under this message's header (its binding), the other key.
+            (
+                "key, iv, ciphertext and tag",
+                &next,
+                &["encrypted_key", "iv", "ciphertext", "tag"],
+                &decryption,
+            ),
+            (
+                "iv, ciphertext and tag",
+                &next,
+                &["iv", "ciphertext", "tag"],
+                &aead,
+            ),
+            (
+                "ciphertext and tag",
+                &same_range_other_sensor,
+                &["ciphertext", "tag"],
+                &aead,
+            ),
+            ("ciphertext alone", &other_epoch, &["ciphertext"], &aead),
+        ];
+        let cases = rows.len() as u64;
+        for (case, source, members, check) in rows {
+            let (_, _, _, from) = parts(&source.bytes);
+            let mut forged = into.clone();
+            for m in members {
+                forged["jwe"][*m] = from["jwe"][*m].clone();
+            }
+            let e = opener
+                .open(&resign(&keys, &protected, &forged))
+                .expect_err(&format!("{case}: accepted"));
+            assert!(check(&e), "{case}: wrong reason: {e}");
+        }
+        assert_eq!(opener.summary().rejected, cases);
+        assert_eq!(opener.open(&target.bytes).unwrap().records.len(), 2);
+    }
+
+    /// A genuine message's payload signed again by a key the consumer does
+    /// not trust: refused by kid, and the kid is in the reason.
+    #[test]
+    fn a_message_re_signed_by_an_untrusted_key_is_rejected_naming_its_kid() {
+        let keys = Keys::new();
+        let sealed = keys.sealer().seal(&batch("bike", 1..=2)).unwrap();
+        let (_, _, _, payload) = parts(&sealed.bytes);
+        let stranger = GatewayKey::generate();
+        let stranger_kid = stranger.kid().to_string();
+        let header = |kid: &str| {
+            b64::encode(
+                serde_json::to_vec(
+                    &json!({"alg": "ES256", "kid": kid, "typ": "sensorgate-sealed+json"}),
+                )
+                .unwrap(),
+            )
+        };
+        let json = serde_json::to_vec(&payload).unwrap();
+        let mut opener = keys.opener();
+
+        // Under its own kid: not trusted.
+        let forged = sealer::sign_jws(&stranger, &header(&stranger_kid), &json);
+        let e = opener.open(&forged).unwrap_err();
+        assert!(
+            matches!(&e, OpenError::UntrustedKey { kid } if *kid == stranger_kid),
+            "{e}"
+        );
+        assert!(e.to_string().contains(&stranger_kid), "{e}");
+
+        // Claiming the trusted kid: the signature does not verify with it.
+        let trusted_kid = keys.gateway().kid().to_string();
+        let forged = sealer::sign_jws(&stranger, &header(&trusted_kid), &json);
+        let e = opener.open(&forged).unwrap_err();
+        assert!(
+            matches!(&e, OpenError::BadSignature { kid, .. } if *kid == trusted_kid),
+            "{e}"
+        );
+        assert!(e.to_string().contains(&trusted_kid), "{e}");
+        assert_eq!(opener.summary().rejected, 2);
+    }
+
+    /// A message sealed for another recipient: refused by kid before any
+    /// ECDH; with the kid rewritten to ours, the wrapped key does not unwrap.
+    #[test]
+    fn a_message_sealed_for_another_recipient_is_rejected() {
+        let keys = Keys::new();
+        let other = RecipientKey::generate();
+        let other_kid = other.kid().to_string();
+        let sealed = Sealer::new(
+            GATEWAY,
+            EPOCH,
+            keys.gateway(),
+            other.public(),
+            &encrypt_list(),
+        )
+        .seal(&batch("bike", 1..=2))
+        .unwrap();
+        let mut opener = keys.opener();
+        let e = opener.open(&sealed.bytes).unwrap_err();
+        assert!(
+            matches!(&e, OpenError::WrongRecipient { sealed_for, ours }
+                if *sealed_for == other_kid && ours == keys.recipient.kid()),
+            "{e}"
+        );
+        assert!(e.to_string().contains(&other_kid), "{e}");
+
+        let (protected, _, _, mut payload) = parts(&sealed.bytes);
+        let mut header: Json = serde_json::from_slice(
+            &b64::decode(payload["jwe"]["protected"].as_str().unwrap()).unwrap(),
+        )
+        .unwrap();
+        header["kid"] = json!(keys.recipient.kid());
+        payload["jwe"]["protected"] = json!(b64::encode(serde_json::to_vec(&header).unwrap()));
+        let e = opener
+            .open(&resign(&keys, &protected, &payload))
+            .unwrap_err();
+        assert!(
+            matches!(&e, OpenError::Decryption { reason } if reason.contains("does not unwrap")),
+            "{e}"
+        );
+        assert_eq!(opener.summary().rejected, 2);
+    }
 }
