@@ -13,6 +13,7 @@
 //! one sealed message cannot be opened as part of another.
 
 use std::borrow::Cow;
+use std::fmt;
 use std::time::Instant;
 
 use aes_gcm::aead::AeadInOut;
@@ -387,12 +388,45 @@ pub(crate) fn expect_param(
     }
 }
 
-/// Unwraps the CEK and decrypts. The header must have passed
-/// [`check_header`]. The returned plaintext is wiped when dropped.
+/// How many unwrapped content keys an opener keeps.
+const CEK_CACHE_ENTRIES: usize = 64;
+
+/// Content keys already unwrapped, by (epk, encrypted_key): messages sealed
+/// under one reused data key pay the ECDH and key unwrap once, not each.
+/// A changed epk or wrapped key is a different entry, so the cache never
+/// lets an altered message skip a check. Keys are wiped when evicted.
+#[derive(Default)]
+pub(crate) struct CekCache {
+    entries: std::collections::VecDeque<(Vec<u8>, Zeroizing<[u8; CEK_LEN]>)>,
+}
+
+impl fmt::Debug for CekCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CekCache({} keys)", self.entries.len())
+    }
+}
+
+impl CekCache {
+    fn get(&self, id: &[u8]) -> Option<&Zeroizing<[u8; CEK_LEN]>> {
+        self.entries.iter().find(|(k, _)| k == id).map(|(_, v)| v)
+    }
+
+    fn put(&mut self, id: Vec<u8>, cek: Zeroizing<[u8; CEK_LEN]>) {
+        if self.entries.len() == CEK_CACHE_ENTRIES {
+            self.entries.pop_front();
+        }
+        self.entries.push_back((id, cek));
+    }
+}
+
+/// Unwraps the CEK (or finds it in `cache`) and decrypts. The header must
+/// have passed [`check_header`]. The returned plaintext is wiped when
+/// dropped.
 pub(crate) fn decrypt(
     jwe: &Jwe<'_>,
     header: &JweHeader<'_>,
     recipient: &RecipientKey,
+    cache: &mut CekCache,
 ) -> Result<Zeroizing<Vec<u8>>, OpenError> {
     let field = |member: &'static str, text: &str, len: Option<usize>| {
         let bytes = b64::decode(text).map_err(|_| OpenError::BadBase64 {
@@ -416,25 +450,15 @@ pub(crate) fn decrypt(
     sec1[0] = 4;
     sec1[1..33].copy_from_slice(&x);
     sec1[33..].copy_from_slice(&y);
-    // from_sec1_bytes checks the point is on the curve (invalid-curve attacks).
-    let epk = p256::PublicKey::from_sec1_bytes(&sec1).map_err(|_| OpenError::BadHeader {
-        part: "JWE",
-        detail: "epk is not a point on P-256".to_string(),
-    })?;
-    let shared =
-        p256::ecdh::diffie_hellman(recipient.secret().to_nonzero_scalar(), epk.as_affine());
-    let kek = derive_kek(shared.raw_secret_bytes());
-    drop(shared);
-
-    let mut cek = Zeroizing::new([0u8; CEK_LEN]);
-    KwAes256::new_from_slice(kek.as_ref())
-        .expect("32-byte KEK")
-        .unwrap_key(&wrapped, cek.as_mut())
-        .map_err(|_| OpenError::Decryption {
-            reason:
-                "the content key does not unwrap (wrong recipient key or altered encrypted_key)"
-                    .to_string(),
-        })?;
+    let cache_id = [&sec1[1..], &wrapped[..]].concat();
+    let cek = match cache.get(&cache_id) {
+        Some(cek) => cek.clone(),
+        None => {
+            let cek = unwrap_cek(&sec1, &wrapped, recipient)?;
+            cache.put(cache_id, cek.clone());
+            cek
+        }
+    };
     let cipher = Aes256Gcm::new_from_slice(cek.as_ref()).expect("32-byte CEK");
     let iv: [u8; IV_LEN] = iv.try_into().expect("length checked");
     let tag: [u8; TAG_LEN] = tag.try_into().expect("length checked");
@@ -450,6 +474,33 @@ pub(crate) fn decrypt(
                 .to_string(),
         })?;
     Ok(buffer)
+}
+
+/// ECDH with the ephemeral key, Concat KDF, AES key unwrap.
+fn unwrap_cek(
+    sec1: &[u8; 65],
+    wrapped: &[u8],
+    recipient: &RecipientKey,
+) -> Result<Zeroizing<[u8; CEK_LEN]>, OpenError> {
+    // from_sec1_bytes checks the point is on the curve (invalid-curve attacks).
+    let epk = p256::PublicKey::from_sec1_bytes(sec1).map_err(|_| OpenError::BadHeader {
+        part: "JWE",
+        detail: "epk is not a point on P-256".to_string(),
+    })?;
+    let shared =
+        p256::ecdh::diffie_hellman(recipient.secret().to_nonzero_scalar(), epk.as_affine());
+    let kek = derive_kek(shared.raw_secret_bytes());
+    drop(shared);
+    let mut cek = Zeroizing::new([0u8; CEK_LEN]);
+    KwAes256::new_from_slice(kek.as_ref())
+        .expect("32-byte KEK")
+        .unwrap_key(wrapped, cek.as_mut())
+        .map_err(|_| OpenError::Decryption {
+            reason:
+                "the content key does not unwrap (wrong recipient key or altered encrypted_key)"
+                    .to_string(),
+        })?;
+    Ok(cek)
 }
 
 fn member_name(member: &'static str) -> &'static str {
@@ -551,7 +602,7 @@ mod tests {
     fn open(jwe: &Jwe<'_>, recipient: &RecipientKey) -> Result<Vec<u8>, OpenError> {
         let header_json = b64::decode(jwe.protected.as_bytes()).unwrap();
         let header = check_header(&header_json, &binding(), Some(recipient.kid()))?;
-        decrypt(jwe, &header, recipient).map(|p| p.to_vec())
+        decrypt(jwe, &header, recipient, &mut CekCache::default()).map(|p| p.to_vec())
     }
 
     #[test]
@@ -585,7 +636,7 @@ mod tests {
         let header_json = b64::decode(moved.protected.as_bytes()).unwrap();
         let parsed = serde_json::from_slice::<JweHeader<'_>>(&header_json).unwrap();
         assert!(matches!(
-            decrypt(&moved, &parsed, &recipient),
+            decrypt(&moved, &parsed, &recipient, &mut CekCache::default()),
             Err(OpenError::Decryption { .. })
         ));
     }
@@ -614,7 +665,7 @@ mod tests {
         let open_as = |jwe: &Jwe<'_>, expected: &Binding<'_>| {
             let header_json = b64::decode(jwe.protected.as_bytes()).unwrap();
             let header = check_header(&header_json, expected, Some(recipient.kid()))?;
-            decrypt(jwe, &header, &recipient).map(|p| p.to_vec())
+            decrypt(jwe, &header, &recipient, &mut CekCache::default()).map(|p| p.to_vec())
         };
         assert_eq!(
             open_as(&first, &first_binding).unwrap(),

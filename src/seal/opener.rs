@@ -174,6 +174,8 @@ impl fmt::Display for OpenSummary {
 pub struct Opener {
     trusted: HashMap<String, VerifyingKey>,
     recipient: Option<RecipientKey>,
+    /// Content keys already unwrapped (data-key reuse).
+    ceks: jwe::CekCache,
     tracker: SequenceTracker,
     messages: u64,
     records: u64,
@@ -215,6 +217,7 @@ impl Opener {
         Opener {
             trusted,
             recipient,
+            ceks: jwe::CekCache::default(),
             tracker: SequenceTracker::new(),
             messages: 0,
             records: 0,
@@ -303,7 +306,7 @@ impl Opener {
         &self.tracker
     }
 
-    fn verify(&self, message: &[u8]) -> Result<Verified, OpenError> {
+    fn verify(&mut self, message: &[u8]) -> Result<Verified, OpenError> {
         if message.len() > MAX_MESSAGE_BYTES {
             return Err(OpenError::TooLong {
                 len: message.len() as u64,
@@ -388,7 +391,7 @@ impl Opener {
                 .recipient
                 .as_ref()
                 .expect("check_header refuses a JWE without a recipient key");
-            let plaintext = jwe::decrypt(jwe, &jwe_header, recipient)?;
+            let plaintext = jwe::decrypt(jwe, &jwe_header, recipient, &mut self.ceks)?;
             let per_record: Vec<FieldMap> = serde_json::from_slice(&plaintext)
                 .map_err(|e| OpenError::BadPlaintext(e.to_string()))?;
             if per_record.len() != payload.records.len() {

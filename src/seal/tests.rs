@@ -1378,3 +1378,31 @@ mod tampering {
         assert_eq!(opener.summary().rejected, 2);
     }
 }
+
+/// Messages under one reused data key share the CEK cache entry; a message
+/// whose wrapped key was altered is a different entry and still fails.
+#[test]
+fn the_opener_caches_a_reused_data_key_and_still_rejects_an_altered_one() {
+    let keys = Keys::new();
+    let mut sealer = keys.sealer();
+    let a = sealer.seal(&batch("bike", 0..=1)).unwrap();
+    let b = sealer.seal(&batch("bike", 2..=3)).unwrap();
+    let mut opener = keys.opener();
+    assert_eq!(opener.open(&a.bytes).unwrap().records.len(), 2);
+    assert_eq!(opener.open(&b.bytes).unwrap().records.len(), 2);
+
+    let c = sealer.seal(&batch("bike", 4..=5)).unwrap();
+    let (protected, _, _, mut payload) = parts(&c.bytes);
+    let wrapped = payload["jwe"]["encrypted_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut bytes = b64::decode(&wrapped).unwrap();
+    bytes[0] ^= 1;
+    payload["jwe"]["encrypted_key"] = Json::String(b64::encode(&bytes));
+    let err = opener
+        .open(&resign(&keys, &protected, &payload))
+        .unwrap_err();
+    assert!(matches!(err, OpenError::Decryption { .. }), "{err}");
+    assert_eq!(opener.open(&c.bytes).unwrap().records.len(), 2);
+}
