@@ -70,6 +70,9 @@ impl Conn {
                 rumqttc::AsyncClient::new(options_v4(settings, transport), cap);
             let mut net = eventloop.network_options();
             net.set_connection_timeout(settings.connect_timeout.as_secs().max(1));
+            // Publishes are pipelined: do not let Nagle hold the next one
+            // back waiting for the broker's ack of the last.
+            net.set_tcp_nodelay(true);
             eventloop.set_network_options(net);
             (Client::V4(client), tokio::spawn(poll_v4(eventloop, tx)))
         };
@@ -152,6 +155,12 @@ fn options_v5(s: &UplinkSettings, transport: Option<rumqttc::Transport>) -> mqtt
         .set_max_packet_size(Some(packet))
         .set_request_channel_capacity(usize::from(s.max_inflight) + 8)
         .set_connection_timeout(s.connect_timeout.as_secs().max(1))
+        .set_network_options({
+            let mut net = rumqttc::NetworkOptions::new();
+            net.set_connection_timeout(s.connect_timeout.as_secs().max(1));
+            net.set_tcp_nodelay(true);
+            net
+        })
         .set_last_will(mqtt5::mqttbytes::v5::LastWill::new(
             &s.status_topic,
             s.status("offline"),

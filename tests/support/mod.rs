@@ -259,6 +259,7 @@ impl Mosquitto {
         let conf = format!(
             "# Written by tests/support: one broker per test.\n\
              per_listener_settings false\n\
+             set_tcp_nodelay true\n\
              allow_anonymous false\n\
              listener {port} 127.0.0.1\n\
              cafile {d}/ca.pem\n\
