@@ -457,34 +457,48 @@ pub fn keygen(out_dir: &Path, name: &str) -> Result<KeygenOutput, KeyError> {
 
 /// Creates `path` (never replacing an existing file) with `mode` and writes
 /// `bytes` durably.
+/// Writes `bytes` to `path` atomically and never over an existing file: the
+/// content goes to a temporary file (created with `mode`, so a private key
+/// is never readable by others), is synced, then hard-linked to `path`,
+/// which fails if `path` exists. A crash leaves either no file or the whole
+/// one, never a truncated key.
 fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyError> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|source| {
-            if source.kind() == io::ErrorKind::AlreadyExists {
-                KeyError::Exists {
-                    path: path.to_path_buf(),
-                }
-            } else {
-                KeyError::Write {
-                    path: path.to_path_buf(),
-                    source,
-                }
-            }
-        })?;
     let write_err = |source| KeyError::Write {
         path: path.to_path_buf(),
         source,
     };
-    // The umask may have removed bits from a public file; set them exactly.
-    file.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(write_err)?;
-    file.write_all(bytes).map_err(write_err)?;
-    file.sync_all().map_err(write_err)?;
-    Ok(())
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        // The umask may have removed bits from a public file; set them exactly.
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::hard_link(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    let _ = fs::remove_file(&tmp);
+    result.map_err(|source| {
+        if source.kind() == io::ErrorKind::AlreadyExists {
+            KeyError::Exists {
+                path: path.to_path_buf(),
+            }
+        } else {
+            write_err(source)
+        }
+    })
 }
 
 #[cfg(test)]
