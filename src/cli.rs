@@ -180,6 +180,16 @@ pub fn keygen(out: &Path, name: &str, recipient: bool) -> u8 {
     }
 }
 
+/// Where `open` reads sealed messages from.
+#[derive(Debug, Clone)]
+pub enum OpenSource {
+    /// One message per line on stdin, until EOF.
+    Stdin,
+    /// `--mqtt --config FILE`: subscribe until SIGINT/SIGTERM, or until
+    /// `count` messages were handled.
+    Mqtt { config: PathBuf, count: Option<u64> },
+}
+
 /// `sensorgate open`. Each `trust` path is a `.pub` file or a directory of
 /// them; `state` is the file that carries the duplicate/gap state from one
 /// run to the next.
@@ -188,6 +198,8 @@ pub fn open(
     trust: &[PathBuf],
     state: Option<&Path>,
     format: seal::OutputFormat,
+    strict_order: bool,
+    source: &OpenSource,
 ) -> u8 {
     let recipient = match seal::load_recipient_key(recipient_key) {
         Ok(k) => k,
@@ -200,7 +212,7 @@ pub fn open(
             Err(e) => return fail(e.exit_code(), e),
         }
     }
-    let mut opener = seal::Opener::new(trusted, Some(recipient));
+    let mut opener = seal::Opener::new(trusted, Some(recipient)).with_strict_order(strict_order);
     if let Some(path) = state {
         match seal::SequenceTracker::load(path) {
             Ok(tracker) => opener = opener.with_tracker(tracker),
@@ -211,17 +223,65 @@ pub fn open(
         format,
         state: state.map(Path::to_path_buf),
     };
-    let stdin = io::stdin();
-    match seal::open_stream_with(
-        stdin.lock(),
-        io::stdout().lock(),
-        io::stderr(),
-        &mut opener,
-        &options,
-    ) {
+    let result = match source {
+        OpenSource::Stdin => seal::open_stream_with(
+            io::stdin().lock(),
+            io::stdout().lock(),
+            io::stderr(),
+            &mut opener,
+            &options,
+        ),
+        OpenSource::Mqtt { config, count } => {
+            match open_mqtt(config, *count, &mut opener, &options) {
+                Ok(result) => result,
+                Err(code) => return code,
+            }
+        }
+    };
+    match result {
         Ok(summary) if summary.rejected == 0 => EX_OK,
         Ok(_) => EX_DATAERR,
         Err(e) => fail(74, format!("I/O error while opening messages: {e}")),
+    }
+}
+
+/// `open --mqtt`: subscribes as `config` says and opens what arrives; the
+/// summary (and `--state`) is written however the subscription ends.
+fn open_mqtt(
+    config: &Path,
+    count: Option<u64>,
+    opener: &mut seal::Opener,
+    options: &seal::StreamOptions,
+) -> Result<io::Result<seal::OpenSummary>, u8> {
+    let cfg = crate::consumer::load(config).map_err(|e| fail(e.exit_code(), e))?;
+    let tls = if cfg.mqtt.tls {
+        Some(uplink::tls::load_client_config(&cfg.mqtt).map_err(|e| fail(e.exit_code(), e))?)
+    } else {
+        eprintln!(
+            "sensorgate: warning: mqtt.tls = false in {}: plaintext MQTT",
+            config.display()
+        );
+        None
+    };
+    let rt = runtime()?;
+    let mut sink = seal::MessageSink::new(opener, io::stdout().lock(), io::stderr(), options);
+    let ended = rt.block_on(async {
+        let stop = CancellationToken::new();
+        stop_on_signals(stop.clone()).map_err(|e| {
+            fail(
+                i32::from(EX_OSERR),
+                format!("cannot install signal handlers: {e}"),
+            )
+        })?;
+        Ok::<_, u8>(crate::consumer::run(&cfg, tls, &mut sink, count, stop).await)
+    })?;
+    if let Err(e) = &ended {
+        eprintln!("sensorgate: {e}");
+    }
+    let summary = sink.finish();
+    match ended {
+        Err(e) if summary.is_ok() => Err(u8::try_from(e.exit_code()).unwrap_or(EX_SOFTWARE)),
+        _ => Ok(summary),
     }
 }
 

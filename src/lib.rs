@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod batch;
 pub mod cli;
 pub mod config;
+pub mod consumer;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod pipeline;

@@ -66,6 +66,22 @@ enum Command {
         /// before the first record and whenever the columns change.
         #[arg(long, value_enum, default_value_t = Format::Json)]
         format: Format,
+        /// Reject a message whose whole seq range is below the highest seq
+        /// already seen on its stream (a replay), instead of letting it fill
+        /// a hole as a late at-least-once delivery.
+        #[arg(long)]
+        strict_order: bool,
+        /// Subscribe over MQTT (mutual TLS) as --config says, instead of
+        /// reading stdin; runs until SIGINT/SIGTERM.
+        #[arg(long, requires = "config")]
+        mqtt: bool,
+        /// The consumer's configuration (with --mqtt): an [mqtt] table with
+        /// the gateway's keys, and [consumer] topic_filter.
+        #[arg(long, short, requires = "mqtt")]
+        config: Option<PathBuf>,
+        /// With --mqtt: exit after this many sealed messages.
+        #[arg(long, requires = "mqtt")]
+        count: Option<u64>,
     },
     /// Run the whole system here with no hardware and no installed broker.
     Demo {
@@ -99,12 +115,27 @@ fn main() -> ExitCode {
             trust,
             state,
             format,
+            strict_order,
+            mqtt,
+            config,
+            count,
         } => {
             let format = match format {
                 Format::Json => sensorgate::seal::OutputFormat::Json,
                 Format::Csv => sensorgate::seal::OutputFormat::Csv,
             };
-            cli::open(&recipient_key, &trust, state.as_deref(), format)
+            let source = match config {
+                Some(config) if mqtt => cli::OpenSource::Mqtt { config, count },
+                _ => cli::OpenSource::Stdin,
+            };
+            cli::open(
+                &recipient_key,
+                &trust,
+                state.as_deref(),
+                format,
+                strict_order,
+                &source,
+            )
         }
         Command::Demo { count, rate } => cli::demo(count, rate),
     };

@@ -1063,3 +1063,281 @@ fn demo_with_200_records_exits_0_and_prints_the_summary_line() {
         out.shown()
     );
 }
+
+#[test]
+fn open_strict_order_rejects_an_old_range_after_a_newer_one() {
+    let consumer = Consumer::new();
+    let mut sealer = consumer.sealer();
+    let old = seal_batch(&mut sealer, &readings(0..=2));
+    let newer = seal_batch(&mut sealer, &readings(5..=7));
+    let lines = [newer.clone(), old, newer];
+
+    // Without the flag a late message fills the hole (at-least-once).
+    let relaxed = consumer.open(&lines);
+    assert_eq!(relaxed.code, 0, "{}", relaxed.shown());
+    assert_eq!(
+        summary(&relaxed),
+        "opened 3 messages, 6 records, 3 duplicates, 2 gaps, 0 rejected",
+        "{}",
+        relaxed.shown()
+    );
+
+    let args = [
+        "--trust".as_ref(),
+        consumer.gateway_pub.as_os_str(),
+        "--strict-order".as_ref(),
+    ];
+    let strict = consumer.open_with(&args, &lines);
+    assert_eq!(strict.code, 65, "{}", strict.shown());
+    assert_eq!(
+        printed(&strict.stdout)
+            .iter()
+            .map(|p| p.seq)
+            .collect::<Vec<_>>(),
+        [5, 6, 7],
+        "{}",
+        strict.shown()
+    );
+    assert!(
+        strict.stderr.contains(&format!(
+            "rejected message at line 2: replay: seq 0..2 is older than seq 7 already seen on {GATEWAY}/{SENSOR}/{EPOCH}"
+        )),
+        "{}",
+        strict.shown()
+    );
+    // The same newer message again is still an ordinary duplicate.
+    assert_eq!(
+        summary(&strict),
+        "opened 2 messages, 3 records, 3 duplicates, 0 gaps, 1 rejected",
+        "{}",
+        strict.shown()
+    );
+}
+
+/// Sends each line read from `pipe` on the returned receiver.
+fn lines_of(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    use std::io::BufRead as _;
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in std::io::BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Appends what `rx` holds to `text`, waiting at most `wait` for each line,
+/// until `done(line)` is true (returns true) or nothing more comes (false).
+fn collect_until(
+    rx: &mpsc::Receiver<String>,
+    text: &mut String,
+    wait: Duration,
+    mut done: impl FnMut(&str) -> bool,
+) -> bool {
+    while let Ok(line) = rx.recv_timeout(wait) {
+        text.push_str(&line);
+        text.push('\n');
+        if done(&line) {
+            return true;
+        }
+    }
+    false
+}
+
+/// `sensorgate open --mqtt …` started in the background; `publish` runs
+/// once it said it subscribed, with its stdout lines and its pid. Waits
+/// (bounded) for its exit.
+fn open_mqtt(
+    mut cmd: Command,
+    publish: impl FnOnce(&mpsc::Receiver<String>, &mut String, u32),
+    limit: Duration,
+) -> Outcome {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("start the sensorgate binary");
+    let out_lines = lines_of(child.stdout.take().expect("piped stdout"));
+    let err_lines = lines_of(child.stderr.take().expect("piped stderr"));
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    if !collect_until(&err_lines, &mut stderr, QUICK, |l| {
+        l.contains("subscribed to")
+    }) {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("open --mqtt did not subscribe within {QUICK:?}\n{stderr}");
+    }
+    publish(&out_lines, &mut stdout, child.id());
+    let exited = wait_until(limit, Duration::from_millis(20), || {
+        !matches!(child.try_wait(), Ok(None))
+    });
+    if !exited {
+        let _ = child.kill();
+    }
+    let status = child.wait().expect("wait for sensorgate");
+    // The pipes close when the process is gone; bounded all the same.
+    collect_until(&out_lines, &mut stdout, Duration::from_secs(10), |_| false);
+    collect_until(&err_lines, &mut stderr, Duration::from_secs(10), |_| false);
+    assert!(
+        exited,
+        "open --mqtt did not exit within {limit:?}; killed\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
+    );
+    Outcome {
+        code: status.code().expect("exited normally"),
+        stdout,
+        stderr,
+    }
+}
+
+/// A rig, and a consumer.toml for it (the rig's client certificate).
+fn mqtt_consumer() -> (support::Rig, PathBuf, Sealer) {
+    let rig = support::Rig::new();
+    let config = rig.dir.join("consumer.toml");
+    fs::write(
+        &config,
+        format!(
+            "[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nclient_id = \"test-open\"\n\
+             ca_file = {}\ncert_file = {}\nkey_file = {}\nkeepalive = \"5s\"\n\n\
+             [consumer]\ntopic_filter = \"sensorgate/+/+\"\n",
+            rig.broker.port(),
+            toml_path(&rig.tls.ca),
+            toml_path(&rig.tls.client_cert),
+            toml_path(&rig.tls.client_key),
+        ),
+    )
+    .unwrap();
+    let sealer = Sealer::new(
+        GATEWAY,
+        EPOCH,
+        seal::load_signing_key(&rig.gateway_key.key_path).expect("signing key"),
+        seal::load_public_key(&rig.recipient.pub_path).expect("recipient key"),
+        &["heart_rate".to_string(), "note".to_string()],
+    );
+    (rig, config, sealer)
+}
+
+/// `sensorgate open --mqtt --config CONFIG --recipient-key … --trust … ARGS`.
+fn open_mqtt_command(rig: &support::Rig, config: &Path, args: &[&std::ffi::OsStr]) -> Command {
+    let mut cmd = sensorgate([
+        Path::new("open"),
+        "--mqtt".as_ref(),
+        "--config".as_ref(),
+        config,
+        "--recipient-key".as_ref(),
+        &rig.recipient.key_path,
+        "--trust".as_ref(),
+        &rig.gateway_key.pub_path,
+    ]);
+    cmd.args(args).current_dir(rig.dir.path());
+    cmd
+}
+
+/// Publishes `payloads` with QoS 1 to `topic` as client `id` (the consumer's
+/// certificate and CA), waiting for the broker's acknowledgements.
+fn publish_to(rig: &support::Rig, config: &Path, id: &str, topic: &str, payloads: Vec<Vec<u8>>) {
+    let cfg = sensorgate::consumer::load(config).expect("the consumer config loads");
+    let tls = sensorgate::uplink::tls::load_client_config(&cfg.mqtt).expect("TLS config");
+    support::publish_all(
+        support::mqtt_options(id, rig.broker.port(), tls),
+        topic,
+        payloads,
+        QUICK,
+    );
+}
+
+#[test]
+fn open_mqtt_subscribes_over_mutual_tls_prints_the_records_and_skips_the_status_topic() {
+    let (rig, config, mut sealer) = mqtt_consumer();
+    let batches = [readings(0..=2), readings(3..=4), readings(7..=8)];
+    let messages: Vec<Vec<u8>> = batches.iter().map(|b| seal_batch(&mut sealer, b)).collect();
+    let state = rig.dir.join("open.state");
+    let cmd = open_mqtt_command(
+        &rig,
+        &config,
+        &[
+            "--count".as_ref(),
+            "3".as_ref(),
+            "--state".as_ref(),
+            state.as_os_str(),
+        ],
+    );
+    let publisher = |_: &mpsc::Receiver<String>, _: &mut String, _: u32| {
+        // A gateway's status is not a sealed message: skipped, not counted.
+        publish_to(
+            &rig,
+            &config,
+            "test-pub-status",
+            &format!("sensorgate/{GATEWAY}/status"),
+            vec![br#"{"status":"online","gateway":"bike-pi-01"}"#.to_vec()],
+        );
+        publish_to(
+            &rig,
+            &config,
+            "test-pub",
+            &format!("sensorgate/{GATEWAY}/{SENSOR}"),
+            messages.clone(),
+        );
+    };
+    let out = open_mqtt(cmd, publisher, QUICK);
+    assert_eq!(out.code, 0, "{}", out.shown());
+    let got = printed(&out.stdout);
+    let want: Vec<&Record> = batches.iter().flatten().collect();
+    assert_eq!(got.len(), want.len(), "{}", out.shown());
+    for (g, w) in got.iter().zip(&want) {
+        assert_same(g, w);
+    }
+    assert!(!out.stderr.contains("rejected message"), "{}", out.shown());
+    assert!(
+        out.stderr.contains(&format!(
+            "gap: {GATEWAY}/{SENSOR} epoch {EPOCH}: seq 5..6 missing"
+        )),
+        "{}",
+        out.shown()
+    );
+    assert_eq!(
+        summary(&out),
+        "opened 3 messages, 7 records, 0 duplicates, 2 gaps, 0 rejected",
+        "{}",
+        out.shown()
+    );
+    assert!(state.exists(), "--state was not saved\n{}", out.shown());
+}
+
+#[test]
+fn open_mqtt_stops_on_sigterm_with_the_summary_and_the_state_saved() {
+    let (rig, config, mut sealer) = mqtt_consumer();
+    let message = seal_batch(&mut sealer, &readings(0..=1));
+    let state = rig.dir.join("open.state");
+    let cmd = open_mqtt_command(&rig, &config, &["--state".as_ref(), state.as_os_str()]);
+    let publisher = |stdout: &mpsc::Receiver<String>, text: &mut String, pid: u32| {
+        publish_to(
+            &rig,
+            &config,
+            "test-pub",
+            &format!("sensorgate/{GATEWAY}/{SENSOR}"),
+            vec![message.clone()],
+        );
+        let mut lines = 0;
+        assert!(
+            collect_until(stdout, text, QUICK, |_| {
+                lines += 1;
+                lines == 2
+            }),
+            "the records did not arrive within {QUICK:?}: {text}"
+        );
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("send SIGTERM");
+    };
+    let out = open_mqtt(cmd, publisher, QUICK);
+    assert_eq!(out.code, 0, "{}", out.shown());
+    assert_eq!(printed(&out.stdout).len(), 2, "{}", out.shown());
+    assert_eq!(
+        summary(&out),
+        "opened 1 messages, 2 records, 0 duplicates, 0 gaps, 0 rejected",
+        "{}",
+        out.shown()
+    );
+    assert!(state.exists(), "--state was not saved\n{}", out.shown());
+}

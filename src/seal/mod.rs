@@ -27,8 +27,9 @@ pub use keys::{
     load_recipient_key, load_signing_key, load_trusted_keys,
 };
 pub use opener::{
-    MAX_GAP_LINES, MAX_MESSAGE_BYTES, OpenError, OpenSummary, OpenedMessage, OpenedRecord, Opener,
-    OutputFormat, STATE_SAVE_INTERVAL, StreamOptions, open_stream, open_stream_with,
+    MAX_GAP_LINES, MAX_MESSAGE_BYTES, MessageSink, OpenError, OpenSummary, OpenedMessage,
+    OpenedRecord, Opener, OutputFormat, STATE_SAVE_INTERVAL, StreamOptions, open_stream,
+    open_stream_with,
 };
 pub use sealer::{
     FixedRandomness, MAX_MESSAGES_PER_DATA_KEY, SealError, SealedMessage, Sealer, SealerOptions,

@@ -10,7 +10,9 @@
 //! Verdicts per message: *ok* (its new records are printed), *duplicate*
 //! (its range was seen before with the same records: normal under
 //! at-least-once delivery, nothing printed twice), *conflict* (its exact
-//! range was seen before with different records: rejected), *rejected*
+//! range was seen before with different records: rejected), *replay*
+//! (with [`Opener::with_strict_order`]: a range entirely below the highest
+//! seq seen on its stream, not a known duplicate: rejected), *rejected*
 //! (fails a check). *Gaps* are the sequence numbers missing between the
 //! lowest and highest seen per stream, reported at the end.
 
@@ -111,6 +113,17 @@ pub enum OpenError {
         first: u64,
         last: u64,
     },
+    #[error(
+        "replay: seq {first}..{last} is older than seq {highest} already seen on {gateway}/{sensor}/{epoch}"
+    )]
+    Replay {
+        gateway: String,
+        sensor: String,
+        epoch: String,
+        first: u64,
+        last: u64,
+        highest: u64,
+    },
 }
 
 /// A value from the message for an error line: escaped, at most 80 chars.
@@ -181,6 +194,9 @@ pub struct Opener {
     records: u64,
     duplicates: u64,
     rejected: u64,
+    /// `open --strict-order`: a range entirely below the highest seq seen on
+    /// its stream (and not a known duplicate) is a replay.
+    strict_order: bool,
 }
 
 impl fmt::Debug for Opener {
@@ -223,7 +239,17 @@ impl Opener {
             records: 0,
             duplicates: 0,
             rejected: 0,
+            strict_order: false,
         }
+    }
+
+    /// `open --strict-order`: a message whose whole range is below the
+    /// highest seq already seen on its stream, and whose content is not
+    /// known as a duplicate, is rejected as a replay ([`OpenError::Replay`])
+    /// instead of filling a hole.
+    pub fn with_strict_order(mut self, strict: bool) -> Opener {
+        self.strict_order = strict;
+        self
     }
 
     /// Continues from earlier duplicate/gap state (`open --state`).
@@ -252,7 +278,8 @@ impl Opener {
         } = verified;
         let key = (gateway, sensor, epoch);
         let digest = records_digest(&records);
-        if self.tracker.check_range(&key, first_seq, last_seq, &digest) == RangeVerdict::Different {
+        let verdict = self.tracker.check_range(&key, first_seq, last_seq, &digest);
+        if verdict == RangeVerdict::Different {
             self.rejected += 1;
             let (gateway, sensor, epoch) = key;
             return Err(OpenError::Conflict {
@@ -261,6 +288,22 @@ impl Opener {
                 epoch,
                 first: first_seq,
                 last: last_seq,
+            });
+        }
+        if self.strict_order
+            && verdict != RangeVerdict::Same
+            && let Some(highest) = self.tracker.highest(&key)
+            && last_seq < highest
+        {
+            self.rejected += 1;
+            let (gateway, sensor, epoch) = key;
+            return Err(OpenError::Replay {
+                gateway,
+                sensor,
+                epoch,
+                first: first_seq,
+                last: last_seq,
+                highest,
             });
         }
         let stream = self.tracker.stream_mut(&key.0, &key.1, &key.2);
@@ -545,17 +588,14 @@ pub fn open_stream(
 /// summary line on `err`.
 pub fn open_stream_with(
     mut input: impl BufRead,
-    mut out: impl Write,
-    mut err: impl Write,
+    out: impl Write,
+    err: impl Write,
     opener: &mut Opener,
     options: &StreamOptions,
 ) -> io::Result<OpenSummary> {
+    let mut sink = MessageSink::new(opener, out, err, options);
     let mut line = Vec::new();
-    let mut rendered = Vec::new();
-    let mut csv_header: Option<Vec<String>> = None;
     let mut line_no: u64 = 0;
-    let mut last_save = std::time::Instant::now();
-    let mut unsaved = false;
     loop {
         line.clear();
         let read = read_bounded_line(&mut input, &mut line, MAX_MESSAGE_BYTES)?;
@@ -563,12 +603,7 @@ pub fn open_stream_with(
             LineRead::Eof => break,
             LineRead::TooLong(len) => {
                 line_no += 1;
-                opener.count_rejected();
-                let e = OpenError::TooLong {
-                    len,
-                    max: MAX_MESSAGE_BYTES,
-                };
-                writeln!(err, "rejected message at line {line_no}: {e}")?;
+                sink.too_long(len, format_args!("at line {line_no}"))?;
                 continue;
             }
             LineRead::Line => {
@@ -579,46 +614,113 @@ pub fn open_stream_with(
         if message.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        match opener.open(message) {
+        sink.message(message, format_args!("at line {line_no}"))?;
+    }
+    sink.finish()
+}
+
+/// What `open` does with each message, whatever its source (stdin lines,
+/// MQTT payloads): opens it, prints its new records on `out`, reports a
+/// rejection on `err` as `rejected message <where>: <reason>`, and saves
+/// the state every [`STATE_SAVE_INTERVAL`]; [`MessageSink::finish`] saves
+/// it a last time and prints the gaps and the summary.
+pub struct MessageSink<'a, W: Write, E: Write> {
+    opener: &'a mut Opener,
+    out: W,
+    err: E,
+    options: &'a StreamOptions,
+    rendered: Vec<u8>,
+    csv_header: Option<Vec<String>>,
+    last_save: std::time::Instant,
+    unsaved: bool,
+}
+
+impl<'a, W: Write, E: Write> MessageSink<'a, W, E> {
+    pub fn new(
+        opener: &'a mut Opener,
+        out: W,
+        err: E,
+        options: &'a StreamOptions,
+    ) -> MessageSink<'a, W, E> {
+        MessageSink {
+            opener,
+            out,
+            err,
+            options,
+            rendered: Vec::new(),
+            csv_header: None,
+            last_save: std::time::Instant::now(),
+            unsaved: false,
+        }
+    }
+
+    /// Opens one message; `place` says where it came from in a rejection
+    /// line (`at line 3`, `on topic sensorgate/gw/bike`).
+    pub fn message(&mut self, message: &[u8], place: fmt::Arguments<'_>) -> io::Result<()> {
+        match self.opener.open(message) {
             Ok(opened) => {
-                rendered.clear();
+                self.rendered.clear();
                 for record in &opened.records {
-                    match options.format {
+                    match self.options.format {
                         OutputFormat::Json => {
-                            serde_json::to_writer(&mut rendered, record)
+                            serde_json::to_writer(&mut self.rendered, record)
                                 .map_err(io::Error::other)?;
-                            rendered.push(b'\n');
+                            self.rendered.push(b'\n');
                         }
-                        OutputFormat::Csv => write_csv(&mut rendered, &mut csv_header, record),
+                        OutputFormat::Csv => {
+                            write_csv(&mut self.rendered, &mut self.csv_header, record)
+                        }
                     }
                 }
-                out.write_all(&rendered)?;
-                out.flush()?;
-                unsaved = true;
+                self.out.write_all(&self.rendered)?;
+                self.out.flush()?;
+                self.unsaved = true;
             }
             Err(e) => writeln!(
-                err,
-                "rejected message at line {line_no}: {}",
+                self.err,
+                "rejected message {place}: {}",
                 one_line(&e.to_string())
             )?,
         }
-        if let Some(path) = &options.state
-            && unsaved
-            && last_save.elapsed() >= STATE_SAVE_INTERVAL
+        self.save_if_due()
+    }
+
+    /// Counts and reports a message of `len` bytes, over the limit, that
+    /// was skipped without being held.
+    pub fn too_long(&mut self, len: u64, place: fmt::Arguments<'_>) -> io::Result<()> {
+        self.opener.count_rejected();
+        let e = OpenError::TooLong {
+            len,
+            max: MAX_MESSAGE_BYTES,
+        };
+        writeln!(self.err, "rejected message {place}: {e}")?;
+        self.save_if_due()
+    }
+
+    fn save_if_due(&mut self) -> io::Result<()> {
+        if let Some(path) = &self.options.state
+            && self.unsaved
+            && self.last_save.elapsed() >= STATE_SAVE_INTERVAL
         {
-            opener.tracker().save(path).map_err(io::Error::other)?;
-            last_save = std::time::Instant::now();
-            unsaved = false;
+            self.opener.tracker().save(path).map_err(io::Error::other)?;
+            self.last_save = std::time::Instant::now();
+            self.unsaved = false;
         }
+        Ok(())
     }
-    if let Some(path) = &options.state {
-        opener.tracker().save(path).map_err(io::Error::other)?;
+
+    /// Saves the state (`--state`), prints one `gap: …` line per missing
+    /// range and the summary line on `err`, and returns the summary.
+    pub fn finish(mut self) -> io::Result<OpenSummary> {
+        if let Some(path) = &self.options.state {
+            self.opener.tracker().save(path).map_err(io::Error::other)?;
+        }
+        write_gaps(&mut self.err, self.opener.tracker())?;
+        let summary = self.opener.summary();
+        writeln!(self.err, "{summary}")?;
+        self.err.flush()?;
+        Ok(summary)
     }
-    write_gaps(&mut err, opener.tracker())?;
-    let summary = opener.summary();
-    writeln!(err, "{summary}")?;
-    err.flush()?;
-    Ok(summary)
 }
 
 /// One line per missing range, `gap: GATEWAY/SENSOR epoch E: seq A..B

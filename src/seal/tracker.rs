@@ -221,6 +221,11 @@ impl SequenceTracker {
             .get(&(gateway.to_string(), sensor.to_string(), epoch.to_string()))
     }
 
+    /// The highest sequence number seen on a stream.
+    pub fn highest(&self, key: &StreamKey) -> Option<u64> {
+        self.streams.get(key)?.bounds().map(|(_, hi)| hi)
+    }
+
     /// Compares a message's content with what was seen under its exact range.
     pub fn check_range(
         &self,
