@@ -689,6 +689,10 @@ async fn publisher(
         .set_request_channel_capacity(usize::from(inflight) + 8);
     o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
     let (client, mut eventloop) = AsyncClient::new(o, usize::from(inflight) + 8);
+    // The same socket options as the gateway's uplink (src/uplink/conn.rs).
+    let mut net = eventloop.network_options();
+    net.set_tcp_nodelay(true);
+    eventloop.set_network_options(net);
     let sender = tokio::spawn(async move {
         for p in payloads {
             if client
