@@ -10,7 +10,7 @@
 mod support;
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 use sensorgate::demo::pki::{self, Pki};
 use sensorgate::record::{self, Field, Record, Value};
 use sensorgate::seal::{self, FieldMap, Sealer};
-use support::{TempDir, wait_until};
+use support::{Outcome, TempDir, run_bounded as run, wait_until};
 
 /// How long a command that only reads files may take.
 const QUICK: Duration = Duration::from_secs(30);
@@ -32,23 +32,6 @@ const DEMO_LIMIT: Duration = Duration::from_secs(120);
 // ---------------------------------------------------------------------------
 // Running the binary
 // ---------------------------------------------------------------------------
-
-/// What a finished `sensorgate` process left behind.
-struct Outcome {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Outcome {
-    /// Both streams, for assertion messages.
-    fn shown(&self) -> String {
-        format!(
-            "exit {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
 
 /// `sensorgate ARGS`, with no `SENSORGATE__*` variable inherited from the
 /// environment running the tests (they would override the files).
@@ -65,63 +48,6 @@ where
         }
     }
     cmd
-}
-
-/// Reads a pipe to its end on a thread; the text arrives on the receiver.
-fn drain(mut pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = pipe.read_to_end(&mut bytes);
-        let _ = tx.send(String::from_utf8_lossy(&bytes).into_owned());
-    });
-    rx
-}
-
-/// Runs `cmd` with `stdin` as its input and waits at most `limit` for it to
-/// exit. Panics (after killing it) when it does not, or when it dies from a
-/// signal; otherwise returns its exit code and output.
-fn run(mut cmd: Command, stdin: &[u8], limit: Duration) -> Outcome {
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("start the sensorgate binary");
-    let mut input = child.stdin.take().expect("piped stdin");
-    let data = stdin.to_vec();
-    // Written on a thread so that a child that does not read its input (or
-    // fills its output first) cannot block us; EOF when it ends.
-    thread::spawn(move || {
-        let _ = input.write_all(&data);
-    });
-    let stdout = drain(child.stdout.take().expect("piped stdout"));
-    let stderr = drain(child.stderr.take().expect("piped stderr"));
-
-    let exited = wait_until(limit, Duration::from_millis(20), || {
-        !matches!(child.try_wait(), Ok(None))
-    });
-    if !exited {
-        let _ = child.kill();
-    }
-    let status = child.wait().expect("wait for sensorgate");
-    // The pipes close when the process is gone; bounded all the same.
-    let collect = |rx: mpsc::Receiver<String>| {
-        rx.recv_timeout(Duration::from_secs(10))
-            .unwrap_or_else(|_| "<output not closed within 10 s>".into())
-    };
-    let (stdout, stderr) = (collect(stdout), collect(stderr));
-    assert!(
-        exited,
-        "sensorgate {:?} did not exit within {limit:?}; killed\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
-        cmd.get_args().collect::<Vec<_>>()
-    );
-    let code = status
-        .code()
-        .unwrap_or_else(|| panic!("sensorgate died from a signal ({status})\n{stderr}"));
-    Outcome {
-        code,
-        stdout,
-        stderr,
-    }
 }
 
 fn mode(path: &Path) -> u32 {

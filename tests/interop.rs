@@ -12,17 +12,14 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
-use std::sync::mpsc;
-use std::thread;
 use std::time::{Duration, SystemTime};
 
 use sensorgate::record::{self, Field, Record, Value};
 use sensorgate::seal::{self, FieldMap, Sealer};
-use support::{TempDir, wait_until};
+use support::{Outcome, TempDir, run_bounded};
 
 /// How long one run of the script or the binary may take.
 const LIMIT: Duration = Duration::from_secs(60);
@@ -39,76 +36,9 @@ const FIRST_SEQ: u64 = (1 << 53) - 3;
 // Running the script and the binary
 // ---------------------------------------------------------------------------
 
-struct Outcome {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Outcome {
-    fn shown(&self) -> String {
-        format!(
-            "exit {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-fn drain(mut pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = pipe.read_to_end(&mut bytes);
-        let _ = tx.send(String::from_utf8_lossy(&bytes).into_owned());
-    });
-    rx
-}
-
-/// Runs `cmd` with `stdin` as its input, for at most `LIMIT`; panics (after
-/// killing it) when it overstays or dies from a signal.
-fn run(mut cmd: Command, stdin: &[u8]) -> Outcome {
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {:?}: {e}", cmd.get_program()));
-    let mut input = child.stdin.take().expect("piped stdin");
-    let data = stdin.to_vec();
-    thread::spawn(move || {
-        let _ = input.write_all(&data);
-    });
-    let stdout = drain(child.stdout.take().expect("piped stdout"));
-    let stderr = drain(child.stderr.take().expect("piped stderr"));
-    let exited = wait_until(LIMIT, Duration::from_millis(20), || {
-        !matches!(child.try_wait(), Ok(None))
-    });
-    if !exited {
-        let _ = child.kill();
-    }
-    let status = child.wait().expect("wait for the child");
-    let collect = |rx: mpsc::Receiver<String>| {
-        rx.recv_timeout(Duration::from_secs(10))
-            .unwrap_or_else(|_| "<output not closed within 10 s>".into())
-    };
-    let (stdout, stderr) = (collect(stdout), collect(stderr));
-    assert!(
-        exited,
-        "{:?} {:?} did not exit within {LIMIT:?}; killed\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
-        cmd.get_program(),
-        cmd.get_args().collect::<Vec<_>>()
-    );
-    let code = status.code().unwrap_or_else(|| {
-        panic!(
-            "{:?} died from a signal ({status})\n{stderr}",
-            cmd.get_program()
-        )
-    });
-    Outcome {
-        code,
-        stdout,
-        stderr,
-    }
+/// Runs `cmd` with `stdin` as its input, for at most `LIMIT`.
+fn run(cmd: Command, stdin: &[u8]) -> Outcome {
+    run_bounded(cmd, stdin, LIMIT)
 }
 
 /// The venv's Python; fails the test when `scripts/install-test-deps` has

@@ -24,7 +24,10 @@ use std::time::{Duration, Instant};
 use sensorgate::demo::pty::{Pty, SimSensor, sim_columns, sim_line};
 use sensorgate::seal::OpenedRecord;
 use sensorgate::serial::csv::{CsvDecoder, Decoded};
-use support::{GatewayProcess, Opened, Rig, Subscriber, open_all, wait_until};
+use support::{
+    GatewayProcess, Opened, Rig, Subscriber, assert_no_panic, excerpt, join_writer, missing_runs,
+    open_all, wait_for_records, wait_until,
+};
 
 /// Bound for everything to arrive once the broker is back.
 const WAIT: Duration = Duration::from_secs(90);
@@ -104,26 +107,6 @@ fn in_ranges(ranges: &[(u64, u64)], seq: u64) -> bool {
     ranges.iter().any(|(a, b)| (*a..=*b).contains(&seq))
 }
 
-/// What to show of a gateway log in a failure: its warnings and errors,
-/// then its last lines.
-fn excerpt(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    let notable: Vec<&str> = lines
-        .iter()
-        .copied()
-        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.contains("panicked"))
-        .take(60)
-        .collect();
-    let tail = &lines[lines.len().saturating_sub(40)..];
-    format!(
-        "--- warnings and errors ({} shown) ---\n{}\n--- last {} lines ---\n{}",
-        notable.len(),
-        notable.join("\n"),
-        tail.len(),
-        tail.join("\n")
-    )
-}
-
 /// Waits (bounded) until the newest stats line satisfies `done`; returns
 /// it. Panics with the log otherwise.
 fn wait_for_stats(
@@ -143,14 +126,6 @@ fn wait_for_stats(
         excerpt(&gw.log())
     );
     last.expect("checked above")
-}
-
-fn assert_no_panic(log: &str) {
-    assert!(
-        !log.contains("panicked"),
-        "the gateway panicked:\n{}",
-        excerpt(log)
-    );
 }
 
 // ---------------------------------------------------------------------
@@ -196,20 +171,6 @@ fn start_run(config: &Path, k: usize) -> GatewayProcess {
 
 fn run_log(config: &Path, k: usize) -> String {
     fs::read_to_string(config.with_file_name(format!("run-{k:02}.log"))).unwrap_or_default()
-}
-
-/// Waits (bounded) for a writer thread to finish and returns its count.
-fn join_writer(
-    writer: JoinHandle<std::io::Result<u64>>,
-    timeout: Duration,
-    gw: &GatewayProcess,
-) -> u64 {
-    assert!(
-        wait_until(timeout, Duration::from_millis(50), || writer.is_finished()),
-        "the simulated sensor was still blocked after {timeout:?}: the gateway stopped reading\n{}",
-        excerpt(&gw.log())
-    );
-    writer.join().unwrap().unwrap()
 }
 
 /// Writes `count` lines (unpaced) while the broker is down, waits until
@@ -323,42 +284,6 @@ fn settle(sub: &Subscriber, quiet: Duration, timeout: Duration) -> Vec<Vec<u8>> 
     sub.received()
 }
 
-/// Opens one payload into `opened`, as `support::open_all` does.
-fn open_into(opener: &mut sensorgate::seal::Opener, opened: &mut Opened, payload: &[u8]) {
-    match opener.open(payload) {
-        Ok(msg) => {
-            opened.duplicates += msg.duplicates;
-            opened
-                .records
-                .entry(msg.sensor.clone())
-                .or_default()
-                .extend(msg.records);
-        }
-        Err(e) => opened.rejected.push(e.to_string()),
-    }
-}
-
-/// Waits (bounded) until the subscriber holds at least `records` distinct
-/// records and returns what was opened, like `support::wait_for_records`
-/// but opening each payload once: that one reopens every payload on each
-/// arrival, which is quadratic in the thousands of records here.
-fn collect_records(rig: &Rig, sub: &Subscriber, records: usize, timeout: Duration) -> Opened {
-    let mut opener = rig.opener();
-    let mut opened = Opened::default();
-    let mut consumed = 0;
-    sub.wait_for(timeout, |payloads| {
-        for p in &payloads[consumed..] {
-            open_into(&mut opener, &mut opened, p);
-        }
-        consumed = payloads.len();
-        opened.count() >= records
-    });
-    for p in &sub.received()[consumed..] {
-        open_into(&mut opener, &mut opened, p);
-    }
-    opened
-}
-
 // ---------------------------------------------------------------------
 // Which line of the simulated sensor a record is
 // ---------------------------------------------------------------------
@@ -400,18 +325,6 @@ impl LineIndex {
             .join(",");
         self.0.get(&key).copied()
     }
-}
-
-/// Maximal runs `(first, len)` of the numbers in `0..n` missing from `have`.
-fn missing_runs(have: &BTreeSet<u64>, n: u64) -> Vec<(u64, u64)> {
-    let mut runs: Vec<(u64, u64)> = Vec::new();
-    for i in (0..n).filter(|i| !have.contains(i)) {
-        match runs.last_mut() {
-            Some((first, len)) if *first + *len == i => *len += 1,
-            _ => runs.push((i, 1)),
-        }
-    }
-    runs
 }
 
 // ---------------------------------------------------------------------
@@ -619,7 +532,7 @@ fn records_survive_a_broker_outage_longer_than_memory_via_the_disk_spool() {
     // The stream starts with the broker up; the broker goes away once the
     // first records are through and stays away until all are read.
     let writer = SimSensor::spawn(pty.writer().unwrap(), TOTAL, Some(5000.0));
-    collect_records(&rig, &sub, 500, Duration::from_secs(30));
+    wait_for_records(&rig, &sub, 500, Duration::from_secs(30));
     rig.broker.stop();
     join_writer(writer, Duration::from_secs(120), &gw);
     let during = wait_for_stats(&gw, WAIT, "all records sealed", |s| {
@@ -637,7 +550,7 @@ fn records_survive_a_broker_outage_longer_than_memory_via_the_disk_spool() {
     assert!(get(&during, "spool_messages") > 0, "{during:?}");
 
     rig.broker.restart();
-    let opened = collect_records(&rig, &sub, TOTAL as usize, WAIT);
+    let opened = wait_for_records(&rig, &sub, TOTAL as usize, WAIT);
     assert!(
         opened.rejected.is_empty(),
         "rejected: {:?}",
@@ -972,7 +885,7 @@ fn after_a_kill_the_next_start_reports_only_what_had_not_reached_the_spool() {
     let mut gw = start_run(&config, 0);
     let writer = SimSensor::spawn(pty.writer().unwrap(), 150, None);
     join_writer(writer, Duration::from_secs(30), &gw);
-    assert_eq!(collect_records(&rig, &sub, 150, WAIT).count(), 150);
+    assert_eq!(wait_for_records(&rig, &sub, 150, WAIT).count(), 150);
     wait_for_stats(
         &gw,
         Duration::from_secs(20),
@@ -1005,7 +918,7 @@ fn after_a_kill_the_next_start_reports_only_what_had_not_reached_the_spool() {
     // New records are numbered after the reported range.
     let writer = SimSensor::spawn(pty.writer().unwrap(), 50, None);
     join_writer(writer, Duration::from_secs(30), &gw);
-    let opened = collect_records(&rig, &sub, 200, WAIT);
+    let opened = wait_for_records(&rig, &sub, 200, WAIT);
     let after: Vec<u64> = opened
         .seqs(SENSOR)
         .into_iter()
@@ -1076,7 +989,7 @@ fn disk_budget_is_never_exceeded_and_drop_oldest_reports_what_it_dropped() {
     );
 
     rig.broker.restart();
-    let opened = collect_records(&rig, &sub, (total - dropped_records) as usize, WAIT);
+    let opened = wait_for_records(&rig, &sub, (total - dropped_records) as usize, WAIT);
     assert!(
         opened.rejected.is_empty(),
         "rejected: {:?}",
@@ -1166,7 +1079,7 @@ fn block_delivers_everything_after_the_outage_and_makes_the_sensor_wait() {
 
     rig.broker.restart();
     assert_eq!(join_writer(writer, Duration::from_secs(120), &gw), more);
-    let opened = collect_records(&rig, &sub, total as usize, WAIT);
+    let opened = wait_for_records(&rig, &sub, total as usize, WAIT);
     assert!(
         opened.rejected.is_empty(),
         "rejected: {:?}",
@@ -1300,7 +1213,7 @@ fn a_damaged_spool_is_recovered_at_start_and_the_rest_delivered() {
         "{}",
         excerpt(&gw.log())
     );
-    let opened = collect_records(&rig, &sub, kept.len(), WAIT);
+    let opened = wait_for_records(&rig, &sub, kept.len(), WAIT);
     let log = gw.log();
     assert!(
         opened.rejected.is_empty(),
@@ -1386,7 +1299,7 @@ fn a_damaged_spool_is_recovered_at_start_and_the_rest_delivered() {
     // The spool goes on working: new records follow, numbered on.
     let writer = SimSensor::spawn(pty.writer().unwrap(), 200, None);
     join_writer(writer, Duration::from_secs(30), &gw);
-    let opened = collect_records(&rig, &sub, kept.len() + 200, WAIT);
+    let opened = wait_for_records(&rig, &sub, kept.len() + 200, WAIT);
     let after: Vec<u64> = opened
         .seqs(SENSOR)
         .into_iter()
@@ -1481,7 +1394,7 @@ fn full_filesystem_is_survived(min_free: Option<&str>, reason: &str) {
     );
     rig.broker.restart();
     assert_eq!(join_writer(writer, Duration::from_secs(120), &gw), more);
-    let opened = collect_records(&rig, &sub, total as usize, WAIT);
+    let opened = wait_for_records(&rig, &sub, total as usize, WAIT);
     assert!(
         opened.rejected.is_empty(),
         "rejected: {:?}",
@@ -1542,7 +1455,7 @@ fn a_sigterm_during_an_outage_is_a_clean_stop_and_the_backlog_goes_out_at_the_ne
 
     rig.broker.restart();
     let mut gw = start_run(&config, 1);
-    let opened = collect_records(&rig, &sub, TOTAL as usize, WAIT);
+    let opened = wait_for_records(&rig, &sub, TOTAL as usize, WAIT);
     assert_eq!(opened.seqs(SENSOR), (0..TOTAL).collect::<Vec<_>>());
     let second = run_log(&config, 1);
     assert!(second.contains(BACKLOG), "{}", excerpt(&second));

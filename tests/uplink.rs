@@ -27,7 +27,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::Signal;
 use sensorgate::demo::pty::{Pty, SimSensor};
-use support::{GatewayProcess, Mosquitto, Opened, Rig, Subscriber, wait_until};
+use support::{
+    GatewayProcess, Mosquitto, Opened, Rig, Subscriber, assert_no_panic, excerpt, join_writer,
+    missing_runs, wait_for_records, wait_until,
+};
 
 /// Bound for everything to arrive once the link is back.
 const WAIT: Duration = Duration::from_secs(60);
@@ -94,34 +97,6 @@ fn stats(log: &str, name: &str) -> Vec<u64> {
         .collect()
 }
 
-/// What to show of a gateway log in a failure: its warnings and errors,
-/// then its last lines.
-fn excerpt(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    let notable: Vec<&str> = lines
-        .iter()
-        .copied()
-        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.contains("panicked"))
-        .take(60)
-        .collect();
-    let tail = &lines[lines.len().saturating_sub(40)..];
-    format!(
-        "--- warnings and errors ({} shown) ---\n{}\n--- last {} lines ---\n{}",
-        notable.len(),
-        notable.join("\n"),
-        tail.len(),
-        tail.join("\n")
-    )
-}
-
-fn assert_no_panic(log: &str) {
-    assert!(
-        !log.contains("panicked"),
-        "the gateway panicked:\n{}",
-        excerpt(log)
-    );
-}
-
 /// Waits (bounded) until the gateway's log contains `needle`; panics with
 /// the log otherwise.
 fn expect_log(gw: &GatewayProcess, needle: &str, timeout: Duration) {
@@ -149,56 +124,10 @@ fn expect_stat(gw: &GatewayProcess, name: &str, value: u64, timeout: Duration) {
 // Records
 // ---------------------------------------------------------------------
 
-/// Opens one payload into `opened`.
-fn open_into(opener: &mut sensorgate::seal::Opener, opened: &mut Opened, payload: &[u8]) {
-    match opener.open(payload) {
-        Ok(msg) => {
-            opened.duplicates += msg.duplicates;
-            opened
-                .records
-                .entry(msg.sensor.clone())
-                .or_default()
-                .extend(msg.records);
-        }
-        Err(e) => opened.rejected.push(e.to_string()),
-    }
-}
-
-/// Waits (bounded) until the subscriber holds at least `records` distinct
-/// records and returns what was opened, opening each payload once.
-fn collect_records(rig: &Rig, sub: &Subscriber, records: usize, timeout: Duration) -> Opened {
-    let mut opener = rig.opener();
-    let mut opened = Opened::default();
-    let mut consumed = 0;
-    sub.wait_for(timeout, |payloads| {
-        for p in &payloads[consumed..] {
-            open_into(&mut opener, &mut opened, p);
-        }
-        consumed = payloads.len();
-        opened.count() >= records
-    });
-    for p in &sub.received()[consumed..] {
-        open_into(&mut opener, &mut opened, p);
-    }
-    opened
-}
-
-/// Maximal runs `(first, len)` of the numbers in `0..n` missing from `have`.
-fn missing_runs(have: &BTreeSet<u64>, n: u64) -> Vec<(u64, u64)> {
-    let mut runs: Vec<(u64, u64)> = Vec::new();
-    for i in (0..n).filter(|i| !have.contains(i)) {
-        match runs.last_mut() {
-            Some((first, len)) if *first + *len == i => *len += 1,
-            _ => runs.push((i, 1)),
-        }
-    }
-    runs
-}
-
 /// Waits for records `0..total` of the sensor and asserts that every one
 /// arrived, verified (duplicates are allowed: at least once).
 fn expect_all_records(rig: &Rig, sub: &Subscriber, gw: &GatewayProcess, total: u64) -> Opened {
-    let opened = collect_records(rig, sub, total as usize, WAIT);
+    let opened = wait_for_records(rig, sub, total as usize, WAIT);
     assert!(
         opened.rejected.is_empty(),
         "rejected: {:?}",
@@ -214,20 +143,6 @@ fn expect_all_records(rig: &Rig, sub: &Subscriber, gw: &GatewayProcess, total: u
         excerpt(&gw.log())
     );
     opened
-}
-
-/// Waits (bounded) for a writer thread to finish and returns its count.
-fn join_writer(
-    writer: JoinHandle<std::io::Result<u64>>,
-    timeout: Duration,
-    gw: &GatewayProcess,
-) -> u64 {
-    assert!(
-        wait_until(timeout, Duration::from_millis(50), || writer.is_finished()),
-        "the simulated sensor was still blocked after {timeout:?}: the gateway stopped reading\n{}",
-        excerpt(&gw.log())
-    );
-    writer.join().unwrap().unwrap()
 }
 
 // ---------------------------------------------------------------------
@@ -608,7 +523,7 @@ fn a_silently_dead_link_is_detected_within_one_and_a_half_keepalives() {
     );
 
     let writer = SimSensor::spawn(pty.writer().unwrap(), TOTAL, Some(RATE));
-    collect_records(&rig, &sub, 1000, Duration::from_secs(30));
+    wait_for_records(&rig, &sub, 1000, Duration::from_secs(30));
     // rumqttc pings every keepalive from the connection on. Stall 0.3 s
     // after a ping (answered at once on loopback): its own check would
     // fire only at the second unanswered ping, 3.7 s later, so the
@@ -823,7 +738,7 @@ fn sighup_with_a_rotated_certificate_reconnects_with_it_and_loses_nothing() {
         rig.broker.log()
     );
     let writer = SimSensor::spawn(pty.writer().unwrap(), TOTAL, Some(RATE));
-    collect_records(&rig, &sub, 1000, Duration::from_secs(30));
+    wait_for_records(&rig, &sub, 1000, Duration::from_secs(30));
 
     // Same CA, new key, new serial, another CN (which mosquitto logs as the
     // user name).
@@ -839,7 +754,7 @@ fn sighup_with_a_rotated_certificate_reconnects_with_it_and_loses_nothing() {
     eprintln!("half-rotated: {failed}");
     assert!(failed.contains("does not belong"), "{failed}");
     let connected_before = connects(&gw.log());
-    collect_records(&rig, &sub, 2000, Duration::from_secs(30));
+    wait_for_records(&rig, &sub, 2000, Duration::from_secs(30));
     assert_eq!(
         connects(&gw.log()),
         connected_before,

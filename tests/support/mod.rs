@@ -701,40 +701,106 @@ impl Opened {
     }
 }
 
+/// Opens one payload into `opened`, counting duplicates and rejections.
+fn open_into(opener: &mut sensorgate::seal::Opener, opened: &mut Opened, payload: &[u8]) {
+    match opener.open(payload) {
+        Ok(msg) => {
+            opened.duplicates += msg.duplicates;
+            opened
+                .records
+                .entry(msg.sensor.clone())
+                .or_default()
+                .extend(msg.records);
+        }
+        Err(e) => opened.rejected.push(e.to_string()),
+    }
+}
+
 /// Opens every payload with a fresh opener, counting duplicates and
 /// rejections.
 pub fn open_all(rig: &Rig, payloads: &[Vec<u8>]) -> Opened {
     let mut opener = rig.opener();
     let mut out = Opened::default();
     for p in payloads {
-        match opener.open(p) {
-            Ok(msg) => {
-                out.duplicates += msg.duplicates;
-                out.records
-                    .entry(msg.sensor.clone())
-                    .or_default()
-                    .extend(msg.records);
-            }
-            Err(e) => out.rejected.push(e.to_string()),
-        }
+        open_into(&mut opener, &mut out, p);
     }
     out
 }
 
 /// Waits until the subscriber holds at least `records` distinct records
-/// (bounded by `timeout`), and returns what was opened.
+/// (bounded by `timeout`), and returns what was opened. Each payload is
+/// opened once, as it arrives: thousands of records stay cheap.
 pub fn wait_for_records(rig: &Rig, sub: &Subscriber, records: usize, timeout: Duration) -> Opened {
-    let mut last = 0;
+    let mut opener = rig.opener();
     let mut opened = Opened::default();
+    let mut consumed = 0;
     sub.wait_for(timeout, |payloads| {
-        if payloads.len() == last {
-            return false;
+        for p in &payloads[consumed..] {
+            open_into(&mut opener, &mut opened, p);
         }
-        last = payloads.len();
-        opened = open_all(rig, payloads);
+        consumed = payloads.len();
         opened.count() >= records
     });
-    open_all(rig, &sub.received())
+    for p in &sub.received()[consumed..] {
+        open_into(&mut opener, &mut opened, p);
+    }
+    opened
+}
+
+/// Maximal runs `(first, len)` of the numbers in `0..n` missing from `have`.
+pub fn missing_runs(have: &std::collections::BTreeSet<u64>, n: u64) -> Vec<(u64, u64)> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for i in (0..n).filter(|i| !have.contains(i)) {
+        match runs.last_mut() {
+            Some((first, len)) if *first + *len == i => *len += 1,
+            _ => runs.push((i, 1)),
+        }
+    }
+    runs
+}
+
+/// What to show of a gateway log in a failure: its warnings and errors,
+/// then its last lines.
+pub fn excerpt(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    let notable: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.contains("panicked"))
+        .take(60)
+        .collect();
+    let tail = &lines[lines.len().saturating_sub(40)..];
+    format!(
+        "--- warnings and errors ({} shown) ---\n{}\n--- last {} lines ---\n{}",
+        notable.len(),
+        notable.join("\n"),
+        tail.len(),
+        tail.join("\n")
+    )
+}
+
+pub fn assert_no_panic(log: &str) {
+    assert!(
+        !log.contains("panicked"),
+        "the gateway panicked:\n{}",
+        excerpt(log)
+    );
+}
+
+/// Waits (bounded) for a simulated sensor's writer thread to finish and
+/// returns its count; a writer still blocked means the gateway stopped
+/// reading.
+pub fn join_writer(
+    writer: JoinHandle<std::io::Result<u64>>,
+    timeout: Duration,
+    gw: &GatewayProcess,
+) -> u64 {
+    assert!(
+        wait_until(timeout, Duration::from_millis(50), || writer.is_finished()),
+        "the simulated sensor was still blocked after {timeout:?}: the gateway stopped reading\n{}",
+        excerpt(&gw.log())
+    );
+    writer.join().unwrap().unwrap()
 }
 
 /// The `sensorgate run` process, its stderr in a log file. Killed on drop.
@@ -861,5 +927,85 @@ impl GatewayProcess {
             }
         });
         code
+    }
+}
+
+/// What a finished child process left behind.
+pub struct Outcome {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Outcome {
+    /// Both streams, for assertion messages.
+    pub fn shown(&self) -> String {
+        format!(
+            "exit {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Reads a pipe to its end on a thread; the text arrives on the receiver.
+fn drain_pipe(mut pipe: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        let _ = tx.send(String::from_utf8_lossy(&bytes).into_owned());
+    });
+    rx
+}
+
+/// Runs `cmd` with `stdin` as its input and waits at most `limit` for it
+/// to exit. Panics (after killing it) when it does not, or when it dies
+/// from a signal; otherwise returns its exit code and output.
+pub fn run_bounded(mut cmd: Command, stdin: &[u8], limit: Duration) -> Outcome {
+    use std::io::Write;
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {:?}: {e}", cmd.get_program()));
+    let mut input = child.stdin.take().expect("piped stdin");
+    let data = stdin.to_vec();
+    // Written on a thread so that a child that does not read its input (or
+    // fills its output first) cannot block us; EOF when it ends.
+    thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let stdout = drain_pipe(child.stdout.take().expect("piped stdout"));
+    let stderr = drain_pipe(child.stderr.take().expect("piped stderr"));
+    let exited = wait_until(limit, Duration::from_millis(20), || {
+        !matches!(child.try_wait(), Ok(None))
+    });
+    if !exited {
+        let _ = child.kill();
+    }
+    let status = child.wait().expect("wait for the child");
+    // The pipes close when the process is gone; bounded all the same.
+    let collect = |rx: std::sync::mpsc::Receiver<String>| {
+        rx.recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| "<output not closed within 10 s>".into())
+    };
+    let (stdout, stderr) = (collect(stdout), collect(stderr));
+    assert!(
+        exited,
+        "{:?} {:?} did not exit within {limit:?}; killed\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
+        cmd.get_program(),
+        cmd.get_args().collect::<Vec<_>>()
+    );
+    let code = status.code().unwrap_or_else(|| {
+        panic!(
+            "{:?} died from a signal ({status})\n{stderr}",
+            cmd.get_program()
+        )
+    });
+    Outcome {
+        code,
+        stdout,
+        stderr,
     }
 }
