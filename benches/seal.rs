@@ -39,10 +39,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use sensorgate::config;
-use sensorgate::demo::pty::{sim_columns, sim_line};
+use sensorgate::demo::pty::{sim_decoder, sim_line};
 use sensorgate::record::{Record, format_ts};
 use sensorgate::seal::{self, SealedMessage, Sealer, SealerOptions};
-use sensorgate::serial::csv::{CsvDecoder, Decoded};
+use sensorgate::serial::format::Decoded;
+use sensorgate::serial::format::csv::CsvDecoder;
 use sensorgate::uplink;
 use serde_json::json;
 
@@ -257,7 +258,7 @@ struct RecordSource {
 impl RecordSource {
     fn new() -> RecordSource {
         RecordSource {
-            decoder: CsvDecoder::new(&sim_columns(), ','),
+            decoder: sim_decoder(),
             sensor: Arc::from(SENSOR),
             seq: 0,
         }

@@ -14,7 +14,7 @@ use crate::config;
 use crate::config::Config;
 use crate::record::Record;
 use crate::seal::{self, KeyError, SealedMessage, Sealer};
-use crate::serial::SensorSource;
+use crate::serial::{OpenError, SensorSource};
 use crate::spool::disk::DiskError;
 use crate::spool::sequences::{StateDir, StateError};
 use crate::spool::{Fsync, Spool, SpoolSettings};
@@ -50,6 +50,8 @@ pub enum StartError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Spool(#[from] DiskError),
+    #[error(transparent)]
+    Device(#[from] OpenError),
 }
 
 impl StartError {
@@ -57,6 +59,7 @@ impl StartError {
     pub fn exit_code(&self) -> i32 {
         match self {
             StartError::State(_) | StartError::Spool(_) => 73,
+            StartError::Device(e) => e.exit_code(),
             StartError::Key(e) => e.exit_code(),
             StartError::Tls(e) => e.exit_code(),
         }
@@ -112,10 +115,14 @@ pub async fn run(
     let abort = CancellationToken::new();
     let (batch_tx, batch_rx) = mpsc::channel::<Vec<Record>>(BATCH_CHANNEL);
 
+    let sensors: Vec<SensorSource> = cfg.sensor.iter().map(SensorSource::new).collect();
+    for source in &sensors {
+        source.check_required()?;
+    }
+    let counters: Vec<_> = sensors.iter().map(|s| s.counters().clone()).collect();
     let mut sources = JoinSet::new();
     let mut batchers = JoinSet::new();
-    for sensor in &cfg.sensor {
-        let source = SensorSource::new(sensor);
+    for (source, sensor) in sensors.into_iter().zip(&cfg.sensor) {
         let (rec_tx, rec_rx) = mpsc::channel(RECORD_CHANNEL);
         sources.spawn(source.run(
             state.allocator(&sensor.name),
@@ -158,6 +165,7 @@ pub async fn run(
     ));
     let stats_task = tokio::spawn(telemetry::stats_loop(
         stats.clone(),
+        counters.clone(),
         cfg.log.stats_interval,
         abort.clone(),
         {
@@ -230,6 +238,9 @@ pub async fn run(
     spool.refresh_age();
     let last = stats.snapshot();
     telemetry::log_stats(&last);
+    for sensor in &counters {
+        telemetry::log_sensor(sensor);
+    }
     info!("stopped");
     Ok(last)
 }

@@ -66,9 +66,10 @@ pub struct Record {
     pub sensor: Arc<str>,
     /// Per-sensor sequence number; never reused for the same epoch.
     pub seq: u64,
-    /// When the gateway received the frame (UTC).
+    /// When the gateway received the frame (UTC), or the device's own time
+    /// from the sensor's `time_field`.
     pub ts: SystemTime,
-    /// The values in column order.
+    /// The values in the order the frame carried them.
     pub fields: Vec<Field>,
 }
 

@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::config::{Log, LogFormat};
+use crate::serial::counters::SensorCounters;
 
 /// Sets up `tracing` for the process: text on a terminal, JSON on request.
 /// `RUST_LOG` overrides `[log] level` for debugging. Under systemd, stderr
@@ -51,7 +52,8 @@ macro_rules! counters {
 counters! {
     /// Records decoded from frames.
     records_read,
-    /// Frames that did not decode (wrong column count, not text).
+    /// Frames that did not decode (any reason but too long and partial;
+    /// per sensor and reason in [`SensorCounters`]).
     frames_malformed,
     /// Frames longer than `max_frame`, skipped.
     frames_too_long,
@@ -103,6 +105,7 @@ impl Stats {
 /// updates gauges that are computed rather than counted, just before.
 pub async fn stats_loop(
     stats: std::sync::Arc<Stats>,
+    sensors: Vec<std::sync::Arc<SensorCounters>>,
     interval: Duration,
     stop: tokio_util::sync::CancellationToken,
     refresh: impl Fn(),
@@ -114,6 +117,9 @@ pub async fn stats_loop(
             _ = tick.tick() => {
                 refresh();
                 log_stats(&stats.snapshot());
+                for sensor in &sensors {
+                    log_sensor(sensor);
+                }
             }
         }
     }
@@ -135,6 +141,21 @@ pub fn log_stats(s: &Snapshot) {
         sensors_open = s.sensors_open,
         connects = s.connects,
         "stats"
+    );
+}
+
+/// One sensor's line: whether its device is open, what it delivered and
+/// why frames were rejected (`checksum=3 too_long=1`).
+pub fn log_sensor(c: &SensorCounters) {
+    tracing::info!(
+        sensor = %c.name,
+        open = c.open.load(Ordering::Relaxed),
+        records = c.records.load(Ordering::Relaxed),
+        skipped = c.skipped.load(Ordering::Relaxed),
+        rejected = ?c.rejections_text(),
+        opens = c.opens.load(Ordering::Relaxed),
+        lost = c.lost.load(Ordering::Relaxed),
+        "sensor stats"
     );
 }
 

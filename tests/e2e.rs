@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sensorgate::demo::pki::{self, Pki};
 use sensorgate::demo::pty::{Pty, SimSensor, sim_line};
-use sensorgate::serial::csv::{CsvDecoder, Decoded};
+use sensorgate::serial::format::Decoded;
 use support::{ENCRYPTED, GatewayProcess, Rig, wait_for_records};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -22,7 +22,7 @@ fn write_lines(pty: &Pty, count: u64) {
 
 /// The fields the simulated sensor wrote in line `i`, as JSON.
 fn written(i: u64) -> Vec<(String, serde_json::Value)> {
-    let decoder = CsvDecoder::new(&sensorgate::demo::pty::sim_columns(), ',');
+    let decoder = sensorgate::demo::pty::sim_decoder();
     let Ok(Decoded::Fields(f)) = decoder.decode(sim_line(i).as_bytes()) else {
         panic!("sim line {i} does not decode")
     };

@@ -21,9 +21,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use sensorgate::demo::pty::{Pty, SimSensor, sim_columns, sim_line};
+use sensorgate::demo::pty::{Pty, SimSensor, sim_decoder, sim_line};
 use sensorgate::seal::OpenedRecord;
-use sensorgate::serial::csv::{CsvDecoder, Decoded};
+use sensorgate::serial::format::Decoded;
 use support::{
     GatewayProcess, Opened, Rig, Subscriber, assert_no_panic, excerpt, join_writer, missing_runs,
     open_all, wait_for_records, wait_until,
@@ -296,7 +296,7 @@ struct LineIndex(HashMap<String, u64>);
 
 impl LineIndex {
     fn new(n: u64) -> LineIndex {
-        let decoder = CsvDecoder::new(&sim_columns(), ',');
+        let decoder = sim_decoder();
         let mut map = HashMap::with_capacity(n as usize);
         for i in 0..n {
             let Ok(Decoded::Fields(fields)) = decoder.decode(sim_line(i).as_bytes()) else {

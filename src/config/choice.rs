@@ -1,6 +1,6 @@
 //! Options that take one of a fixed set of words (`framing`, `format`,
-//! `buffer.when_full`, `log.format`), with messages that list the accepted
-//! words and say so when a word names something a later version will accept.
+//! `parity`, `buffer.when_full`, `log.format`, ...), with messages that list
+//! the accepted words.
 
 use std::fmt;
 use std::str::FromStr;
@@ -9,15 +9,13 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer};
 
 /// Defines a configuration enum read from a fixed set of lowercase strings,
-/// with messages that list the accepted values, and a separate message for
-/// values that a later version will accept.
+/// with messages that list the accepted values.
 macro_rules! choice_enum {
     (
         $(#[$meta:meta])*
         pub enum $name:ident ($what:literal) {
             $( $(#[$vmeta:meta])* $variant:ident = $text:literal, )+
         }
-        not_yet = [$($later:literal),*];
     ) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -28,8 +26,6 @@ macro_rules! choice_enum {
         impl $name {
             /// Every accepted spelling, in documentation order.
             pub const CHOICES: &'static [&'static str] = &[$($text),+];
-            /// Spellings that a later version will accept.
-            const NOT_YET: &'static [&'static str] = &[$($later),*];
 
             /// The spelling used in the configuration file.
             pub fn as_str(self) -> &'static str {
@@ -44,7 +40,7 @@ macro_rules! choice_enum {
             fn from_str(s: &str) -> Result<Self, String> {
                 match s {
                     $( $text => Ok($name::$variant), )+
-                    _ => Err(choice_error($what, s, Self::CHOICES, Self::NOT_YET)),
+                    _ => Err(choice_error($what, s, Self::CHOICES)),
                 }
             }
         }
@@ -64,17 +60,13 @@ macro_rules! choice_enum {
     };
 }
 
-fn choice_error(what: &str, got: &str, choices: &[&str], not_yet: &[&str]) -> String {
+fn choice_error(what: &str, got: &str, choices: &[&str]) -> String {
     let list = choices
         .iter()
         .map(|c| format!("\"{c}\""))
         .collect::<Vec<_>>()
         .join(", ");
-    if not_yet.contains(&got) {
-        format!("{what} \"{got}\" is not supported yet in this version; supported: {list}")
-    } else {
-        format!("unknown {what} \"{got}\"; expected one of {list}")
-    }
+    format!("unknown {what} \"{got}\"; expected one of {list}")
 }
 
 choice_enum! {
@@ -83,8 +75,12 @@ choice_enum! {
         /// One frame per line, ending in `\n` (a preceding `\r` is dropped).
         #[default]
         Lines = "lines",
+        /// NMEA 0183 sentences, `$...*hh` and CRLF; the checksum is verified.
+        Nmea = "nmea",
+        /// COBS-encoded binary frames ending in a 0x00 byte, with an
+        /// optional CRC trailer (`crc`).
+        Cobs = "cobs",
     }
-    not_yet = ["nmea", "cobs"];
 }
 
 choice_enum! {
@@ -93,8 +89,115 @@ choice_enum! {
         /// Values separated by the sensor's delimiter, named by its columns.
         #[default]
         Csv = "csv",
+        /// One JSON object per frame; nested objects flattened (`nested`).
+        Json = "json",
+        /// `key=value` pairs separated by spaces or the delimiter.
+        Kv = "kv",
+        /// NMEA 0183 GGA, RMC and VTG sentences into named, typed fields.
+        Nmea = "nmea",
+        /// Fixed binary fields described by `layout` (with `framing = "cobs"`).
+        Binary = "binary",
     }
-    not_yet = ["json", "kv"];
+}
+
+choice_enum! {
+    /// Serial parity.
+    pub enum Parity ("parity") {
+        #[default]
+        None = "none",
+        Odd = "odd",
+        Even = "even",
+    }
+}
+
+choice_enum! {
+    /// Serial flow control.
+    pub enum FlowControl ("flow_control") {
+        #[default]
+        None = "none",
+        /// XON/XOFF.
+        Software = "software",
+        /// RTS/CTS.
+        Hardware = "hardware",
+    }
+}
+
+choice_enum! {
+    /// The integrity trailer of a COBS frame.
+    pub enum Crc ("crc") {
+        #[default]
+        None = "none",
+        /// CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF; also called
+        /// CRC-16/IBM-3740), two bytes.
+        Crc16 = "crc16",
+        /// CRC-32 (ISO-HDLC, as zlib and Ethernet), four bytes.
+        Crc32 = "crc32",
+    }
+}
+
+choice_enum! {
+    /// Byte order of binary fields and of the CRC trailer.
+    pub enum Endian ("endian") {
+        #[default]
+        Little = "little",
+        Big = "big",
+    }
+}
+
+choice_enum! {
+    /// What the json format does with a nested object or array.
+    pub enum Nested ("nested") {
+        /// `{"a":{"b":1},"c":[2,3]}` becomes `a.b=1, c.0=2, c.1=3`.
+        #[default]
+        Flatten = "flatten",
+        /// A frame with nesting is rejected (counted as `json`).
+        Reject = "reject",
+    }
+}
+
+choice_enum! {
+    /// How the configured `time_field` is written by the device.
+    pub enum TimeFormat ("time_format") {
+        /// `2026-11-25T12:00:00.5Z` (UTC, or with an offset).
+        #[default]
+        Rfc3339 = "rfc3339",
+        /// Seconds since 1970-01-01 UTC, integer or decimal.
+        UnixS = "unix_s",
+        UnixMs = "unix_ms",
+        UnixUs = "unix_us",
+        UnixNs = "unix_ns",
+    }
+}
+
+choice_enum! {
+    /// The declared type of a column; `auto` types each value from its text.
+    pub enum ColumnType ("column type") {
+        #[default]
+        Auto = "auto",
+        I64 = "i64",
+        F64 = "f64",
+        Bool = "bool",
+        String = "string",
+    }
+}
+
+choice_enum! {
+    /// The type of one field of a binary layout.
+    pub enum LayoutType ("layout type") {
+        #[default]
+        U8 = "u8",
+        I8 = "i8",
+        U16 = "u16",
+        I16 = "i16",
+        U32 = "u32",
+        I32 = "i32",
+        U64 = "u64",
+        I64 = "i64",
+        F32 = "f32",
+        F64 = "f64",
+        /// One byte, zero is false.
+        Bool = "bool",
+    }
 }
 
 choice_enum! {
@@ -106,7 +209,6 @@ choice_enum! {
         /// Stop reading the serial ports until the broker catches up.
         Block = "block",
     }
-    not_yet = [];
 }
 
 choice_enum! {
@@ -120,7 +222,6 @@ choice_enum! {
         /// Left to the kernel's writeback (about 30 s on Linux).
         Never = "never",
     }
-    not_yet = [];
 }
 
 choice_enum! {
@@ -133,7 +234,6 @@ choice_enum! {
         Text = "text",
         Json = "json",
     }
-    not_yet = [];
 }
 
 #[cfg(test)]
@@ -141,23 +241,32 @@ mod tests {
     use super::super::test_support::{Dir, MINIMAL, only_problem};
 
     #[test]
-    fn planned_framings_and_formats_say_not_yet() {
-        let d = Dir::new(&MINIMAL.replace("columns =", "framing = \"nmea\"\ncolumns ="));
+    fn an_unknown_word_lists_the_accepted_ones() {
+        let d = Dir::new(&MINIMAL.replace("columns =", "format = \"xml\"\ncolumns ="));
         let p = only_problem(d.load().unwrap_err());
-        assert_eq!(p.key, "sensor[0].framing");
+        assert_eq!(p.key, "sensor[0].format");
         assert!(
-            p.message.contains("not supported yet in this version"),
+            p.message
+                .contains("unknown format \"xml\"; expected one of \"csv\", \"json\""),
             "{}",
             p.message
         );
-        let d = Dir::new(&MINIMAL.replace("columns =", "format = \"json\"\ncolumns ="));
+        let d = Dir::new(&MINIMAL.replace("columns =", "parity = \"mark\"\ncolumns ="));
         let p = only_problem(d.load().unwrap_err());
-        assert_eq!(p.key, "sensor[0].format");
-        assert!(p.message.contains("not supported yet in this version"));
-        let d = Dir::new(&MINIMAL.replace("columns =", "format = \"xml\"\ncolumns ="));
-        let p = only_problem(d.load().unwrap_err());
+        assert_eq!(p.key, "sensor[0].parity");
         assert!(
-            p.message.contains("unknown format \"xml\""),
+            p.message.contains("\"none\", \"odd\", \"even\""),
+            "{}",
+            p.message
+        );
+        let d = Dir::new(&MINIMAL.replace(
+            "columns = [\"a\", \"b\"]",
+            "columns = [\"a\", { name = \"b\", type = \"float\" }]",
+        ));
+        let p = only_problem(d.load().unwrap_err());
+        assert!(p.key.starts_with("sensor[0].columns"), "{p}");
+        assert!(
+            p.message.contains("unknown column type \"float\""),
             "{}",
             p.message
         );

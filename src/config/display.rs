@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use toml_writer::{TomlString, TomlStringBuilder, TomlWrite as _, WriteTomlValue};
 
-use super::Config;
 use super::units::format_size;
+use super::{Column, ColumnType, Config, LayoutField};
 
 impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -28,11 +28,22 @@ impl fmt::Display for Config {
             w.string("name", &s.name)?;
             w.string("device", &path(&s.device))?;
             w.value("baud", s.baud)?;
+            w.value("data_bits", s.data_bits)?;
+            w.string("parity", s.parity.as_str())?;
+            w.value("stop_bits", s.stop_bits)?;
+            w.string("flow_control", s.flow_control.as_str())?;
+            w.value("required", s.required)?;
             w.string("framing", s.framing.as_str())?;
             w.string("format", s.format.as_str())?;
-            w.strings("columns", &s.columns)?;
+            w.columns(&s.columns)?;
             w.string("delimiter", &s.delimiter.to_string())?;
             w.string("max_frame", &format_size(s.max_frame as u64))?;
+            w.string("nested", s.nested.as_str())?;
+            w.string("crc", s.crc.as_str())?;
+            w.string("endian", s.endian.as_str())?;
+            w.layout(&s.layout)?;
+            w.optional("time_field", s.time_field.as_deref())?;
+            w.string("time_format", s.time_format.as_str())?;
         }
         let m = &self.mqtt;
         w.table("[mqtt]")?;
@@ -118,6 +129,46 @@ impl Writer<'_, '_> {
         self.value(key, items)
     }
 
+    /// Plain names when no column declares a type, else one inline table
+    /// per column.
+    fn columns(&mut self, columns: &[Column]) -> fmt::Result {
+        if columns.iter().all(|c| c.ty == ColumnType::Auto) {
+            let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
+            return self.strings("columns", &names);
+        }
+        write!(self.out, "columns = [")?;
+        for (i, c) in columns.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(self.out, "{sep}{{ name = ")?;
+            self.out.value(quoted(&c.name))?;
+            write!(self.out, ", type = ")?;
+            self.out.value(quoted(c.ty.as_str()))?;
+            write!(self.out, " }}")?;
+        }
+        writeln!(self.out, "]")
+    }
+
+    fn layout(&mut self, layout: &[LayoutField]) -> fmt::Result {
+        write!(self.out, "layout = [")?;
+        for (i, f) in layout.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(self.out, "{sep}{{ name = ")?;
+            self.out.value(quoted(&f.name))?;
+            write!(self.out, ", type = ")?;
+            self.out.value(quoted(f.ty.as_str()))?;
+            if let Some(scale) = f.scale {
+                write!(self.out, ", scale = ")?;
+                self.out.value(scale)?;
+            }
+            if let Some(offset) = f.offset {
+                write!(self.out, ", offset = ")?;
+                self.out.value(offset)?;
+            }
+            write!(self.out, " }}")?;
+        }
+        writeln!(self.out, "]")
+    }
+
     fn optional(&mut self, key: &str, value: Option<&str>) -> fmt::Result {
         match value {
             Some(v) => self.string(key, v),
@@ -154,7 +205,10 @@ mod tests {
     use toml_writer::ToTomlValue as _;
 
     use super::super::test_support::{Dir, MINIMAL, example};
-    use super::super::{Secret, load_with_env};
+    use super::super::{
+        ColumnType, Crc, Endian, FlowControl, Format, Framing, LayoutField, LayoutType, Parity,
+        Secret, TimeFormat, load_with_env,
+    };
 
     #[test]
     fn the_effective_configuration_reads_back_the_same() {
@@ -173,6 +227,37 @@ mod tests {
         let mut odd = min.clone();
         odd.gateway.id = "gw-\"quoted\"\\é".to_string();
         odd.sensor[0].delimiter = '\t';
+        odd.sensor[0].columns[1].ty = ColumnType::F64;
+        odd.sensor[0].time_field = Some("a".to_string());
+        odd.sensor[0].time_format = TimeFormat::UnixMs;
+        let mut bin = odd.sensor[0].clone();
+        bin.name = "bin".to_string();
+        bin.device = "/dev/ttyACM0".into();
+        bin.columns.clear();
+        (bin.framing, bin.format, bin.crc, bin.endian) =
+            (Framing::Cobs, Format::Binary, Crc::Crc32, Endian::Big);
+        bin.layout = vec![
+            LayoutField {
+                name: "a".into(),
+                ty: LayoutType::I16,
+                scale: Some(0.01),
+                offset: None,
+            },
+            LayoutField {
+                name: "b".into(),
+                ty: LayoutType::U8,
+                scale: None,
+                offset: Some(-40.5),
+            },
+        ];
+        (
+            bin.parity,
+            bin.data_bits,
+            bin.stop_bits,
+            bin.flow_control,
+            bin.required,
+        ) = (Parity::Even, 7, 2, FlowControl::Software, true);
+        odd.sensor.push(bin);
         odd.mqtt.clean_session = false;
         odd.mqtt.username = Some("user?api-version=2021-06-30".to_string());
         odd.mqtt.alpn = vec!["x-amzn-mqtt-ca".to_string(), "mqtt".to_string()];

@@ -39,11 +39,41 @@ mod validate;
 #[cfg(test)]
 mod test_support;
 
-pub use choice::{Format, Framing, Fsync, LogFormat, WhenFull};
+pub use choice::{
+    ColumnType, Crc, Endian, FlowControl, Format, Framing, Fsync, LayoutType, LogFormat, Nested,
+    Parity, TimeFormat, WhenFull,
+};
 pub use error::{ConfigError, Problem};
-pub use schema::{Batch, Buffer, Config, Gateway, Log, Mqtt, Seal, Sensor};
+pub use schema::{
+    Batch, Buffer, Column, ColumnTable, Config, Gateway, LayoutField, Log, Mqtt, Seal, Sensor,
+};
 pub use secret::Secret;
 pub use units::{Percent, format_size, parse_percent, parse_size};
+
+/// The field names `format = "nmea"` gives records (GGA, RMC and VTG
+/// sentences), so that `seal.encrypt` can be checked against them.
+pub const NMEA_FIELDS: &[&str] = &[
+    "sentence",
+    "talker",
+    "time",
+    "lat",
+    "lon",
+    "fix_quality",
+    "satellites",
+    "hdop",
+    "altitude_m",
+    "geoid_separation_m",
+    "valid",
+    "speed_knots",
+    "course_deg",
+    "date",
+    "utc",
+    "magnetic_variation_deg",
+    "mode",
+    "course_true_deg",
+    "course_magnetic_deg",
+    "speed_kmh",
+];
 
 /// Environment variables that configure sensorgate start with this.
 pub const ENV_PREFIX: &str = "SENSORGATE__";
@@ -108,8 +138,33 @@ mod tests {
     fn the_example_configuration_loads() {
         let cfg = load_with_env(&example(), &[]).unwrap();
         assert_eq!(cfg.gateway.id, "bike-pi-01");
-        assert_eq!(cfg.sensor.len(), 2);
+        assert_eq!(cfg.sensor.len(), 4);
         assert_eq!(cfg.sensor[0].columns.len(), 6);
+        assert_eq!(
+            cfg.sensor[1].columns[1],
+            Column {
+                name: "humidity".into(),
+                ty: ColumnType::F64
+            }
+        );
+        assert_eq!(
+            (cfg.sensor[2].framing, cfg.sensor[2].format),
+            (Framing::Nmea, Format::Nmea)
+        );
+        let soil = &cfg.sensor[3];
+        assert_eq!(
+            (soil.framing, soil.format, soil.crc),
+            (Framing::Cobs, Format::Binary, Crc::Crc16)
+        );
+        assert_eq!(
+            soil.layout[1],
+            LayoutField {
+                name: "temp".into(),
+                ty: LayoutType::I16,
+                scale: Some(0.01),
+                offset: None
+            }
+        );
         assert_eq!(cfg.sensor[0].max_frame, 1024);
         assert_eq!(cfg.sensor[1].max_frame, 256);
         assert_eq!(cfg.sensor[1].delimiter, ';');

@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::choice::{Format, Framing, Fsync, LogFormat, WhenFull};
+use super::choice::{
+    ColumnType, Crc, Endian, FlowControl, Format, Framing, Fsync, LayoutType, LogFormat, Nested,
+    Parity, TimeFormat, WhenFull,
+};
 use super::secret::Secret;
 use super::units::{KIB, MIB, Percent, de_duration, de_percent, de_size_u64, de_size_usize};
 
@@ -47,20 +50,130 @@ pub struct Gateway {
 #[serde(deny_unknown_fields)]
 pub struct Sensor {
     pub name: String,
+    /// Opened anew at every (re)open, so a `/dev/serial/by-id/...` symlink
+    /// finds an adapter that came back as another `ttyUSBn`.
     pub device: PathBuf,
     #[serde(default = "default_baud")]
     pub baud: u32,
+    /// 5, 6, 7 or 8.
+    #[serde(default = "default_data_bits")]
+    pub data_bits: u8,
+    #[serde(default)]
+    pub parity: Parity,
+    /// 1 or 2.
+    #[serde(default = "default_stop_bits")]
+    pub stop_bits: u8,
+    #[serde(default)]
+    pub flow_control: FlowControl,
+    /// When true, a device that cannot be opened at start stops the gateway
+    /// (exit 66 when missing, 77 when not permitted) instead of being
+    /// retried in the background.
+    #[serde(default)]
+    pub required: bool,
     #[serde(default)]
     pub framing: Framing,
     #[serde(default)]
     pub format: Format,
-    pub columns: Vec<String>,
+    /// Names (and optionally types) of the values: required for `csv`; for
+    /// `json` and `kv` the declared columns must be present and have their
+    /// type (other keys are kept, typed from their value); not used by
+    /// `nmea` and `binary`.
+    #[serde(default)]
+    pub columns: Vec<Column>,
+    /// Separates CSV values and kv pairs.
     #[serde(default = "default_delimiter")]
     pub delimiter: char,
     /// Bytes. A longer frame is rejected, never buffered (bounded memory).
     #[serde(default = "default_max_frame", deserialize_with = "de_size_usize")]
     pub max_frame: usize,
+    /// json: what to do with nested objects and arrays.
+    #[serde(default)]
+    pub nested: Nested,
+    /// cobs: the integrity trailer after each frame's payload.
+    #[serde(default)]
+    pub crc: Crc,
+    /// binary and the CRC trailer: byte order.
+    #[serde(default)]
+    pub endian: Endian,
+    /// binary: the fields of a frame, in order.
+    #[serde(default)]
+    pub layout: Vec<LayoutField>,
+    /// A field of the frame that holds the reading's time; without it the
+    /// record is stamped with the gateway's receive time.
+    #[serde(default)]
+    pub time_field: Option<String>,
+    #[serde(default)]
+    pub time_format: TimeFormat,
 }
+
+/// One named value of a text format, with its declared type. Written as a
+/// plain name (`"speed"`, typed from its text) or as a table
+/// (`{ name = "speed", type = "f64" }`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    pub ty: ColumnType,
+}
+
+impl Column {
+    pub fn auto(name: &str) -> Column {
+        Column {
+            name: name.to_string(),
+            ty: ColumnType::Auto,
+        }
+    }
+}
+
+/// The table form of a [`Column`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnTable {
+    pub name: String,
+    #[serde(rename = "type", default)]
+    pub ty: ColumnType,
+}
+
+impl<'de> Deserialize<'de> for Column {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Column;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a column name, or a table like { name = \"speed\", type = \"f64\" }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Column, E> {
+                Ok(Column::auto(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Column, A::Error> {
+                let t =
+                    ColumnTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(Column {
+                    name: t.name,
+                    ty: t.ty,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One field of a binary frame. Integers stay integers unless `scale` or
+/// `offset` is set; then the value is `raw * scale + offset`, a float.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayoutField {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: LayoutType,
+    #[serde(default)]
+    pub scale: Option<f64>,
+    #[serde(default)]
+    pub offset: Option<f64>,
+}
+
+// Configuration values are compared in tests and on reload; a NaN scale is
+// refused by validation, so equality by value is total here.
+impl Eq for LayoutField {}
 
 /// The uplink: where and how sealed messages are published.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -227,6 +340,12 @@ fn default_state_dir() -> PathBuf {
 fn default_baud() -> u32 {
     9600
 }
+fn default_data_bits() -> u8 {
+    8
+}
+fn default_stop_bits() -> u8 {
+    1
+}
 fn default_delimiter() -> char {
     ','
 }
@@ -338,7 +457,10 @@ mod tests {
     use std::path::Path;
 
     use super::super::test_support::{Dir, MINIMAL, example, problem_at};
-    use super::super::{Format, Framing, LogFormat, WhenFull, load_with_env};
+    use super::super::{
+        Crc, Endian, FlowControl, Format, Framing, LogFormat, Nested, Parity, TimeFormat, WhenFull,
+        load_with_env,
+    };
     use super::*;
 
     #[test]
@@ -355,6 +477,11 @@ mod tests {
         assert_eq!(min.sensor[0].format, ex.sensor[0].format);
         assert_eq!(min.sensor[0].delimiter, ex.sensor[0].delimiter);
         assert_eq!(min.sensor[0].max_frame, ex.sensor[0].max_frame);
+        let (mut a, b) = (min.sensor[0].clone(), &ex.sensor[0]);
+        a.name = b.name.clone();
+        a.device = b.device.clone();
+        a.columns = b.columns.clone();
+        assert_eq!(&a, b);
         let (mut a, b) = (min.mqtt.clone(), &ex.mqtt);
         a.host = b.host.clone();
         a.tls = b.tls;
@@ -377,6 +504,21 @@ mod tests {
             (s.baud, s.framing, s.format, s.delimiter, s.max_frame),
             (9600, Framing::Lines, Format::Csv, ',', 1024)
         );
+        assert_eq!(
+            (
+                s.data_bits,
+                s.parity,
+                s.stop_bits,
+                s.flow_control,
+                s.required
+            ),
+            (8, Parity::None, 1, FlowControl::None, false)
+        );
+        assert_eq!(
+            (s.nested, s.crc, s.endian, s.layout.len()),
+            (Nested::Flatten, Crc::None, Endian::Little, 0)
+        );
+        assert_eq!((&s.time_field, s.time_format), (&None, TimeFormat::Rfc3339));
         let m = &cfg.mqtt;
         assert_eq!(m.port, 8883);
         assert_eq!(m.client_id.as_deref(), Some("gw1"));

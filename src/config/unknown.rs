@@ -12,7 +12,7 @@ use serde::de::{self, Deserializer, Visitor};
 
 use super::error::Problem;
 use super::origin::Context;
-use super::{Batch, Buffer, Config, Gateway, Log, Mqtt, Seal, Sensor};
+use super::{Batch, Buffer, ColumnTable, Config, Gateway, LayoutField, Log, Mqtt, Seal, Sensor};
 
 impl Context<'_> {
     /// Every key the schema does not know, in every table, sorted.
@@ -61,6 +61,26 @@ impl Context<'_> {
                     if let ValueKind::Table(t) = &s.kind {
                         let prefix = format!("sensor[{i}].");
                         self.unknown_in(t, &prefix, "[[sensor]]", fields_of::<Sensor>(), &mut out);
+                        let nested: [(&str, &[&str]); 2] = [
+                            ("columns", fields_of::<ColumnTable>()),
+                            ("layout", fields_of::<LayoutField>()),
+                        ];
+                        for (key, fields) in nested {
+                            let Some(Value {
+                                kind: ValueKind::Array(items),
+                                ..
+                            }) = t.get(key)
+                            else {
+                                continue;
+                            };
+                            for (j, item) in items.iter().enumerate() {
+                                if let ValueKind::Table(t) = &item.kind {
+                                    let prefix = format!("sensor[{i}].{key}[{j}].");
+                                    let what = format!("an entry of {key}");
+                                    self.unknown_in(t, &prefix, &what, fields, &mut out);
+                                }
+                            }
+                        }
                     }
                 }
             }

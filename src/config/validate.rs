@@ -11,7 +11,9 @@ use super::error::Problem;
 use super::origin::Context;
 use super::units::{KIB, MIB, format_size};
 use super::unknown::closest;
-use super::{Config, STANDARD_BAUD_RATES};
+use super::{
+    Config, Crc, Format, Framing, LayoutType, NMEA_FIELDS, Nested, STANDARD_BAUD_RATES, Sensor,
+};
 
 impl Context<'_> {
     /// The semantic checks; every problem found, in a stable order.
@@ -96,26 +98,16 @@ impl Found<'_> {
                     ),
                 );
             }
-            if s.columns.is_empty() {
+            if !(5..=8).contains(&s.data_bits) {
                 self.fail(
-                    k("columns"),
-                    "must name at least one column, in the order the device sends them",
+                    k("data_bits"),
+                    format!("{} is not 5, 6, 7 or 8", s.data_bits),
                 );
             }
-            let mut seen = HashSet::new();
-            for (c, col) in s.columns.iter().enumerate() {
-                let key = format!("sensor[{i}].columns[{c}]");
-                if col.trim().is_empty() {
-                    self.fail(key, "a column name must not be empty");
-                } else if col.chars().any(char::is_control) {
-                    self.fail(key, "a column name must not contain control characters");
-                } else if !seen.insert(col.as_str()) {
-                    self.fail(
-                        key,
-                        format!("column \"{col}\" appears twice; column names must be unique"),
-                    );
-                }
+            if !(1..=2).contains(&s.stop_bits) {
+                self.fail(k("stop_bits"), format!("{} is not 1 or 2", s.stop_bits));
             }
+            self.sensor_format(i, s);
             if s.delimiter == '\n' || s.delimiter == '\r' {
                 self.fail(
                     k("delimiter"),
@@ -382,14 +374,174 @@ impl Found<'_> {
         }
     }
 
+    /// The keys that depend on `framing` and `format`: which are required,
+    /// which make no sense together.
+    fn sensor_format(&mut self, i: usize, s: &Sensor) {
+        let k = |f: &str| format!("sensor[{i}].{f}");
+        let format = s.format;
+        match format {
+            Format::Csv if s.columns.is_empty() => self.fail(
+                k("columns"),
+                "must name at least one column, in the order the device sends them",
+            ),
+            Format::Nmea | Format::Binary if !s.columns.is_empty() => self.fail(
+                k("columns"),
+                format!(
+                    "is not used with format = \"{format}\" ({}); remove it",
+                    if format == Format::Nmea {
+                        "NMEA sentences have fixed field names"
+                    } else {
+                        "the fields are named by layout"
+                    }
+                ),
+            ),
+            _ => {}
+        }
+        let mut seen = HashSet::new();
+        for (c, col) in s.columns.iter().enumerate() {
+            let key = format!("sensor[{i}].columns[{c}]");
+            let col = &col.name;
+            if col.trim().is_empty() {
+                self.fail(key, "a column name must not be empty");
+            } else if col.chars().any(char::is_control) {
+                self.fail(key, "a column name must not contain control characters");
+            } else if !seen.insert(col.as_str()) {
+                self.fail(
+                    key,
+                    format!("column \"{col}\" appears twice; column names must be unique"),
+                );
+            }
+        }
+        match (format, s.layout.is_empty()) {
+            (Format::Binary, true) => self.fail(
+                k("layout"),
+                "must list the fields of a frame in order, e.g. [{ name = \"temp\", type = \"i16\", scale = 0.01 }]",
+            ),
+            (Format::Binary, false) => {}
+            (_, false) => self.fail(
+                k("layout"),
+                format!("is only used with format = \"binary\", not \"{format}\"; remove it"),
+            ),
+            (_, true) => {}
+        }
+        let mut seen = HashSet::new();
+        for (f, field) in s.layout.iter().enumerate() {
+            let key = |x: &str| format!("sensor[{i}].layout[{f}].{x}");
+            if field.name.trim().is_empty() || field.name.chars().any(char::is_control) {
+                self.fail(
+                    key("name"),
+                    "must be a non-empty name without control characters",
+                );
+            } else if !seen.insert(field.name.as_str()) {
+                self.fail(
+                    key("name"),
+                    format!(
+                        "\"{}\" appears twice; field names must be unique",
+                        field.name
+                    ),
+                );
+            }
+            if let Some(scale) = field.scale {
+                if !scale.is_finite() || scale == 0.0 {
+                    self.fail(
+                        key("scale"),
+                        format!("{scale} must be a finite, non-zero number"),
+                    );
+                }
+            }
+            if let Some(offset) = field.offset {
+                if !offset.is_finite() {
+                    self.fail(key("offset"), format!("{offset} must be a finite number"));
+                }
+            }
+            if field.ty == LayoutType::Bool && (field.scale.is_some() || field.offset.is_some()) {
+                self.fail(key("type"), "a bool field takes no scale or offset");
+            }
+        }
+        let framing = s.framing;
+        match (framing, format) {
+            (Framing::Nmea, Format::Nmea) | (Framing::Cobs, Format::Binary) => {}
+            (Framing::Nmea, _) => self.fail(
+                k("format"),
+                format!(
+                    "\"{format}\" cannot read framing = \"nmea\", which carries NMEA sentences; use format = \"nmea\""
+                ),
+            ),
+            (_, Format::Binary) => self.fail(
+                k("framing"),
+                format!(
+                    "\"{framing}\" cannot carry format = \"binary\" (a 0x0A byte in a value would cut the frame); use framing = \"cobs\""
+                ),
+            ),
+            _ => {}
+        }
+        if s.crc != Crc::None && framing != Framing::Cobs {
+            self.fail(
+                k("crc"),
+                format!("is only used with framing = \"cobs\", not \"{framing}\"; remove it"),
+            );
+        }
+        if s.nested != Nested::Flatten && format != Format::Json {
+            self.fail(
+                k("nested"),
+                format!("is only used with format = \"json\", not \"{format}\"; remove it"),
+            );
+        }
+        let bad_delimiter = match format {
+            Format::Csv => s.delimiter == '"',
+            Format::Kv => s.delimiter == '=' || s.delimiter == '"',
+            _ => false,
+        };
+        if bad_delimiter {
+            self.fail(
+                k("delimiter"),
+                format!("'{}' cannot separate {format} values", s.delimiter),
+            );
+        }
+        if let Some(field) = &s.time_field {
+            let known: Vec<&str> = match format {
+                Format::Csv => s.columns.iter().map(|c| c.name.as_str()).collect(),
+                Format::Binary => s.layout.iter().map(|f| f.name.as_str()).collect(),
+                _ => Vec::new(),
+            };
+            if format == Format::Nmea {
+                self.fail(
+                    k("time_field"),
+                    "is not used with format = \"nmea\": only RMC sentences carry a date; their `utc` field keeps the device's time, the record gets the receive time",
+                );
+            } else if !known.is_empty() && !known.contains(&field.as_str()) {
+                self.fail(
+                    k("time_field"),
+                    format!("\"{field}\" is not one of the fields: {}", known.join(", ")),
+                );
+            } else if field.trim().is_empty() {
+                self.fail(k("time_field"), "must not be empty");
+            }
+        }
+    }
+
     fn seal(&mut self, cfg: &Config) {
         let all_columns: HashSet<&str> = cfg
             .sensor
             .iter()
-            .flat_map(|s| s.columns.iter().map(String::as_str))
+            .flat_map(|s| {
+                let columns = s.columns.iter().map(|c| c.name.as_str());
+                let nmea = match s.format {
+                    Format::Nmea => NMEA_FIELDS,
+                    _ => &[],
+                };
+                let layout = s.layout.iter().map(|f| f.name.as_str());
+                columns.chain(layout).chain(nmea.iter().copied())
+            })
             .collect();
+        // json and kv records also carry keys the configuration does not
+        // list, so there a name may be right without appearing here.
+        let open_schema = cfg
+            .sensor
+            .iter()
+            .any(|s| matches!(s.format, Format::Json | Format::Kv));
         for (i, name) in cfg.seal.encrypt.iter().enumerate() {
-            if !all_columns.contains(name.as_str()) {
+            if !open_schema && !all_columns.contains(name.as_str()) {
                 let mut known: Vec<&str> = all_columns.iter().copied().collect();
                 known.sort();
                 let hint = closest(name, &known)
@@ -752,6 +904,118 @@ stats_interval = "0s"
         .unwrap();
         assert_eq!(cfg.seal.rotate_after_messages, 1 << 32);
         assert_eq!(cfg.seal.rotate_after, Duration::from_secs(30 * 86_400));
+    }
+
+    #[test]
+    fn framing_format_and_their_keys_must_fit_together() {
+        let sensor =
+            |body: &str| MINIMAL.replace("columns = [\"a\", \"b\"]\n", &format!("{body}\n"));
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "format = \"binary\"\nframing = \"cobs\"",
+                "sensor[0].layout",
+                "must list the fields",
+            ),
+            (
+                "format = \"binary\"\nlayout = [{ name = \"t\", type = \"i16\" }]",
+                "sensor[0].framing",
+                "use framing = \"cobs\"",
+            ),
+            (
+                "framing = \"nmea\"\nformat = \"csv\"\ncolumns = [\"a\"]",
+                "sensor[0].format",
+                "use format = \"nmea\"",
+            ),
+            (
+                "format = \"nmea\"\ncolumns = [\"a\"]",
+                "sensor[0].columns",
+                "fixed field names",
+            ),
+            (
+                "format = \"csv\"",
+                "sensor[0].columns",
+                "at least one column",
+            ),
+            (
+                "columns = [\"a\"]\ncrc = \"crc16\"",
+                "sensor[0].crc",
+                "framing = \"cobs\"",
+            ),
+            (
+                "columns = [\"a\"]\nnested = \"reject\"",
+                "sensor[0].nested",
+                "format = \"json\"",
+            ),
+            (
+                "columns = [\"a\"]\nlayout = [{ name = \"t\", type = \"u8\" }]",
+                "sensor[0].layout",
+                "only used with format = \"binary\"",
+            ),
+            (
+                "format = \"kv\"\ndelimiter = \"=\"",
+                "sensor[0].delimiter",
+                "cannot separate kv",
+            ),
+            (
+                "columns = [\"a\"]\ntime_field = \"ts\"",
+                "sensor[0].time_field",
+                "\"ts\" is not one of the fields: a",
+            ),
+            (
+                "format = \"nmea\"\ntime_field = \"utc\"",
+                "sensor[0].time_field",
+                "only RMC",
+            ),
+            (
+                "columns = [\"a\"]\ndata_bits = 9",
+                "sensor[0].data_bits",
+                "5, 6, 7 or 8",
+            ),
+            (
+                "columns = [\"a\"]\nstop_bits = 3",
+                "sensor[0].stop_bits",
+                "1 or 2",
+            ),
+            (
+                "framing = \"cobs\"\nformat = \"binary\"\nlayout = [{ name = \"t\", type = \"i16\", scale = 0.0 }]",
+                "sensor[0].layout[0].scale",
+                "non-zero",
+            ),
+            (
+                "framing = \"cobs\"\nformat = \"binary\"\nlayout = [{ name = \"t\", type = \"u8\" }, { name = \"t\", type = \"bool\", offset = 1.0 }]",
+                "sensor[0].layout[1].name",
+                "appears twice",
+            ),
+            (
+                "framing = \"cobs\"\nformat = \"binary\"\nlayout = [{ name = \"t\", type = \"u8\", scael = 2.0 }]",
+                "sensor[0].layout[0].scael",
+                "did you mean `scale`",
+            ),
+            (
+                "columns = [{ name = \"a\", typ = \"f64\" }]",
+                "sensor[0].columns[0].typ",
+                "did you mean `type`",
+            ),
+        ];
+        for (body, key, message) in cases {
+            let d = Dir::new(&sensor(body));
+            let e = d.load().unwrap_err();
+            let p = problem_at(&e, key);
+            assert!(p.message.contains(message), "{body}: {p}");
+        }
+        for good in [
+            "format = \"json\"",
+            "format = \"kv\"\ncolumns = [{ name = \"t\", type = \"f64\" }]\ntime_field = \"ts\"\ntime_format = \"unix_ms\"",
+            "framing = \"nmea\"\nformat = \"nmea\"",
+            "format = \"nmea\"",
+            "framing = \"cobs\"\nformat = \"binary\"\ncrc = \"crc32\"\nendian = \"big\"\nlayout = [{ name = \"t\", type = \"i16\", scale = 0.01 }]\ntime_field = \"t\"",
+            "framing = \"cobs\"\ncolumns = [\"a\", \"b\"]\nparity = \"even\"\ndata_bits = 7\nstop_bits = 2\nflow_control = \"hardware\"\nrequired = true",
+        ] {
+            let d = Dir::new(&sensor(good));
+            if let Err(e) = d.load() {
+                panic!("{good}: {e}");
+            }
+        }
     }
 
     #[test]

@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Log, LogFormat};
 use crate::seal::{self, Opener};
-use crate::serial::csv::{CsvDecoder, Decoded};
+use crate::serial::format::Decoded;
+use crate::serial::format::csv::CsvDecoder;
 use crate::telemetry::{self, Stats};
 
 const GATEWAY: &str = "demo-pi";
@@ -239,7 +240,7 @@ async fn start_consumer(
     .await
     .map_err(|_| anyhow::anyhow!("demo consumer: no SUBACK within 10 s"))??;
 
-    let decoder = CsvDecoder::new(&pty::sim_columns(), ',');
+    let decoder = pty::sim_decoder();
     Ok(tokio::spawn(async move {
         let _client = client;
         loop {

@@ -98,6 +98,16 @@ impl Pty {
     }
 }
 
+/// Decodes [`sim_line`] output the way the gateway does, to compare what a
+/// consumer received with what was written.
+pub fn sim_decoder() -> crate::serial::format::csv::CsvDecoder {
+    let columns: Vec<crate::config::Column> = sim_columns()
+        .iter()
+        .map(|c| crate::config::Column::auto(c))
+        .collect();
+    crate::serial::format::csv::CsvDecoder::new(&columns, ',')
+}
+
 /// The column names of the simulated sensor's CSV lines, in order: a smart
 /// exercise bike, like the seed project's.
 pub fn sim_columns() -> Vec<String> {

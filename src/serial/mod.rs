@@ -1,11 +1,14 @@
 //! The serial stage: open a device, frame its bytes, decode frames into
 //! records, and keep doing it across unplug and replug.
 
-pub mod csv;
-pub mod lines;
+pub mod counters;
+pub mod format;
+pub mod framing;
+pub mod reject;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
@@ -20,22 +23,52 @@ use crate::config;
 use crate::record::Record;
 use crate::spool::sequences::SeqAllocator;
 use crate::telemetry::{RateLimit, Stats};
-use csv::{CsvDecoder, Decoded};
-use lines::{LineFrame, LinesDecoder};
+use counters::{SensorCounters, escape_sample};
+use format::time::TimeField;
+use format::{Decoded, FormatDecoder};
+use framing::{Frame, Framer};
+use reject::Reject;
 
 const REOPEN_MIN: Duration = Duration::from_millis(500);
 const REOPEN_MAX: Duration = Duration::from_secs(30);
 /// Bytes read from a device at a time (and so at most held undecoded).
 pub const READ_BUFFER: usize = 8 * 1024;
+/// Bytes of a rejected frame shown in its log line.
+const LOG_SAMPLE: usize = 48;
+/// At most one "frame rejected" line per sensor per this period; the
+/// next one says how many were held back (all are counted).
+const REJECT_LOG_PERIOD: Duration = Duration::from_secs(20);
 
 /// One configured sensor, ready to run.
 #[derive(Debug, Clone)]
 pub struct SensorSource {
     name: Arc<str>,
-    device: PathBuf,
-    baud: u32,
-    max_frame: usize,
-    decoder: CsvDecoder,
+    sensor: config::Sensor,
+    format: FormatDecoder,
+    time: Option<TimeField>,
+    counters: Arc<SensorCounters>,
+}
+
+/// Why a required device could not be opened at start.
+#[derive(Debug, thiserror::Error)]
+#[error("sensor \"{sensor}\": cannot open {} ({error}); it is `required = true`, so the gateway does not start without it", device.display())]
+pub struct OpenError {
+    pub sensor: String,
+    pub device: PathBuf,
+    pub error: tokio_serial::Error,
+}
+
+impl OpenError {
+    /// sysexits: 66 when the device does not exist, 77 when it may not be
+    /// opened (the service user is not in `dialout`), 69 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        use tokio_serial::ErrorKind;
+        match self.error.kind() {
+            ErrorKind::NoDevice | ErrorKind::Io(std::io::ErrorKind::NotFound) => 66,
+            ErrorKind::Io(std::io::ErrorKind::PermissionDenied) => 77,
+            _ => 69,
+        }
+    }
 }
 
 /// Why reading from an open device ended.
@@ -46,17 +79,67 @@ enum ReadEnd {
 
 impl SensorSource {
     pub fn new(sensor: &config::Sensor) -> Self {
+        let name: Arc<str> = Arc::from(sensor.name.as_str());
         SensorSource {
-            name: Arc::from(sensor.name.as_str()),
-            device: sensor.device.clone(),
-            baud: sensor.baud,
-            max_frame: sensor.max_frame,
-            decoder: CsvDecoder::new(&sensor.columns, sensor.delimiter),
+            counters: Arc::new(SensorCounters::new(name.clone())),
+            name,
+            format: FormatDecoder::new(sensor),
+            time: sensor
+                .time_field
+                .as_deref()
+                .map(|f| TimeField::new(f, sensor.time_format)),
+            sensor: sensor.clone(),
         }
     }
 
     pub fn name(&self) -> &Arc<str> {
         &self.name
+    }
+
+    pub fn counters(&self) -> &Arc<SensorCounters> {
+        &self.counters
+    }
+
+    /// For a `required` sensor: opens the device once, so that a missing
+    /// one stops the start instead of being retried in the background.
+    pub fn check_required(&self) -> Result<(), OpenError> {
+        if !self.sensor.required {
+            return Ok(());
+        }
+        self.open().map(drop).map_err(|error| OpenError {
+            sensor: self.sensor.name.clone(),
+            device: self.sensor.device.clone(),
+            error,
+        })
+    }
+
+    /// Opens the configured path anew, with every port setting. The path is
+    /// resolved by the kernel at each open, so a `/dev/serial/by-id/` link
+    /// follows an adapter that came back under another `ttyUSBn`.
+    fn open(&self) -> Result<tokio_serial::SerialStream, tokio_serial::Error> {
+        let s = &self.sensor;
+        tokio_serial::new(s.device.to_string_lossy(), s.baud)
+            .data_bits(match s.data_bits {
+                5 => tokio_serial::DataBits::Five,
+                6 => tokio_serial::DataBits::Six,
+                7 => tokio_serial::DataBits::Seven,
+                _ => tokio_serial::DataBits::Eight,
+            })
+            .parity(match s.parity {
+                config::Parity::None => tokio_serial::Parity::None,
+                config::Parity::Odd => tokio_serial::Parity::Odd,
+                config::Parity::Even => tokio_serial::Parity::Even,
+            })
+            .stop_bits(match s.stop_bits {
+                2 => tokio_serial::StopBits::Two,
+                _ => tokio_serial::StopBits::One,
+            })
+            .flow_control(match s.flow_control {
+                config::FlowControl::None => tokio_serial::FlowControl::None,
+                config::FlowControl::Software => tokio_serial::FlowControl::Software,
+                config::FlowControl::Hardware => tokio_serial::FlowControl::Hardware,
+            })
+            .open_native_async()
     }
 
     /// Reads records into `tx` until `stop` is cancelled or `tx` closes.
@@ -73,30 +156,35 @@ impl SensorSource {
         let mut backoff = Backoff::new(REOPEN_MIN, REOPEN_MAX);
         let mut reported_absent = false;
         let mut lost_at: Option<Instant> = None;
+        let device = self.sensor.device.display();
         loop {
             if stop.is_cancelled() {
                 break;
             }
-            match tokio_serial::new(self.device.to_string_lossy(), self.baud).open_native_async() {
+            match self.open() {
                 Ok(port) => {
+                    let resolved = resolved(&self.sensor.device);
                     match lost_at.take() {
-                        Some(t) => info!(sensor = %self.name, device = %self.device.display(),
+                        Some(t) => info!(sensor = %self.name, %device, %resolved,
                             after_s = t.elapsed().as_secs_f64(), "serial device back"),
-                        None => info!(sensor = %self.name, device = %self.device.display(),
-                            baud = self.baud, "serial device opened"),
+                        None => info!(sensor = %self.name, %device, %resolved,
+                            baud = self.sensor.baud, framing = %self.sensor.framing,
+                            format = %self.sensor.format, "serial device opened"),
                     }
                     backoff.reset();
                     Stats::add(&stats.sensors_open, 1);
+                    self.counters.opens.fetch_add(1, Ordering::Relaxed);
+                    self.counters.open.store(true, Ordering::Relaxed);
                     let end = self.read(port, &mut seq, &tx, &stats, &stop).await;
-                    stats
-                        .sensors_open
-                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    self.counters.open.store(false, Ordering::Relaxed);
+                    stats.sensors_open.fetch_sub(1, Ordering::Relaxed);
                     match end {
                         ReadEnd::Stopped => break,
                         ReadEnd::Lost(error) => {
                             Stats::add(&stats.serial_lost, 1);
-                            warn!(sensor = %self.name, device = %self.device.display(), %error,
-                                "serial device lost; retrying");
+                            self.counters.lost.fetch_add(1, Ordering::Relaxed);
+                            warn!(sensor = %self.name, %device, %error,
+                                "serial device lost; retrying with backoff (0.5 s up to 30 s)");
                             lost_at = Some(Instant::now());
                             reported_absent = true;
                         }
@@ -106,8 +194,8 @@ impl SensorSource {
                     if reported_absent {
                         debug!(sensor = %self.name, error = %e, "serial device still unavailable");
                     } else {
-                        warn!(sensor = %self.name, device = %self.device.display(), error = %e,
-                            "cannot open serial device; retrying");
+                        warn!(sensor = %self.name, %device, error = %e,
+                            "cannot open serial device; retrying with backoff (0.5 s up to 30 s)");
                         reported_absent = true;
                         lost_at.get_or_insert_with(Instant::now);
                     }
@@ -129,20 +217,19 @@ impl SensorSource {
         stats: &Stats,
         stop: &CancellationToken,
     ) -> ReadEnd {
-        let mut framed =
-            FramedRead::with_capacity(port, LinesDecoder::new(self.max_frame), READ_BUFFER);
+        let mut framed = FramedRead::with_capacity(port, Framer::new(&self.sensor), READ_BUFFER);
         let mut frames = FrameHandler {
             source: self,
             seq,
             tx,
             stats,
-            bad_frames: RateLimit::new(Duration::from_secs(10)),
+            bad_frames: RateLimit::new(REJECT_LOG_PERIOD),
             state_errors: RateLimit::new(Duration::from_secs(60)),
         };
         loop {
             let frame = tokio::select! {
                 _ = stop.cancelled() => {
-                    // Lines already read from the device are records:
+                    // Frames already read from the device are records:
                     // decode them before stopping.
                     frames.finish(&mut framed).await;
                     return ReadEnd::Stopped;
@@ -168,6 +255,15 @@ impl SensorSource {
     }
 }
 
+/// Where a device path leads now (the `ttyUSBn` behind a by-id link), for
+/// the log; the path itself when it cannot be resolved.
+fn resolved(device: &Path) -> String {
+    std::fs::canonicalize(device)
+        .unwrap_or_else(|_| device.to_path_buf())
+        .display()
+        .to_string()
+}
+
 /// Turns one device's frames into records.
 struct FrameHandler<'a> {
     source: &'a SensorSource,
@@ -181,64 +277,94 @@ struct FrameHandler<'a> {
 impl FrameHandler<'_> {
     /// Decodes one frame and sends the record on. False when the next
     /// stage is gone.
-    async fn handle(&mut self, frame: LineFrame) -> bool {
-        let name = &self.source.name;
+    async fn handle(&mut self, frame: Frame) -> bool {
         let frame = match frame {
-            LineFrame::Line(bytes) => bytes,
-            LineFrame::TooLong { len } => {
-                Stats::add(&self.stats.frames_too_long, 1);
-                if let Some(suppressed) = self.bad_frames.check(Instant::now()) {
-                    warn!(sensor = %name, len, max_frame = self.source.max_frame, suppressed,
-                        "frame longer than max_frame skipped");
-                }
+            Frame::Data(bytes) => bytes,
+            Frame::Bad {
+                reason,
+                len,
+                sample,
+            } => {
+                self.reject(reason, len, &sample, None);
                 return true;
             }
         };
-        let fields = match self.source.decoder.decode(&frame) {
+        let source = self.source;
+        let fields = match source.format.decode(&frame) {
             Ok(Decoded::Fields(f)) => f,
-            Ok(Decoded::Skip) => return true,
-            Err(error) => {
-                Stats::add(&self.stats.frames_malformed, 1);
-                if let Some(suppressed) = self.bad_frames.check(Instant::now()) {
-                    warn!(sensor = %name, %error, suppressed, "malformed frame skipped");
-                }
+            Ok(Decoded::Skip) => {
+                source.counters.skipped.fetch_add(1, Ordering::Relaxed);
                 return true;
             }
+            Err(error) => {
+                self.reject(error.reason, frame.len(), &frame, Some(&error.detail));
+                return true;
+            }
+        };
+        let ts = match &source.time {
+            None => SystemTime::now(),
+            Some(field) => match field.read(&fields) {
+                Ok(t) => t,
+                Err(error) => {
+                    self.reject(error.reason, frame.len(), &frame, Some(&error.detail));
+                    return true;
+                }
+            },
         };
         let (n, state_error) = self.seq.allocate();
         if let Some(error) = state_error {
             if let Some(suppressed) = self.state_errors.check(Instant::now()) {
-                warn!(sensor = %name, %error, suppressed,
+                warn!(sensor = %source.name, %error, suppressed,
                     "cannot reserve sequence numbers on disk; a crash now may reuse them");
             }
         }
         let record = Record {
-            sensor: name.clone(),
+            sensor: source.name.clone(),
             seq: n,
-            ts: SystemTime::now(),
+            ts,
             fields,
         };
         Stats::add(&self.stats.records_read, 1);
+        source.counters.records.fetch_add(1, Ordering::Relaxed);
         self.tx.send(record).await.is_ok()
+    }
+
+    /// Counts a rejected frame under its reason, and logs it (rate limited
+    /// per sensor) with an escaped sample of its bytes.
+    fn reject(&mut self, reason: Reject, len: usize, bytes: &[u8], detail: Option<&str>) {
+        let counter = match reason {
+            Reject::TooLong => &self.stats.frames_too_long,
+            Reject::Partial => &self.stats.frames_partial,
+            _ => &self.stats.frames_malformed,
+        };
+        Stats::add(counter, 1);
+        self.source.counters.reject(reason);
+        if let Some(suppressed) = self.bad_frames.check(Instant::now()) {
+            let sample = escape_sample(bytes, LOG_SAMPLE);
+            warn!(sensor = %self.source.name, %reason, len, detail = detail.unwrap_or(""),
+                %sample, suppressed, "frame rejected");
+        }
     }
 
     /// The device is going away (stop, unplug): the complete frames still
     /// buffered become records; a partial frame at the end is dropped and
     /// counted, never glued to the first bytes after a replug.
-    async fn finish(&mut self, framed: &mut FramedRead<tokio_serial::SerialStream, LinesDecoder>) {
+    async fn finish(&mut self, framed: &mut FramedRead<tokio_serial::SerialStream, Framer>) {
         let mut pending = std::mem::take(framed.read_buffer_mut());
         let decoder = framed.decoder_mut();
         let mut complete = Vec::new();
         while let Ok(Some(frame)) = decoder.decode(&mut pending) {
             complete.push(frame);
         }
-        if decoder.reset(&mut pending) > 0 {
-            Stats::add(&self.stats.frames_partial, 1);
-        }
+        let partial = pending.clone();
+        let dropped = decoder.reset(&mut pending);
         for frame in complete {
             if !self.handle(frame).await {
                 return;
             }
+        }
+        if dropped > 0 {
+            self.reject(Reject::Partial, dropped, &partial, None);
         }
     }
 }

@@ -620,18 +620,25 @@ impl Rig {
             .map(|c| format!("{c:?}"))
             .collect::<Vec<_>>()
             .join(", ");
-        let mut s = String::new();
-        let _ = write!(
-            s,
-            "[gateway]\nid = \"test-gw\"\nstate_dir = {:?}\n\n",
-            self.dir.join("state")
-        );
+        let mut tables = String::new();
         for (sensor, device) in sensors {
             let _ = write!(
-                s,
+                tables,
                 "[[sensor]]\nname = {sensor:?}\ndevice = {device:?}\nbaud = 115200\ncolumns = [{columns}]\n\n"
             );
         }
+        self.gateway_config_with(name, &tables, extra)
+    }
+
+    /// Writes a gateway configuration with the `[[sensor]]` tables given
+    /// as TOML, and `extra` appended verbatim. Returns its path.
+    pub fn gateway_config_with(&self, name: &str, sensor_tables: &str, extra: &str) -> PathBuf {
+        let mut s = String::new();
+        let _ = write!(
+            s,
+            "[gateway]\nid = \"test-gw\"\nstate_dir = {:?}\n\n{sensor_tables}\n",
+            self.dir.join("state")
+        );
         let _ = write!(
             s,
             "[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\n\

@@ -1,0 +1,119 @@
+//! Formats: decoding one frame into the fields of a record.
+//!
+//! Every format returns the record's fields or a [`DecodeError`] naming the
+//! [`Reject`] reason it is counted under; none panics on any input (property
+//! tests and fuzz targets check that).
+
+pub mod binary;
+pub mod csv;
+pub mod json;
+pub mod kv;
+pub mod nmea;
+pub mod time;
+pub mod typed;
+
+use crate::config;
+use crate::record::Field;
+
+pub use super::reject::Reject;
+
+/// Why a frame did not become a record: the counted reason and a short
+/// human detail for the log (never the whole frame; the source adds an
+/// escaped, truncated sample).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{detail}")]
+pub struct DecodeError {
+    pub reason: Reject,
+    pub detail: String,
+}
+
+impl DecodeError {
+    pub fn new(reason: Reject, detail: impl Into<String>) -> DecodeError {
+        DecodeError {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// What one frame decoded to.
+#[derive(Debug, PartialEq)]
+pub enum Decoded {
+    Fields(Vec<Field>),
+    /// Not a reading and not an error: a blank line, a CSV header line
+    /// repeating the column names, an NMEA sentence type that is not decoded.
+    Skip,
+}
+
+/// A format chosen by configuration.
+#[derive(Debug, Clone)]
+pub enum FormatDecoder {
+    Csv(csv::CsvDecoder),
+    Json(json::JsonDecoder),
+    Kv(kv::KvDecoder),
+    Nmea(nmea::NmeaDecoder),
+    Binary(binary::BinaryDecoder),
+}
+
+impl FormatDecoder {
+    pub fn new(sensor: &config::Sensor) -> FormatDecoder {
+        match sensor.format {
+            config::Format::Csv => {
+                FormatDecoder::Csv(csv::CsvDecoder::new(&sensor.columns, sensor.delimiter))
+            }
+            config::Format::Json => {
+                FormatDecoder::Json(json::JsonDecoder::new(&sensor.columns, sensor.nested))
+            }
+            config::Format::Kv => {
+                FormatDecoder::Kv(kv::KvDecoder::new(&sensor.columns, sensor.delimiter))
+            }
+            config::Format::Nmea => FormatDecoder::Nmea(nmea::NmeaDecoder::new()),
+            config::Format::Binary => {
+                FormatDecoder::Binary(binary::BinaryDecoder::new(&sensor.layout, sensor.endian))
+            }
+        }
+    }
+
+    pub fn decode(&self, frame: &[u8]) -> Result<Decoded, DecodeError> {
+        match self {
+            FormatDecoder::Csv(d) => d.decode(frame),
+            FormatDecoder::Json(d) => d.decode(frame),
+            FormatDecoder::Kv(d) => d.decode(frame),
+            FormatDecoder::Nmea(d) => d.decode(frame),
+            FormatDecoder::Binary(d) => d.decode(frame),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nmea(body: &str) -> Vec<u8> {
+        let sum = body.bytes().fold(0u8, |a, b| a ^ b);
+        format!("${body}*{sum:02X}").into_bytes()
+    }
+
+    /// `seal.encrypt` is checked against `config::NMEA_FIELDS`: every name
+    /// the decoder gives a record must be in that list.
+    #[test]
+    fn nmea_field_names_are_the_ones_the_configuration_knows() {
+        let d = nmea::NmeaDecoder::new();
+        for body in [
+            "GPGGA,123519.00,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,",
+            "GNRMC,123519.00,A,4807.038,S,01131.000,W,022.4,084.4,251126,003.1,W,A",
+            "GPVTG,054.7,T,034.4,M,005.5,N,010.2,K,A",
+        ] {
+            let Ok(Decoded::Fields(fields)) = d.decode(&nmea(body)) else {
+                panic!("{body}")
+            };
+            for f in &fields {
+                assert!(
+                    config::NMEA_FIELDS.contains(&&*f.name),
+                    "{} is not in config::NMEA_FIELDS",
+                    f.name
+                );
+            }
+        }
+    }
+}
