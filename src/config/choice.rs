@@ -236,6 +236,29 @@ choice_enum! {
     }
 }
 
+impl LayoutType {
+    /// Bytes the field takes in a frame.
+    pub fn size(self) -> usize {
+        match self {
+            LayoutType::U8 | LayoutType::I8 | LayoutType::Bool => 1,
+            LayoutType::U16 | LayoutType::I16 => 2,
+            LayoutType::U32 | LayoutType::I32 | LayoutType::F32 => 4,
+            LayoutType::U64 | LayoutType::I64 | LayoutType::F64 => 8,
+        }
+    }
+}
+
+impl Crc {
+    /// Bytes of the trailer after a COBS frame's payload.
+    pub fn size(self) -> usize {
+        match self {
+            Crc::None => 0,
+            Crc::Crc16 => 2,
+            Crc::Crc32 => 4,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_support::{Dir, MINIMAL, only_problem};

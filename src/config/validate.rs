@@ -458,6 +458,20 @@ impl Found<'_> {
                 self.fail(key("type"), "a bool field takes no scale or offset");
             }
         }
+        if format == Format::Binary && !s.layout.is_empty() {
+            // COBS adds one byte per 254 and the leading code byte.
+            let payload: usize = s.layout.iter().map(|f| f.ty.size()).sum::<usize>() + s.crc.size();
+            let encoded = payload + payload / 254 + 1;
+            if encoded > s.max_frame {
+                self.fail(
+                    k("max_frame"),
+                    format!(
+                        "{} is smaller than a frame of this layout ({encoded} bytes COBS-encoded); raise it",
+                        format_size(s.max_frame as u64)
+                    ),
+                );
+            }
+        }
         let framing = s.framing;
         match (framing, format) {
             (Framing::Nmea, Format::Nmea) | (Framing::Cobs, Format::Binary) => {}
@@ -990,6 +1004,11 @@ stats_interval = "0s"
                 "framing = \"cobs\"\nformat = \"binary\"\nlayout = [{ name = \"t\", type = \"u8\", scael = 2.0 }]",
                 "sensor[0].layout[0].scael",
                 "did you mean `scale`",
+            ),
+            (
+                "framing = \"cobs\"\nformat = \"binary\"\nmax_frame = \"16B\"\ncrc = \"crc32\"\nlayout = [{ name = \"a\", type = \"f64\" }, { name = \"b\", type = \"u32\" }]",
+                "sensor[0].max_frame",
+                "(17 bytes COBS-encoded)",
             ),
             (
                 "columns = [{ name = \"a\", typ = \"f64\" }]",

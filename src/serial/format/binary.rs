@@ -28,16 +28,6 @@ struct Slot {
     linear: Option<(f64, f64)>,
 }
 
-/// Bytes a field of type `ty` takes.
-pub fn size_of(ty: LayoutType) -> usize {
-    match ty {
-        LayoutType::U8 | LayoutType::I8 | LayoutType::Bool => 1,
-        LayoutType::U16 | LayoutType::I16 => 2,
-        LayoutType::U32 | LayoutType::I32 | LayoutType::F32 => 4,
-        LayoutType::U64 | LayoutType::I64 | LayoutType::F64 => 8,
-    }
-}
-
 impl BinaryDecoder {
     pub fn new(layout: &[LayoutField], endian: Endian) -> Self {
         let mut at = 0;
@@ -51,7 +41,7 @@ impl BinaryDecoder {
                     linear: (f.scale.is_some() || f.offset.is_some())
                         .then(|| (f.scale.unwrap_or(1.0), f.offset.unwrap_or(0.0))),
                 };
-                at += size_of(f.ty);
+                at += f.ty.size();
                 slot
             })
             .collect();
@@ -101,7 +91,7 @@ impl BinaryDecoder {
         macro_rules! get {
             ($t:ty) => {{
                 let bytes = frame
-                    .get(slot.at..slot.at + size_of(slot.ty))?
+                    .get(slot.at..slot.at + slot.ty.size())?
                     .try_into()
                     .ok()?;
                 if big {
@@ -321,7 +311,7 @@ mod tests {
                 let mut frame = Vec::new();
                 let mut want = Vec::new();
                 for (ty, raw) in &spec {
-                    let n = size_of(*ty);
+                    let n = ty.size();
                     let bytes = &raw[..n];
                     frame.extend_from_slice(bytes);
                     let mut be = [0u8; 8];
