@@ -12,6 +12,8 @@ pub mod config;
 pub mod consumer;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod health;
+pub mod notify;
 pub mod pipeline;
 pub mod record;
 pub mod seal;

@@ -12,6 +12,8 @@ use tracing::{debug, error, info, warn};
 use crate::batch::{self, Batcher};
 use crate::config;
 use crate::config::Config;
+use crate::health::{Health, Stage};
+use crate::notify::{self, Notifier};
 use crate::record::Record;
 use crate::seal::{self, KeyError, SealedMessage, Sealer};
 use crate::serial::{OpenError, SensorSource};
@@ -100,6 +102,9 @@ pub async fn run(
 
     let (spool, recovery) = Spool::open(spool_settings(&cfg), stats.clone())?;
     let spool = Arc::new(spool);
+    let health = Arc::new(Health::new());
+    spool.watch(&health);
+    let notifier = Notifier::from_env();
     if recovery.messages > 0 {
         info!(
             messages = recovery.messages,
@@ -143,11 +148,13 @@ pub async fn run(
         publish_limit(&cfg),
         spool.clone(),
         stats.clone(),
+        health.stage("seal"),
     ));
     let (tls_tx, tls_rx) = tokio::sync::watch::channel(tls);
     let reload_task = tokio::spawn(reload_tls_on_sighup(
         cfg.mqtt.clone(),
         tls_tx,
+        notifier.clone(),
         abort.clone(),
     ));
     let expiry_task = tokio::spawn(warn_of_certificate_expiry(cfg.mqtt.clone(), abort.clone()));
@@ -174,9 +181,23 @@ pub async fn run(
         },
     ));
     info!(sensors = cfg.sensor.len(), broker = %cfg.mqtt.host, port = cfg.mqtt.port, "started");
+    // Ready: every stage runs. Not "connected": starting offline is normal,
+    // the spool holds the data until the broker is back.
+    let supervisor = tokio::spawn(notify::supervise(
+        notifier.clone(),
+        health,
+        stats.clone(),
+        counters.clone(),
+        abort.clone(),
+    ));
 
     stop.cancelled().await;
     info!("stopping: no more reading; sending what is queued");
+    notifier.stopping(&format!(
+        "stopping: sending {} queued messages (at most {})",
+        stats.snapshot().spool_messages,
+        humantime::format_duration(cfg.mqtt.drain_timeout)
+    ));
     stop_reading.cancel();
     // Everything below is bounded by drain_timeout as a whole: with the
     // broker gone and `when_full = "block"`, the stages would wait forever.
@@ -223,6 +244,7 @@ pub async fn run(
     let _ = sync_task.await;
     let _ = reload_task.await;
     let _ = expiry_task.await;
+    let _ = supervisor.await;
     {
         let spool = spool.clone();
         let _ = tokio::task::spawn_blocking(move || spool.sync()).await;
@@ -312,6 +334,7 @@ fn publish_limit(cfg: &Config) -> usize {
 async fn reload_tls_on_sighup(
     mqtt: config::Mqtt,
     tls: tokio::sync::watch::Sender<Option<Arc<rustls::ClientConfig>>>,
+    notifier: Notifier,
     stop: CancellationToken,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
@@ -328,14 +351,20 @@ async fn reload_tls_on_sighup(
             info!("SIGHUP: TLS is off, nothing to reload");
             continue;
         }
-        match uplink::tls::load_client_config(&mqtt) {
+        notifier.reloading();
+        let outcome = match uplink::tls::load_client_config(&mqtt) {
             Ok(config) => {
                 info!(cert_file = ?mqtt.cert_file, "SIGHUP: TLS material reloaded");
                 tls.send_replace(Some(config));
+                "TLS material reloaded (SIGHUP)"
             }
-            Err(e) => error!(error = %e,
-                "SIGHUP: cannot reload the TLS material; keeping the current one"),
-        }
+            Err(e) => {
+                error!(error = %e,
+                    "SIGHUP: cannot reload the TLS material; keeping the current one");
+                "TLS reload failed (SIGHUP); the current material is kept, see the log"
+            }
+        };
+        notifier.ready(outcome);
     }
 }
 
@@ -400,14 +429,46 @@ async fn seal_loop(
     limit: usize,
     spool: Arc<Spool>,
     stats: Arc<Stats>,
+    stage: Arc<Stage>,
 ) {
     let mut sealed = Vec::new();
     while let Some(batch) = batches.recv().await {
-        seal_fitting(&mut sealer, &batch, limit, &mut sealed, &stats);
+        {
+            let _busy = stage.busy();
+            #[cfg(feature = "fault-injection")]
+            fault::maybe_hang_seal(&stats).await;
+            seal_fitting(&mut sealer, &batch, limit, &mut sealed, &stats);
+        }
         for msg in sealed.drain(..) {
             Stats::add(&stats.messages_sealed, 1);
             Stats::add(&stats.records_sealed, u64::from(msg.records));
             spool.push(msg).await;
+        }
+    }
+}
+
+/// Test-only faults, switched on by `SENSORGATE_FAULT` in builds with the
+/// `fault-injection` feature (scripts/test); release builds have none.
+#[cfg(feature = "fault-injection")]
+mod fault {
+    use crate::telemetry::Stats;
+
+    /// `SENSORGATE_FAULT=hang-seal-after:N`: once `N` records were read,
+    /// the seal stage hangs in the middle of its work, as it would on a
+    /// lock that is never released.
+    pub async fn maybe_hang_seal(stats: &Stats) {
+        let Ok(spec) = std::env::var("SENSORGATE_FAULT") else {
+            return;
+        };
+        let Some(n) = spec
+            .strip_prefix("hang-seal-after:")
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            return;
+        };
+        if stats.snapshot().records_read >= n {
+            tracing::warn!("fault injection: the seal stage hangs now");
+            std::future::pending::<()>().await;
         }
     }
 }

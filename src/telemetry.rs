@@ -87,6 +87,8 @@ counters! {
     spool_corrupt_entries,
     /// Failed writes to the spool (ENOSPC, I/O errors).
     spool_write_errors,
+    /// Gauge: 1 while connected to the broker.
+    broker_connected,
     /// Successful broker connections, and connections lost or refused.
     connects,
     connect_failures,

@@ -27,6 +27,7 @@ use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
 use crate::config::WhenFull;
+use crate::health::{Health, Stage};
 use crate::seal::SealedMessage;
 use crate::telemetry::{RateLimit, Stats};
 use acks::AckTracker;
@@ -92,9 +93,28 @@ pub struct Spool {
     space: Notify,
     stats: Arc<Stats>,
     read_errors: Mutex<RateLimit>,
+    /// The watchdog's view of disk writes and reads ([`Spool::watch`]).
+    stages: std::sync::OnceLock<SpoolStages>,
+}
+
+/// The spool's heartbeats: a write or read that never returns (a dead
+/// SD card, a hung filesystem) makes the pipeline stuck, not idle.
+#[derive(Debug)]
+struct SpoolStages {
+    write: Arc<Stage>,
+    read: Arc<Stage>,
 }
 
 impl Spool {
+    /// Registers the spool's disk writes and reads with `health`, so a
+    /// hung disk stops the watchdog. Only the first call counts.
+    pub fn watch(&self, health: &Health) {
+        let _ = self.stages.set(SpoolStages {
+            write: health.stage("spool write"),
+            read: health.stage("spool read"),
+        });
+    }
+
     /// Opens the spool, recovering what the last run left on disk.
     pub fn open(
         settings: SpoolSettings,
@@ -122,6 +142,7 @@ impl Spool {
             settings,
             data: Notify::new(),
             space: Notify::new(),
+            stages: std::sync::OnceLock::new(),
             stats,
             read_errors: Mutex::new(RateLimit::new(Duration::from_secs(60))),
         };
@@ -178,9 +199,11 @@ impl Spool {
             let room = self.space.notified();
             let this = self.clone();
             let m = msg.clone();
+            let busy = self.stages.get().map(|s| s.write.busy());
             let stored = tokio::task::spawn_blocking(move || this.try_push(m))
                 .await
                 .unwrap_or(false);
+            drop(busy);
             if stored {
                 self.data.notify_one();
                 return;
@@ -277,6 +300,7 @@ impl Spool {
     /// The next message to publish, if any: from memory when it is still
     /// there, otherwise read from disk.
     pub fn next_to_send(&self) -> Option<(MessageId, Arc<SealedMessage>)> {
+        let _busy = self.stages.get().map(|s| s.read.busy());
         let mut s = self.lock();
         loop {
             let id = s.send_cursor.max(s.acks.below());

@@ -177,7 +177,9 @@ pub async fn run(
                     }
                 }
                 let connected_at = Instant::now();
+                Stats::set(&stats.broker_connected, 1);
                 let end = session(&settings, &mut conn, &mut tls, &spool, &stats, &abort).await;
+                Stats::set(&stats.broker_connected, 0);
                 if connected_at.elapsed() >= STABLE_CONNECTION {
                     backoff.reset();
                 }

@@ -818,11 +818,18 @@ pub struct GatewayProcess {
 
 impl GatewayProcess {
     pub fn start(config: &Path) -> GatewayProcess {
+        GatewayProcess::start_with_env(config, &[])
+    }
+
+    /// [`GatewayProcess::start`] with extra environment variables (such as
+    /// `NOTIFY_SOCKET`).
+    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> GatewayProcess {
         let log = config.with_extension("log");
         let file = fs::File::create(&log).expect("gateway log file");
         let child = Command::new(env!("CARGO_BIN_EXE_sensorgate"))
             .args(["run", "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .env("NO_COLOR", "1")
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
