@@ -3,6 +3,7 @@
 //! within `drain_timeout`, record the sequence counters.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -20,7 +21,7 @@ use crate::serial::{OpenError, SensorSource};
 use crate::spool::disk::DiskError;
 use crate::spool::sequences::{StateDir, StateError};
 use crate::spool::{Fsync, Spool, SpoolSettings};
-use crate::telemetry::{self, Snapshot, Stats};
+use crate::telemetry::{self, RateLimits, Snapshot, Stats};
 use crate::uplink::{self, UplinkSettings, tls::TlsError};
 
 /// Records waiting between a sensor's reader and its batcher. Small on
@@ -94,7 +95,7 @@ pub async fn run(
     let tls = if cfg.mqtt.tls {
         Some(uplink::tls::load_client_config(&cfg.mqtt)?)
     } else {
-        warn!(broker = %cfg.mqtt.host,
+        warn!(broker = %UplinkSettings::new(&cfg).broker(),
             "TLS IS OFF (mqtt.tls = false): messages and the client identity travel in plaintext; \
              the payloads are still signed and the selected fields encrypted");
         None
@@ -180,7 +181,7 @@ pub async fn run(
             move || spool.refresh_age()
         },
     ));
-    info!(sensors = cfg.sensor.len(), broker = %cfg.mqtt.host, port = cfg.mqtt.port, "started");
+    info!(sensors = cfg.sensor.len(), broker = %UplinkSettings::new(&cfg).broker(), "started");
     // Ready: every stage runs. Not "connected": starting offline is normal,
     // the spool holds the data until the broker is back.
     let supervisor = tokio::spawn(notify::supervise(
@@ -208,7 +209,8 @@ pub async fn run(
             match done {
                 Ok(seq) => {
                     if let Err(e) = seq.close() {
-                        error!(error = %e, "cannot record sequence counters; the next run skips ahead");
+                        error!(error = %e, error_kind = telemetry::error_kind(&e),
+                            "cannot record sequence counters; the next run skips ahead");
                     }
                 }
                 Err(e) => error!(error = %e, "serial source task failed"),
@@ -253,7 +255,7 @@ pub async fn run(
         // Every allocator was closed with its exact next number, and every
         // record read is in the spool.
         if let Err(e) = state.mark_clean() {
-            error!(error = %e, "cannot record the clean stop");
+            error!(error = %e, error_kind = telemetry::error_kind(&e), "cannot record the clean stop");
         }
     }
     let _ = stats_task.await;
@@ -359,7 +361,7 @@ async fn reload_tls_on_sighup(
                 "TLS material reloaded (SIGHUP)"
             }
             Err(e) => {
-                error!(error = %e,
+                error!(error = %e, error_kind = tls_error_kind(&e),
                     "SIGHUP: cannot reload the TLS material; keeping the current one");
                 "TLS reload failed (SIGHUP); the current material is kept, see the log"
             }
@@ -383,22 +385,35 @@ async fn warn_of_certificate_expiry(mqtt: config::Mqtt, stop: CancellationToken)
         match uplink::tls::check(&mqtt) {
             Ok(report) => {
                 for w in report.warnings {
-                    warn!(days_left = report.days_left, "{w}");
+                    warn!(days_left = report.days_left, error_kind = "tls", "{w}");
                 }
             }
-            Err(e) => error!(error = %e, "client certificate check failed"),
+            Err(e) => {
+                error!(error = %e, error_kind = tls_error_kind(&e), "client certificate check failed")
+            }
         }
     }
 }
 
+/// [`telemetry::error_kind`] of a failure to load TLS material: `tls`
+/// unless an I/O cause says more (`permission`, `not_found`).
+fn tls_error_kind(e: &(dyn std::error::Error + 'static)) -> &'static str {
+    match telemetry::error_kind(e) {
+        "other" | "corrupt" => "tls",
+        kind => kind,
+    }
+}
+
 /// Seals `records`, splitting them until each message fits `limit` bytes.
-/// A single record too large on its own cannot be sent: counted and logged.
+/// A single record too large on its own cannot be sent: counted and logged
+/// (at most once a minute per sensor, with `suppressed=N`).
 fn seal_fitting(
     sealer: &mut Sealer,
     records: &[Record],
     limit: usize,
     out: &mut Vec<SealedMessage>,
     stats: &Stats,
+    logs: &mut RateLimits<Arc<str>>,
 ) {
     match sealer.seal(records) {
         Ok(msg) if msg.bytes.len() <= limit => out.push(msg),
@@ -406,22 +421,31 @@ fn seal_fitting(
             debug!(sensor = %msg.sensor, records = records.len(), bytes = msg.bytes.len(), limit,
                 "sealed batch larger than max_packet; splitting");
             let mid = records.len() / 2;
-            seal_fitting(sealer, &records[..mid], limit, out, stats);
-            seal_fitting(sealer, &records[mid..], limit, out, stats);
+            seal_fitting(sealer, &records[..mid], limit, out, stats, logs);
+            seal_fitting(sealer, &records[mid..], limit, out, stats, logs);
         }
         Ok(msg) => {
             Stats::add(&stats.seal_errors, 1);
             Stats::add(&stats.records_dropped, 1);
-            error!(sensor = %msg.sensor, seq = msg.first_seq, bytes = msg.bytes.len(), limit,
-                "a single record is larger than mqtt.max_packet once sealed; record dropped");
+            if let Some(suppressed) = logs.check(msg.sensor.clone(), Instant::now()) {
+                error!(sensor = %msg.sensor, seq = msg.first_seq, seq_first = msg.first_seq,
+                    seq_last = msg.last_seq, bytes = msg.bytes.len(), limit, error_kind = "too_large",
+                    suppressed, "a single record is larger than mqtt.max_packet once sealed; record dropped");
+            }
         }
         Err(e) => {
             Stats::add(&stats.seal_errors, 1);
-            error!(sensor = %records[0].sensor, seq_first = records[0].seq,
-                records = records.len(), error = %e, "cannot seal batch; records lost");
+            if let Some(suppressed) = logs.check(records[0].sensor.clone(), Instant::now()) {
+                error!(sensor = %records[0].sensor, seq_first = records[0].seq,
+                    seq_last = records[records.len() - 1].seq, records = records.len(), error = %e,
+                    error_kind = "seal", suppressed, "cannot seal batch; records lost");
+            }
         }
     }
 }
+
+/// At most one seal error line per sensor per this period.
+const SEAL_LOG_PERIOD: Duration = Duration::from_secs(60);
 
 async fn seal_loop(
     mut sealer: Sealer,
@@ -432,12 +456,13 @@ async fn seal_loop(
     stage: Arc<Stage>,
 ) {
     let mut sealed = Vec::new();
+    let mut logs = RateLimits::new(SEAL_LOG_PERIOD);
     while let Some(batch) = batches.recv().await {
         {
             let _busy = stage.busy();
             #[cfg(feature = "fault-injection")]
             fault::maybe_hang_seal(&stats).await;
-            seal_fitting(&mut sealer, &batch, limit, &mut sealed, &stats);
+            seal_fitting(&mut sealer, &batch, limit, &mut sealed, &stats, &mut logs);
         }
         for msg in sealed.drain(..) {
             Stats::add(&stats.messages_sealed, 1);

@@ -604,11 +604,13 @@ impl Found<'_> {
         if let Some(msg) = log_level_problem(&cfg.log.level) {
             self.fail("log.level", msg);
         }
-        if cfg.log.stats_interval < Duration::from_secs(1) {
+        // Zero turns the periodic stats lines off.
+        let interval = cfg.log.stats_interval;
+        if !interval.is_zero() && interval < Duration::from_secs(1) {
             self.fail(
                 "log.stats_interval",
                 format!(
-                    "{} is too short; use 1s or more",
+                    "{} is too short; use 1s or more (or 0s for no stats lines)",
                     humantime::format_duration(cfg.log.stats_interval)
                 ),
             );
@@ -763,7 +765,7 @@ encrypt = ["a", "b"]
 
 [log]
 level = "infoo"
-stats_interval = "0s"
+stats_interval = "500ms"
 "#;
         let d = Dir::new(text);
         let e = d.load().unwrap_err();
@@ -1043,6 +1045,17 @@ stats_interval = "0s"
         let p = only_problem(Dir::new(&text).load().unwrap_err());
         assert_eq!(p.key, "mqtt.status_topic");
         assert!(p.message.contains("sensor[0]"), "{p}");
+    }
+
+    #[test]
+    fn a_zero_stats_interval_turns_the_stats_line_off() {
+        let text = format!("{MINIMAL}\n[log]\nstats_interval = \"0s\"\n");
+        let cfg = Dir::new(&text).load().expect("0s is valid");
+        assert!(cfg.log.stats_interval.is_zero());
+        let text = format!("{MINIMAL}\n[log]\nstats_interval = \"500ms\"\n");
+        let p = only_problem(Dir::new(&text).load().unwrap_err());
+        assert_eq!(p.key, "log.stats_interval");
+        assert!(p.message.contains("0s for no stats lines"), "{p}");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::backoff::Backoff;
 use crate::config;
 use crate::record::Record;
 use crate::spool::sequences::SeqAllocator;
-use crate::telemetry::{RateLimit, Stats};
+use crate::telemetry::{self, RateLimit, Stats};
 use counters::{SensorCounters, escape_sample};
 use format::time::TimeField;
 use format::{Decoded, FormatDecoder};
@@ -38,6 +38,10 @@ const LOG_SAMPLE: usize = 48;
 /// At most one "frame rejected" line per sensor per this period; the
 /// next one says how many were held back (all are counted).
 const REJECT_LOG_PERIOD: Duration = Duration::from_secs(20);
+/// At most one "serial device lost" line (and its "back" line) per sensor
+/// per this period: a device that opens and fails at once (a flaky cable)
+/// would otherwise log twice per retry.
+const LOST_LOG_PERIOD: Duration = Duration::from_secs(60);
 
 /// One configured sensor, ready to run.
 #[derive(Debug, Clone)]
@@ -74,7 +78,8 @@ impl OpenError {
 /// Why reading from an open device ended.
 enum ReadEnd {
     Stopped,
-    Lost(String),
+    /// The error text and its [`telemetry::error_kind`].
+    Lost(String, &'static str),
 }
 
 impl SensorSource {
@@ -156,6 +161,9 @@ impl SensorSource {
         let mut backoff = Backoff::new(REOPEN_MIN, REOPEN_MAX);
         let mut reported_absent = false;
         let mut lost_at: Option<Instant> = None;
+        let mut losses = RateLimit::new(LOST_LOG_PERIOD);
+        // The last loss was not logged: neither is the return.
+        let mut quiet_return = false;
         let device = self.sensor.device.display();
         loop {
             if stop.is_cancelled() {
@@ -165,6 +173,10 @@ impl SensorSource {
                 Ok(port) => {
                     let resolved = resolved(&self.sensor.device);
                     match lost_at.take() {
+                        Some(t) if std::mem::take(&mut quiet_return) => {
+                            debug!(sensor = %self.name, %device, %resolved,
+                                after_s = t.elapsed().as_secs_f64(), "serial device back")
+                        }
                         Some(t) => info!(sensor = %self.name, %device, %resolved,
                             after_s = t.elapsed().as_secs_f64(), "serial device back"),
                         None => info!(sensor = %self.name, %device, %resolved,
@@ -180,11 +192,17 @@ impl SensorSource {
                     stats.sensors_open.fetch_sub(1, Ordering::Relaxed);
                     match end {
                         ReadEnd::Stopped => break,
-                        ReadEnd::Lost(error) => {
+                        ReadEnd::Lost(error, error_kind) => {
                             Stats::add(&stats.serial_lost, 1);
                             self.counters.lost.fetch_add(1, Ordering::Relaxed);
-                            warn!(sensor = %self.name, %device, %error,
-                                "serial device lost; retrying with backoff (0.5 s up to 30 s)");
+                            if let Some(suppressed) = losses.check(Instant::now()) {
+                                warn!(sensor = %self.name, %device, %error, error_kind, suppressed,
+                                    "serial device lost; retrying with backoff (0.5 s up to 30 s)");
+                            } else {
+                                debug!(sensor = %self.name, %device, %error, error_kind,
+                                    "serial device lost again");
+                                quiet_return = true;
+                            }
                             lost_at = Some(Instant::now());
                             reported_absent = true;
                         }
@@ -195,6 +213,7 @@ impl SensorSource {
                         debug!(sensor = %self.name, error = %e, "serial device still unavailable");
                     } else {
                         warn!(sensor = %self.name, %device, error = %e,
+                            error_kind = telemetry::error_kind(&e),
                             "cannot open serial device; retrying with backoff (0.5 s up to 30 s)");
                         reported_absent = true;
                         lost_at.get_or_insert_with(Instant::now);
@@ -244,11 +263,11 @@ impl SensorSource {
                 }
                 Some(Err(e)) => {
                     frames.finish(&mut framed).await;
-                    return ReadEnd::Lost(e.to_string());
+                    return ReadEnd::Lost(e.to_string(), telemetry::io_error_kind(&e));
                 }
                 None => {
                     frames.finish(&mut framed).await;
-                    return ReadEnd::Lost("device closed".into());
+                    return ReadEnd::Lost("device closed".into(), "closed");
                 }
             }
         }
@@ -314,8 +333,8 @@ impl FrameHandler<'_> {
         let (n, state_error) = self.seq.allocate();
         if let Some(error) = state_error {
             if let Some(suppressed) = self.state_errors.check(Instant::now()) {
-                warn!(sensor = %source.name, %error, suppressed,
-                    "cannot reserve sequence numbers on disk; a crash now may reuse them");
+                warn!(sensor = %source.name, %error, error_kind = telemetry::error_kind(&error),
+                    suppressed, "cannot reserve sequence numbers on disk; a crash now may reuse them");
             }
         }
         let record = Record {

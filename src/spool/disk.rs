@@ -19,10 +19,12 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tracing::{error, warn};
+
+use crate::telemetry::{RateLimits, io_error_kind};
 
 use super::segment::{self, Entry, SEGMENT_HEADER_LEN, SegmentError, SegmentReader, SegmentWriter};
 
@@ -81,6 +83,23 @@ pub enum AppendError {
         source: io::Error,
     },
 }
+
+impl AppendError {
+    /// The log's `error_kind`: `budget` (the configured `[buffer] disk` is
+    /// used up), `enospc` (the filesystem is nearly or really full), or the
+    /// I/O error's kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AppendError::Budget { .. } => "budget",
+            AppendError::LowSpace { .. } => "enospc",
+            AppendError::Io { source, .. } => crate::telemetry::io_error_kind(source),
+        }
+    }
+}
+
+/// At most one line per this period for each disk fault that repeats on
+/// every sync (each `fsync_interval`): sync, ack file, delete.
+const DISK_LOG_PERIOD: Duration = Duration::from_secs(60);
 
 /// Per sensor, the sequence range and record count held in one segment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -194,6 +213,8 @@ pub struct DiskLog {
     last_seq: BTreeMap<String, u64>,
     /// Acknowledged segments whose files are not deleted yet.
     released: Vec<(PathBuf, u64)>,
+    /// Rate limits of the repeating warnings, per kind of fault.
+    warnings: RateLimits<&'static str>,
 }
 
 impl DiskLog {
@@ -231,7 +252,7 @@ impl DiskLog {
                     if report.corrupt_entries > 0 || report.torn_tail_bytes > 0 {
                         warn!(segment = %path.display(), corrupt_entries = report.corrupt_entries,
                             skipped_bytes = report.skipped_bytes, torn_tail_bytes = report.torn_tail_bytes,
-                            "spool segment damaged (power cut or disk fault); damaged entries skipped, the rest kept");
+                            error_kind = "corrupt", "spool segment damaged (power cut or disk fault); damaged entries skipped, the rest kept");
                     }
                     let created = fs::metadata(&path)
                         .and_then(|m| m.created().or_else(|_| m.modified()))
@@ -246,7 +267,7 @@ impl DiskLog {
                     segments.push_back(info);
                 }
                 Err(e) => {
-                    error!(segment = %path.display(), error = %e,
+                    error!(segment = %path.display(), error = %e, error_kind = "corrupt",
                         "spool segment unreadable; moved aside to corrupt/");
                     if let Some(moved) = move_aside(&dir, &path) {
                         recovery.moved_aside.push(moved);
@@ -275,6 +296,7 @@ impl DiskLog {
             persisted_below: ack.below,
             last_seq: ack.last_seq,
             released: Vec::new(),
+            warnings: RateLimits::new(DISK_LOG_PERIOD),
         };
         // Segments acknowledged entirely before the stop. Their highest
         // sequence numbers move into the ack file's record.
@@ -293,7 +315,7 @@ impl DiskLog {
                         }
                     }
                     Err(e) => warn!(segment = %last.path.display(), error = %e,
-                        "cannot reopen spool segment for appending; starting a new one"),
+                        error_kind = crate::telemetry::error_kind(&e), "cannot reopen spool segment for appending; starting a new one"),
                 }
             }
         }
@@ -386,7 +408,10 @@ impl DiskLog {
         if let Some(mut w) = self.writer.take() {
             if self.settings.fsync != Fsync::Never {
                 if let Err(e) = w.sync() {
-                    warn!(segment = %w.path().display(), error = %e, "cannot sync spool segment");
+                    if let Some(suppressed) = self.warnings.check("sync", Instant::now()) {
+                        warn!(segment = %w.path().display(), error = %e,
+                            error_kind = io_error_kind(&e), suppressed, "cannot sync spool segment");
+                    }
                 }
             }
         }
@@ -553,7 +578,8 @@ impl DiskLog {
             self.writer = None;
         }
         if let Some(moved) = move_aside(&self.settings.dir, &info.path) {
-            error!(segment = %moved.display(), "spool segment moved aside to corrupt/");
+            error!(segment = %moved.display(), error_kind = "corrupt",
+                "spool segment moved aside to corrupt/");
         }
         self.forget(&info);
         Some(info)
@@ -599,7 +625,10 @@ impl DiskLog {
         if self.dirty {
             if let Some(w) = self.writer.as_mut() {
                 if let Err(e) = w.sync() {
-                    warn!(segment = %w.path().display(), error = %e, "cannot sync spool segment");
+                    if let Some(suppressed) = self.warnings.check("sync", Instant::now()) {
+                        warn!(segment = %w.path().display(), error = %e,
+                            error_kind = io_error_kind(&e), suppressed, "cannot sync spool segment");
+                    }
                 }
             }
             self.dirty = false;
@@ -622,7 +651,10 @@ impl DiskLog {
         ) {
             Ok(()) => self.persisted_below = self.acked_below,
             Err(e) => {
-                warn!(error = %e, "cannot record the acknowledged position; a restart may resend more")
+                if let Some(suppressed) = self.warnings.check("acks", Instant::now()) {
+                    warn!(error = %e, error_kind = io_error_kind(&e), suppressed,
+                        "cannot record the acknowledged position; a restart may resend more")
+                }
             }
         }
     }
@@ -657,7 +689,8 @@ impl DiskLog {
 fn remove_segment_file(path: &Path) {
     if let Err(e) = fs::remove_file(path) {
         if e.kind() != io::ErrorKind::NotFound {
-            warn!(segment = %path.display(), error = %e, "cannot delete spool segment");
+            warn!(segment = %path.display(), error = %e, error_kind = io_error_kind(&e),
+                "cannot delete spool segment");
         }
     }
 }
@@ -668,13 +701,13 @@ const ACK_FILE_BUDGET: u64 = 4096;
 fn read_ack_file(path: &Path) -> AckFile {
     match fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-            error!(path = %path.display(), error = %e,
+            error!(path = %path.display(), error = %e, error_kind = "corrupt",
                 "acknowledged position unreadable; everything on disk will be sent again");
             AckFile::default()
         }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => AckFile::default(),
         Err(e) => {
-            error!(path = %path.display(), error = %e,
+            error!(path = %path.display(), error = %e, error_kind = io_error_kind(&e),
                 "cannot read the acknowledged position; everything on disk will be sent again");
             AckFile::default()
         }
@@ -691,7 +724,8 @@ fn move_aside(dir: &Path, path: &Path) -> Option<PathBuf> {
     match fs::rename(path, &target) {
         Ok(()) => Some(target),
         Err(e) => {
-            error!(segment = %path.display(), error = %e, "cannot move unreadable segment aside; deleting it");
+            error!(segment = %path.display(), error = %e, error_kind = io_error_kind(&e),
+                "cannot move unreadable segment aside; deleting it");
             let _ = fs::remove_file(path);
             None
         }
@@ -715,7 +749,8 @@ pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<(
 
 fn sync_dir(dir: &Path) {
     if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
-        warn!(dir = %dir.display(), error = %e, "cannot sync the spool directory");
+        warn!(dir = %dir.display(), error = %e, error_kind = io_error_kind(&e),
+            "cannot sync the spool directory");
     }
 }
 

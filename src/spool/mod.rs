@@ -29,7 +29,7 @@ use tracing::{error, info, warn};
 use crate::config::WhenFull;
 use crate::health::{Health, Stage};
 use crate::seal::SealedMessage;
-use crate::telemetry::{RateLimit, Stats};
+use crate::telemetry::{RateLimit, RateLimits, Stats};
 use acks::AckTracker;
 use disk::{AppendError, DiskLog, DiskSettings, Recovery, SegmentInfo};
 
@@ -79,6 +79,8 @@ struct Inner {
     closed: bool,
     /// Why the last push could not be stored, while that lasts.
     refusing: Option<String>,
+    /// Limits "spool cannot store anything" lines, per sensor.
+    store_errors: RateLimits<Arc<str>>,
 }
 
 /// The spool shared by the seal stage (pushing) and the uplink (taking and
@@ -136,6 +138,7 @@ impl Spool {
             cache_bytes: 0,
             closed: false,
             refusing: None,
+            store_errors: RateLimits::new(Duration::from_secs(60)),
         };
         let spool = Spool {
             inner: Mutex::new(inner),
@@ -247,9 +250,9 @@ impl Spool {
                     let reason = e.to_string();
                     if s.refusing.as_deref() != Some(reason.as_str()) {
                         match self.settings.when_full {
-                            WhenFull::Block => warn!(reason = %reason,
+                            WhenFull::Block => warn!(reason = %reason, error_kind = e.kind(),
                                 "spool cannot take data; reading paused until there is room (when_full = block)"),
-                            WhenFull::DropOldest => warn!(reason = %reason,
+                            WhenFull::DropOldest => warn!(reason = %reason, error_kind = e.kind(),
                                 "spool full; dropping the oldest data (when_full = drop_oldest)"),
                         }
                         s.refusing = Some(reason);
@@ -266,9 +269,13 @@ impl Spool {
                             // disk itself refuses. This message is lost.
                             Stats::add(&self.stats.messages_dropped, 1);
                             Stats::add(&self.stats.records_dropped, u64::from(msg.records));
-                            error!(sensor = %msg.sensor, seq_first = msg.first_seq, seq_last = msg.last_seq,
-                                records = msg.records, error = %e,
-                                "spool cannot store anything; message dropped");
+                            if let Some(suppressed) =
+                                s.store_errors.check(msg.sensor.clone(), Instant::now())
+                            {
+                                error!(sensor = %msg.sensor, seq_first = msg.first_seq, seq_last = msg.last_seq,
+                                    records = msg.records, error = %e, error_kind = e.kind(), suppressed,
+                                    "spool cannot store anything; message dropped");
+                            }
                             return true;
                         }
                     }
@@ -349,7 +356,8 @@ impl Spool {
                         .unwrap_or_else(|e| e.into_inner())
                         .check(Instant::now())
                     {
-                        error!(error = %e, suppressed = limit, "cannot read spool segment");
+                        error!(error = %e, error_kind = "corrupt", suppressed = limit,
+                            "cannot read spool segment");
                     }
                     let info = path.and_then(|p| s.log.remove_segment(&p))?;
                     Stats::add(&self.stats.spool_corrupt_entries, info.messages);

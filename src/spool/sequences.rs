@@ -120,6 +120,7 @@ impl StateDir {
                     tracing::error!(
                         path = %path.display(),
                         moved_to = %aside.display(),
+                        error_kind = "corrupt",
                         "state file unreadable; starting a new epoch"
                     );
                     let _ = fs::rename(&path, &aside);
@@ -128,7 +129,8 @@ impl StateDir {
             },
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "cannot read state file; starting a new epoch");
+                tracing::error!(path = %path.display(), error = %e,
+                    error_kind = crate::telemetry::io_error_kind(&e), "cannot read state file; starting a new epoch");
                 None
             }
         };

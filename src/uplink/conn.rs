@@ -40,6 +40,10 @@ pub struct ConnError {
     pub message: String,
     /// The broker answered and said no (credentials, authorization).
     pub refused: bool,
+    /// A short stable word for the log's `error_kind` (`tls`, `network`,
+    /// `timeout`, `refused`, `protocol`, ...; see
+    /// [`crate::telemetry::error_kind`]).
+    pub kind: &'static str,
 }
 
 enum Client {
@@ -195,6 +199,13 @@ async fn poll_v4(
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Ok(ConnEvent::Sent(pkid)),
             Ok(Event::Outgoing(_)) => continue,
             Err(e) => Err(ConnError {
+                kind: match &e {
+                    ConnectionError::ConnectionRefused(_) => "refused",
+                    ConnectionError::NetworkTimeout | ConnectionError::FlushTimeout => "timeout",
+                    ConnectionError::MqttState(rumqttc::StateError::AwaitPingResp) => "timeout",
+                    ConnectionError::MqttState(_) | ConnectionError::NotConnAck(_) => "protocol",
+                    e => crate::telemetry::error_kind(e),
+                },
                 refused: matches!(
                     e,
                     ConnectionError::ConnectionRefused(
@@ -239,6 +250,13 @@ async fn poll_v5(mut eventloop: mqtt5::EventLoop, tx: mpsc::Sender<Result<ConnEv
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Ok(ConnEvent::Sent(pkid)),
             Ok(Event::Outgoing(_)) => continue,
             Err(e) => Err(ConnError {
+                kind: match &e {
+                    ConnectionError::ConnectionRefused(_) => "refused",
+                    ConnectionError::Timeout(_) => "timeout",
+                    ConnectionError::MqttState(mqtt5::StateError::AwaitPingResp) => "timeout",
+                    ConnectionError::MqttState(_) | ConnectionError::NotConnAck(_) => "protocol",
+                    e => crate::telemetry::error_kind(e),
+                },
                 refused: matches!(
                     e,
                     ConnectionError::ConnectionRefused(

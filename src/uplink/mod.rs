@@ -24,7 +24,7 @@ use tracing::{debug, error, info, warn};
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::spool::Spool;
-use crate::telemetry::{RateLimit, Stats};
+use crate::telemetry::{RateLimit, RateLimits, Stats};
 use conn::{Conn, ConnEvent};
 use inflight::{Inflight, Tracked};
 
@@ -96,6 +96,15 @@ impl UplinkSettings {
         }
     }
 
+    /// `host:port` (`[v6]:port`), the `broker` field of the log lines.
+    pub fn broker(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
     fn topic(&self, sensor: &Arc<str>) -> String {
         self.topics
             .get(sensor)
@@ -125,8 +134,14 @@ enum SessionEnd {
     Aborted,
     /// New TLS material (SIGHUP): reconnect now with it.
     Reload,
-    Lost(String),
+    /// The error text and its `error_kind`.
+    Lost(String, &'static str),
 }
+
+/// At most one warning per this period for each repeating uplink fault
+/// (per kind of connect failure; a refused message); the next line
+/// carries `suppressed=N`. Every failure is still counted.
+const UPLINK_LOG_PERIOD: Duration = Duration::from_secs(60);
 
 /// Publishes until the spool is closed and drained, or `abort` fires.
 pub async fn run(
@@ -137,7 +152,14 @@ pub async fn run(
     abort: CancellationToken,
 ) {
     let mut backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
-    let mut refusals = RateLimit::new(Duration::from_secs(60));
+    let broker = settings.broker();
+    let mut connect_failures = RateLimits::new(UPLINK_LOG_PERIOD);
+    let mut small_packets = RateLimit::new(Duration::from_secs(3600));
+    let mut refusals = RateLimit::new(UPLINK_LOG_PERIOD);
+    // "connection lost" and "reconnected" are not rate-limited: each is one
+    // line per state change, and a connection that keeps dropping is not
+    // resumed faster than the backoff (which a short-lived connection does
+    // not reset), so at most two lines per `reconnect_max`.
     let mut down_since: Option<Instant> = None;
     // The broker refused us: retry at the longest delay.
     let mut refused = false;
@@ -154,38 +176,48 @@ pub async fn run(
                 Some(Ok(ConnEvent::Connected { broker_max_packet })) => {
                     if let Some(limit) = broker_max_packet {
                         if (limit as usize) < settings.max_packet {
-                            warn!(broker_max_packet = limit, max_packet = settings.max_packet,
-                                "the broker takes smaller packets than mqtt.max_packet; \
-                                 larger messages will be refused: lower max_packet to at most its limit");
+                            if let Some(suppressed) = small_packets.check(Instant::now()) {
+                                warn!(broker = %broker, broker_max_packet = limit,
+                                    max_packet = settings.max_packet, suppressed,
+                                    "the broker takes smaller packets than mqtt.max_packet; \
+                                     larger messages will be refused: lower max_packet to at most its limit");
+                            }
                         }
                     }
                     Ok(())
                 }
-                Some(Ok(other)) => Err((format!("unexpected first event {other:?}"), false)),
-                Some(Err(e)) => Err((e.message, e.refused)),
-                None => Err(("MQTT event loop ended".into(), false)),
+                Some(Ok(other)) => Err((format!("unexpected first event {other:?}"), false, "protocol")),
+                Some(Err(e)) => Err((e.message, e.refused, e.kind)),
+                None => Err(("MQTT event loop ended".into(), false, "protocol")),
             },
         };
         let end = match connected {
             Ok(()) => {
                 Stats::add(&stats.connects, 1);
                 match down_since.take() {
-                    Some(t) => info!(broker = %settings.host, port = settings.port,
+                    Some(t) => info!(broker = %broker,
                         after_s = t.elapsed().as_secs_f64(), "reconnected to broker"),
-                    None => {
-                        info!(broker = %settings.host, port = settings.port, "connected to broker")
-                    }
+                    None => info!(broker = %broker, "connected to broker"),
                 }
                 let connected_at = Instant::now();
                 Stats::set(&stats.broker_connected, 1);
-                let end = session(&settings, &mut conn, &mut tls, &spool, &stats, &abort).await;
+                let end = session(
+                    &settings,
+                    &mut conn,
+                    &mut tls,
+                    &spool,
+                    &stats,
+                    &abort,
+                    &mut refusals,
+                )
+                .await;
                 Stats::set(&stats.broker_connected, 0);
                 if connected_at.elapsed() >= STABLE_CONNECTION {
                     backoff.reset();
                 }
                 end
             }
-            Err((error, is_refused)) => {
+            Err((error, is_refused, error_kind)) => {
                 Stats::add(&stats.connect_failures, 1);
                 if is_refused {
                     // The broker answered and said no: retrying sooner
@@ -193,14 +225,14 @@ pub async fn run(
                     backoff.to_max();
                     refused = true;
                 }
-                if let Some(suppressed) = refusals.check(Instant::now()) {
-                    warn!(broker = %settings.host, port = settings.port, %error, suppressed,
+                if let Some(suppressed) = connect_failures.check(error_kind, Instant::now()) {
+                    warn!(broker = %broker, %error, error_kind, suppressed,
                         "cannot connect to broker; data is kept, retrying");
                 } else {
-                    debug!(%error, "connect failed");
+                    debug!(broker = %broker, %error, error_kind, "connect failed");
                 }
                 down_since.get_or_insert_with(Instant::now);
-                SessionEnd::Lost(error)
+                SessionEnd::Lost(error, error_kind)
             }
         };
         match end {
@@ -219,11 +251,11 @@ pub async fn run(
                 info!("reconnecting with the reloaded TLS material");
                 continue;
             }
-            SessionEnd::Lost(error) => {
+            SessionEnd::Lost(error, error_kind) => {
                 conn.abort();
                 if down_since.is_none() {
                     Stats::add(&stats.connect_failures, 1);
-                    warn!(broker = %settings.host, %error, "broker connection lost; reconnecting");
+                    warn!(broker = %broker, %error, error_kind, "broker connection lost; reconnecting");
                     down_since = Some(Instant::now());
                 }
             }
@@ -258,6 +290,7 @@ async fn session(
     spool: &Spool,
     stats: &Stats,
     abort: &CancellationToken,
+    refusals: &mut RateLimit,
 ) -> SessionEnd {
     let mut window = Inflight::new(usize::from(settings.max_inflight));
     if conn
@@ -277,7 +310,7 @@ async fn session(
             };
             let topic = settings.topic(&msg.sensor);
             if let Err(e) = conn.publish(&topic, msg.bytes.clone(), false) {
-                return SessionEnd::Lost(format!("publish request refused: {e}"));
+                return SessionEnd::Lost(format!("publish request refused: {e}"), "protocol");
             }
             Stats::add(&stats.messages_published, 1);
             window.published(Tracked::Message {
@@ -297,7 +330,7 @@ async fn session(
                 return SessionEnd::Lost(format!(
                     "nothing heard from the broker for {:.1} s (keepalive {} s): the link is dead",
                     silence_limit.as_secs_f64(), settings.keepalive.as_secs()
-                ));
+                ), "timeout");
             }
             ev = conn.recv() => match ev {
                 Some(Ok(ConnEvent::Sent(pkid))) => window.assigned(pkid),
@@ -312,17 +345,19 @@ async fn session(
                             // ACL, a quota). It stays in the spool and is
                             // offered again after a backoff; the operator
                             // sees why.
-                            error!(broker = %settings.host, %reason,
-                                "broker refused a message; it stays queued and is retried");
-                            return SessionEnd::Lost(format!("broker refused a message: {reason}"));
+                            if let Some(suppressed) = refusals.check(Instant::now()) {
+                                error!(broker = %settings.broker(), %reason, error_kind = "refused",
+                                    suppressed, "broker refused a message; it stays queued and is retried");
+                            }
+                            return SessionEnd::Lost(format!("broker refused a message: {reason}"), "refused");
                         }
                         _ => {}
                     }
                 }
                 Some(Ok(ConnEvent::Heard)) => last_heard = tokio::time::Instant::now(),
                 Some(Ok(ConnEvent::Connected { .. })) => {}
-                Some(Err(e)) => return SessionEnd::Lost(e.message),
-                None => return SessionEnd::Lost("MQTT event loop ended".into()),
+                Some(Err(e)) => return SessionEnd::Lost(e.message, e.kind),
+                None => return SessionEnd::Lost("MQTT event loop ended".into(), "protocol"),
             },
         }
     }
