@@ -13,6 +13,7 @@ pub mod consumer;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod health;
+pub mod metrics;
 pub mod notify;
 pub mod pipeline;
 pub mod record;

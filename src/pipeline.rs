@@ -14,6 +14,7 @@ use crate::batch::{self, Batcher};
 use crate::config;
 use crate::config::Config;
 use crate::health::{Health, Stage};
+use crate::metrics::{self, Metrics, QueueDepth};
 use crate::notify::{self, Notifier};
 use crate::record::Record;
 use crate::seal::{self, KeyError, SealedMessage, Sealer};
@@ -93,7 +94,9 @@ pub async fn run(
         rotate_after: cfg.seal.rotate_after,
     });
     let tls = if cfg.mqtt.tls {
-        Some(uplink::tls::load_client_config(&cfg.mqtt)?)
+        let config = uplink::tls::load_client_config(&cfg.mqtt)?;
+        record_cert_expiry(&cfg.mqtt, &stats);
+        Some(config)
     } else {
         warn!(broker = %UplinkSettings::new(&cfg).broker(),
             "TLS IS OFF (mqtt.tls = false): messages and the client identity travel in plaintext; \
@@ -128,8 +131,10 @@ pub async fn run(
     let counters: Vec<_> = sensors.iter().map(|s| s.counters().clone()).collect();
     let mut sources = JoinSet::new();
     let mut batchers = JoinSet::new();
+    let mut queues = Vec::new();
     for (source, sensor) in sensors.into_iter().zip(&cfg.sensor) {
         let (rec_tx, rec_rx) = mpsc::channel(RECORD_CHANNEL);
+        queues.push(queue_depth(format!("records {}", sensor.name), &rec_tx));
         sources.spawn(source.run(
             state.allocator(&sensor.name),
             rec_tx,
@@ -142,6 +147,7 @@ pub async fn run(
             batch_tx.clone(),
         ));
     }
+    queues.push(queue_depth("batches".to_string(), &batch_tx));
     drop(batch_tx);
     let mut sealing = tokio::spawn(seal_loop(
         sealer,
@@ -156,6 +162,7 @@ pub async fn run(
         cfg.mqtt.clone(),
         tls_tx,
         notifier.clone(),
+        stats.clone(),
         abort.clone(),
     ));
     let expiry_task = tokio::spawn(warn_of_certificate_expiry(cfg.mqtt.clone(), abort.clone()));
@@ -181,6 +188,16 @@ pub async fn run(
             move || spool.refresh_age()
         },
     ));
+    // Metrics are optional: a port already taken is logged, not fatal.
+    let metrics_server = cfg.metrics.listen_addr().and_then(|addr| {
+        let m = Arc::new(Metrics::new(stats.clone(), counters.clone(), queues));
+        metrics::serve(addr, m)
+            .inspect_err(|e| {
+                error!(listen = %addr, error = %e, error_kind = telemetry::error_kind(e),
+                    "cannot serve metrics; running without them")
+            })
+            .ok()
+    });
     info!(sensors = cfg.sensor.len(), broker = %UplinkSettings::new(&cfg).broker(), "started");
     // Ready: every stage runs. Not "connected": starting offline is normal,
     // the spool holds the data until the broker is back.
@@ -247,6 +264,7 @@ pub async fn run(
     let _ = reload_task.await;
     let _ = expiry_task.await;
     let _ = supervisor.await;
+    drop(metrics_server);
     {
         let spool = spool.clone();
         let _ = tokio::task::spawn_blocking(move || spool.sync()).await;
@@ -267,6 +285,24 @@ pub async fn run(
     }
     info!("stopped");
     Ok(last)
+}
+
+/// Keeps the client certificate's end date for the metrics.
+fn record_cert_expiry(mqtt: &config::Mqtt, stats: &Stats) {
+    let t = uplink::tls::not_after(mqtt).unwrap_or(0);
+    Stats::set(&stats.client_cert_not_after, u64::try_from(t).unwrap_or(0));
+}
+
+/// The depth of a channel for the metrics, without keeping it open.
+fn queue_depth<T: Send + 'static>(stage: String, tx: &mpsc::Sender<T>) -> QueueDepth {
+    let weak = tx.downgrade();
+    QueueDepth {
+        stage,
+        depth: Box::new(move || {
+            weak.upgrade()
+                .map_or(0, |tx| (tx.max_capacity() - tx.capacity()) as u64)
+        }),
+    }
 }
 
 /// The spool settings from `[gateway]` and `[buffer]`.
@@ -337,6 +373,7 @@ async fn reload_tls_on_sighup(
     mqtt: config::Mqtt,
     tls: tokio::sync::watch::Sender<Option<Arc<rustls::ClientConfig>>>,
     notifier: Notifier,
+    stats: Arc<Stats>,
     stop: CancellationToken,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
@@ -358,6 +395,7 @@ async fn reload_tls_on_sighup(
             Ok(config) => {
                 info!(cert_file = ?mqtt.cert_file, "SIGHUP: TLS material reloaded");
                 tls.send_replace(Some(config));
+                record_cert_expiry(&mqtt, &stats);
                 "TLS material reloaded (SIGHUP)"
             }
             Err(e) => {

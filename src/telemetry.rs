@@ -366,6 +366,9 @@ counters! {
     spool_write_errors,
     /// Gauge: 1 while connected to the broker.
     broker_connected,
+    /// Gauge: when the client certificate in use expires (Unix seconds;
+    /// 0 when unknown or TLS is off).
+    client_cert_not_after,
     /// Successful broker connections, and connections lost or refused.
     connects,
     connect_failures,

@@ -93,7 +93,9 @@ impl fmt::Display for Config {
         w.table("[log]")?;
         w.string("level", &self.log.level)?;
         w.string("format", self.log.format.as_str())?;
-        w.string("stats_interval", &duration(self.log.stats_interval))
+        w.string("stats_interval", &duration(self.log.stats_interval))?;
+        w.table("[metrics]")?;
+        w.optional("listen", self.metrics.listen.as_deref())
     }
 }
 

@@ -45,7 +45,8 @@ pub use choice::{
 };
 pub use error::{ConfigError, Problem};
 pub use schema::{
-    Batch, Buffer, Column, ColumnTable, Config, Gateway, LayoutField, Log, Mqtt, Seal, Sensor,
+    Batch, Buffer, Column, ColumnTable, Config, Gateway, LayoutField, Log, Metrics, Mqtt, Seal,
+    Sensor,
 };
 pub use secret::Secret;
 pub use units::{Percent, format_size, parse_percent, parse_size};

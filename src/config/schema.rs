@@ -31,6 +31,24 @@ pub struct Config {
     pub seal: Seal,
     #[serde(default)]
     pub log: Log,
+    #[serde(default)]
+    pub metrics: Metrics,
+}
+
+/// The optional Prometheus endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    /// `address:port` to serve `GET /metrics` on, e.g. `127.0.0.1:9898`;
+    /// unset (the default) serves nothing.
+    pub listen: Option<String>,
+}
+
+impl Metrics {
+    /// The parsed `listen` address (validation has checked it).
+    pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
+        self.listen.as_deref().and_then(|l| l.parse().ok())
+    }
 }
 
 /// The gateway's identity and where it keeps its state.

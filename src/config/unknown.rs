@@ -12,7 +12,9 @@ use serde::de::{self, Deserializer, Visitor};
 
 use super::error::Problem;
 use super::origin::Context;
-use super::{Batch, Buffer, ColumnTable, Config, Gateway, LayoutField, Log, Mqtt, Seal, Sensor};
+use super::{
+    Batch, Buffer, ColumnTable, Config, Gateway, LayoutField, Log, Metrics, Mqtt, Seal, Sensor,
+};
 
 impl Context<'_> {
     /// Every key the schema does not know, in every table, sorted.
@@ -22,13 +24,14 @@ impl Context<'_> {
             return out;
         };
         self.unknown_in(top, "", "the top level", fields_of::<Config>(), &mut out);
-        let sections: [(&str, &[&str]); 6] = [
+        let sections: [(&str, &[&str]); 7] = [
             ("gateway", fields_of::<Gateway>()),
             ("mqtt", fields_of::<Mqtt>()),
             ("batch", fields_of::<Batch>()),
             ("buffer", fields_of::<Buffer>()),
             ("seal", fields_of::<Seal>()),
             ("log", fields_of::<Log>()),
+            ("metrics", fields_of::<Metrics>()),
         ];
         for (section, fields) in sections {
             if let Some(Value {
@@ -261,7 +264,7 @@ mod tests {
         assert_eq!(
             fields_of::<Config>(),
             [
-                "gateway", "sensor", "mqtt", "batch", "buffer", "seal", "log"
+                "gateway", "sensor", "mqtt", "batch", "buffer", "seal", "log", "metrics"
             ]
         );
         assert!(fields_of::<Mqtt>().contains(&"drain_timeout"));

@@ -28,6 +28,7 @@ impl Context<'_> {
         found.batch_and_buffer(cfg);
         found.seal(cfg);
         found.log(cfg);
+        found.metrics(cfg);
         found.problems
     }
 }
@@ -530,6 +531,19 @@ impl Found<'_> {
                 );
             } else if field.trim().is_empty() {
                 self.fail(k("time_field"), "must not be empty");
+            }
+        }
+    }
+
+    fn metrics(&mut self, cfg: &Config) {
+        if let Some(listen) = &cfg.metrics.listen {
+            if listen.parse::<std::net::SocketAddr>().is_err() {
+                self.fail(
+                    "metrics.listen",
+                    format!(
+                        "\"{listen}\" is not an address:port such as \"127.0.0.1:9898\" (an IP address, not a host name)"
+                    ),
+                );
             }
         }
     }
@@ -1037,6 +1051,25 @@ stats_interval = "500ms"
                 panic!("{good}: {e}");
             }
         }
+    }
+
+    #[test]
+    fn metrics_listen_must_be_an_address_and_port() {
+        let with = |v: &str| Dir::new(&format!("{MINIMAL}\n[metrics]\nlisten = \"{v}\"\n"));
+        for bad in ["localhost:9898", "127.0.0.1", ":9898", "9898"] {
+            let p = only_problem(with(bad).load().unwrap_err());
+            assert_eq!(p.key, "metrics.listen", "{bad}");
+            assert!(p.message.contains("127.0.0.1:9898"), "{p}");
+        }
+        let cfg = with("[::1]:9898").load().unwrap();
+        assert_eq!(
+            cfg.metrics.listen_addr(),
+            Some("[::1]:9898".parse().unwrap())
+        );
+        assert_eq!(
+            Dir::new(MINIMAL).load().unwrap().metrics.listen_addr(),
+            None
+        );
     }
 
     #[test]

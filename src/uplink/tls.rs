@@ -266,10 +266,16 @@ fn check_expiry_in_use_at(
 /// negative once it has; `None` when it cannot be read (the error then
 /// comes from [`check_expiry`] or [`load_client_config`]).
 pub fn days_left(mqtt: &Mqtt) -> Option<i64> {
+    Some((not_after(mqtt)? - unix_now()).div_euclid(DAY))
+}
+
+/// When the client certificate in `mqtt.cert_file` expires, in Unix
+/// seconds; `None` when it cannot be read.
+pub fn not_after(mqtt: &Mqtt) -> Option<i64> {
     let path = mqtt.cert_file.as_deref()?;
     let chain = read_certs(path, "client certificate file", "mqtt.cert_file").ok()?;
     let cert = parse_leaf(&chain[0], path).ok()?;
-    Some((cert.validity().not_after.timestamp() - unix_now()).div_euclid(DAY))
+    Some(cert.validity().not_after.timestamp())
 }
 
 /// The leaf certificate `config` presents for client authentication.
