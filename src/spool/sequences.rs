@@ -3,7 +3,8 @@
 //!
 //! Writing the counter for every record would wear an SD card out, so
 //! numbers are *reserved* in blocks: the file holds the first number not yet
-//! reserved, written before any number of the block is used. A clean stop
+//! reserved, written before any number of the block is used. Blocks grow
+//! for fast sensors ([`MAX_RESERVE_BLOCK`]). A clean stop
 //! writes the exact next number. After a crash or power cut the sequence
 //! jumps to the end of the last reserved block: the consumer sees a gap
 //! (numbers never used, plus whatever was in memory), never a reuse.
@@ -21,8 +22,17 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-/// How many sequence numbers one write of the state file reserves.
+/// How many sequence numbers one write of the state file reserves at
+/// first (and at least).
 pub const RESERVE_BLOCK: u64 = 4096;
+/// The most one write reserves. A fast sensor's block doubles while it
+/// uses a block up within [`RESERVE_PERIOD`], so the state file (two
+/// fsyncs per write) is written about once per period per sensor rather
+/// than dozens of times a second; a crash then skips at most this many
+/// numbers.
+pub const MAX_RESERVE_BLOCK: u64 = 1 << 20;
+/// How often, at most, a steady sensor makes the allocator write the state.
+pub const RESERVE_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
 
 const STATE_FILE: &str = "sequences.json";
 
@@ -173,6 +183,8 @@ impl StateDir {
             sensor: sensor.to_string(),
             next,
             reserved_until: next,
+            block: RESERVE_BLOCK,
+            reserved_at: None,
         }
     }
 
@@ -240,6 +252,17 @@ fn new_epoch() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The size of the next block: doubled when the last one lasted less than
+/// [`RESERVE_PERIOD`], halved when it lasted ten periods or more, within
+/// [`RESERVE_BLOCK`] ..= [`MAX_RESERVE_BLOCK`].
+fn next_block(block: u64, last_lasted: Option<std::time::Duration>) -> u64 {
+    match last_lasted {
+        Some(d) if d < RESERVE_PERIOD => (block * 2).min(MAX_RESERVE_BLOCK),
+        Some(d) if d >= RESERVE_PERIOD * 10 => (block / 2).max(RESERVE_BLOCK),
+        _ => block,
+    }
+}
+
 /// Hands out one sensor's sequence numbers, reserving them in blocks.
 #[derive(Debug)]
 pub struct SeqAllocator {
@@ -247,6 +270,10 @@ pub struct SeqAllocator {
     sensor: String,
     next: u64,
     reserved_until: u64,
+    /// Numbers the next reservation takes (see [`MAX_RESERVE_BLOCK`]).
+    block: u64,
+    /// When the last block was reserved.
+    reserved_at: Option<std::time::Instant>,
 }
 
 impl SeqAllocator {
@@ -257,9 +284,14 @@ impl SeqAllocator {
     pub fn allocate(&mut self) -> (u64, Option<StateError>) {
         let mut error = None;
         if self.next >= self.reserved_until {
-            let until = self.next + RESERVE_BLOCK;
+            let now = std::time::Instant::now();
+            self.block = next_block(self.block, self.reserved_at.map(|t| now - t));
+            let until = self.next + self.block;
             match self.state.record(&self.sensor, until) {
-                Ok(()) => self.reserved_until = until,
+                Ok(()) => {
+                    self.reserved_until = until;
+                    self.reserved_at = Some(now);
+                }
                 Err(e) => error = Some(e),
             }
         }
@@ -283,6 +315,54 @@ impl SeqAllocator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fast_sensor_reserves_bigger_blocks_and_a_slow_one_smaller() {
+        let s = std::time::Duration::from_secs;
+        assert_eq!(next_block(RESERVE_BLOCK, None), RESERVE_BLOCK);
+        assert_eq!(next_block(RESERVE_BLOCK, Some(s(1))), 2 * RESERVE_BLOCK);
+        assert_eq!(next_block(MAX_RESERVE_BLOCK, Some(s(1))), MAX_RESERVE_BLOCK);
+        assert_eq!(
+            next_block(8 * RESERVE_BLOCK, Some(s(30))),
+            8 * RESERVE_BLOCK
+        );
+        assert_eq!(
+            next_block(8 * RESERVE_BLOCK, Some(s(100))),
+            4 * RESERVE_BLOCK
+        );
+        assert_eq!(next_block(RESERVE_BLOCK, Some(s(1000))), RESERVE_BLOCK);
+        // 200k records/s: blocks grow until one lasts about a period.
+        let (mut block, mut writes) = (RESERVE_BLOCK, 0);
+        let mut used = 0u64;
+        while used < 200_000 * 60 {
+            let lasted = std::time::Duration::from_secs_f64(block as f64 / 200_000.0);
+            used += block;
+            writes += 1;
+            block = next_block(block, Some(lasted));
+        }
+        assert!(
+            writes < 20,
+            "{writes} state writes in a minute at 200k records/s"
+        );
+    }
+
+    #[test]
+    fn fast_allocation_writes_the_state_file_rarely() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let mut a = state.allocator("bike");
+        let mut reservations = 0;
+        let mut last = 0;
+        for _ in 0..200_000 {
+            a.allocate();
+            if a.reserved_until != last {
+                reservations += 1;
+                last = a.reserved_until;
+            }
+        }
+        // 4096, 8192, ... doubling: 200k numbers take 6 writes, not 49.
+        assert!(reservations <= 6, "{reservations}");
+    }
 
     #[test]
     fn sequence_continues_after_clean_stop_and_never_repeats_after_crash() {
