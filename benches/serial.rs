@@ -20,6 +20,7 @@ use sensorgate::config::{self, Column, ColumnType, LayoutField, LayoutType};
 use sensorgate::demo::pty::{sim_columns, sim_line};
 use sensorgate::serial::format::{Decoded, FormatDecoder};
 use sensorgate::serial::framing::cobs::encode_frame;
+use sensorgate::serial::framing::nmea::sentence;
 use sensorgate::serial::framing::{Frame, Framer};
 use tokio_util::codec::Decoder;
 
@@ -52,11 +53,6 @@ fn sensor(framing: config::Framing, format: config::Format) -> config::Sensor {
         time_field: None,
         time_format: config::TimeFormat::Rfc3339,
     }
-}
-
-fn nmea(body: &str) -> String {
-    let sum = body.bytes().fold(0u8, |a, b| a ^ b);
-    format!("${body}*{sum:02X}\r\n")
 }
 
 struct Case {
@@ -145,13 +141,13 @@ fn cases() -> Vec<Case> {
         }
         let lat = format!("48{:06.3}", 7.0 + (i % 1000) as f64 * 0.001);
         let sentence = match i % 3 {
-            0 => nmea(&format!(
+            0 => sentence(&format!(
                 "GPGGA,123519.00,{lat},N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,"
             )),
-            1 => nmea(&format!(
+            1 => sentence(&format!(
                 "GPRMC,123519.00,A,{lat},N,01131.000,E,022.4,084.4,251126,003.1,W"
             )),
-            _ => nmea("GPVTG,054.7,T,034.4,M,005.5,N,010.2,K"),
+            _ => sentence("GPVTG,054.7,T,034.4,M,005.5,N,010.2,K"),
         };
         input.extend_from_slice(sentence.as_bytes());
     }

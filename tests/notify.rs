@@ -6,85 +6,13 @@
 
 mod support;
 
-use std::os::unix::net::UnixDatagram;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sensorgate::demo::pty::{Pty, SimSensor};
-use support::{GatewayProcess, Rig, excerpt, wait_for_records, wait_until};
+use support::{GatewayProcess, NotifySocket, Rig, excerpt, wait_for_records, wait_until};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// What the gateway sent to the notify socket, with arrival times.
-struct NotifySocket {
-    messages: Arc<Mutex<Vec<(Instant, String)>>>,
-    path: String,
-}
-
-impl NotifySocket {
-    fn bind(dir: &Path) -> NotifySocket {
-        let path = dir.join("notify.sock");
-        let sock = UnixDatagram::bind(&path).expect("bind the notify socket");
-        sock.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let messages = Arc::new(Mutex::new(Vec::new()));
-        let sink = messages.clone();
-        // The thread ends with the test process; reads time out every
-        // 100 ms, so it never blocks anything.
-        thread::spawn(move || {
-            let mut buf = vec![0u8; 4096];
-            loop {
-                match sock.recv(&mut buf) {
-                    Ok(n) => sink.lock().unwrap().push((
-                        Instant::now(),
-                        String::from_utf8_lossy(&buf[..n]).into_owned(),
-                    )),
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) => {}
-                    Err(_) => return,
-                }
-            }
-        });
-        NotifySocket {
-            messages,
-            path: path.display().to_string(),
-        }
-    }
-
-    fn all(&self) -> Vec<(Instant, String)> {
-        self.messages.lock().unwrap().clone()
-    }
-
-    /// Waits (bounded) for a message containing `needle`; its time.
-    fn wait_for(&self, needle: &str, timeout: Duration) -> Option<(Instant, String)> {
-        let mut found = None;
-        wait_until(timeout, Duration::from_millis(20), || {
-            found = self.all().into_iter().find(|(_, m)| m.contains(needle));
-            found.is_some()
-        });
-        found
-    }
-
-    fn count_after(&self, needle: &str, after: Instant) -> usize {
-        self.all()
-            .iter()
-            .filter(|(t, m)| *t > after && m.contains(needle))
-            .count()
-    }
-
-    fn shown(&self) -> String {
-        self.all()
-            .iter()
-            .map(|(_, m)| m.replace('\n', " | "))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
 
 #[test]
 fn ready_status_and_watchdog_pings_until_a_stage_hangs() {
@@ -92,11 +20,11 @@ fn ready_status_and_watchdog_pings_until_a_stage_hangs() {
     let sub = rig.subscriber();
     let pty = Pty::open().unwrap();
     let config = rig.gateway_config("gw.toml", &[("bike", pty.path())], "");
-    let notify = NotifySocket::bind(rig.dir.path());
+    let notify = NotifySocket::bind(&rig.dir.join("notify.sock"));
     let mut gw = GatewayProcess::start_with_env(
         &config,
         &[
-            ("NOTIFY_SOCKET", &notify.path),
+            ("NOTIFY_SOCKET", notify.path()),
             // WatchdogSec=2s: pings every second; a stage busy for 5 s
             // (the floor) is stuck.
             ("WATCHDOG_USEC", "2000000"),
@@ -173,8 +101,8 @@ fn reload_and_stop_are_announced() {
     let rig = Rig::new();
     let pty = Pty::open().unwrap();
     let config = rig.gateway_config("gw.toml", &[("bike", pty.path())], "");
-    let notify = NotifySocket::bind(rig.dir.path());
-    let mut gw = GatewayProcess::start_with_env(&config, &[("NOTIFY_SOCKET", &notify.path)]);
+    let notify = NotifySocket::bind(&rig.dir.join("notify.sock"));
+    let mut gw = GatewayProcess::start_with_env(&config, &[("NOTIFY_SOCKET", notify.path())]);
     let (ready_at, _) = notify
         .wait_for("READY=1", WAIT)
         .unwrap_or_else(|| panic!("no READY; log:\n{}", excerpt(&gw.log())));

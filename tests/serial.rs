@@ -13,17 +13,12 @@ use sensorgate::config::{Crc, Endian};
 use sensorgate::demo::pty::{Pty, sim_decoder, sim_line};
 use sensorgate::serial::format::Decoded;
 use sensorgate::serial::framing::cobs::encode_frame;
+use sensorgate::serial::framing::nmea::sentence;
 use support::{
     GatewayProcess, Opened, Rig, assert_no_panic, excerpt, wait_for_records, wait_until,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// An NMEA sentence `$body*hh` with its checksum, and CRLF.
-fn nmea(body: &str) -> String {
-    let sum = body.bytes().fold(0u8, |a, b| a ^ b);
-    format!("${body}*{sum:02X}\r\n")
-}
 
 /// Sentence `i` of the simulated receiver: GGA, RMC and VTG in turn; the
 /// latitude's minutes grow with `i` so each record can be checked.
@@ -31,13 +26,13 @@ fn gps_sentence(i: u64) -> String {
     let minutes = 7.0 + i as f64 * 0.001;
     let lat = format!("48{minutes:06.3}");
     match i % 3 {
-        0 => nmea(&format!(
+        0 => sentence(&format!(
             "GPGGA,123519.00,{lat},N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,"
         )),
-        1 => nmea(&format!(
+        1 => sentence(&format!(
             "GPRMC,123519.00,A,{lat},S,01131.000,W,022.4,084.4,251126,003.1,W"
         )),
-        _ => nmea("GPVTG,054.7,T,034.4,M,005.5,N,010.2,K"),
+        _ => sentence("GPVTG,054.7,T,034.4,M,005.5,N,010.2,K"),
     }
 }
 

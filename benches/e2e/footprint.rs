@@ -17,16 +17,14 @@
 //!   was just built). Median of `--runs`.
 
 use std::fs;
-use std::io;
-use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sensorgate::demo::pty::Pty;
 
 use crate::Options;
 use crate::report::{Report, progress};
-use crate::support::{GatewayProcess, Rig, excerpt};
+use crate::support::{GatewayProcess, NotifySocket, Rig, excerpt};
 use crate::throughput::edit_config;
 
 /// How long the gateway may take to report READY before the run fails.
@@ -95,15 +93,17 @@ fn startup_to_ready(opts: &Options, report: &mut Report) {
             fs::remove_dir_all(&state)
                 .unwrap_or_else(|e| panic!("remove {}: {e}", state.display()));
         }
-        let notify = ReadySocket::bind(&rig.dir.join(&format!("notify-{run}.sock")));
+        let notify = NotifySocket::bind(&rig.dir.join(&format!("notify-{run}.sock")));
         let spawned = Instant::now();
         let gw = GatewayProcess::start_with_env(&config, &[("NOTIFY_SOCKET", notify.path())]);
-        let ready = notify.wait_ready(READY_TIMEOUT).unwrap_or_else(|| {
-            panic!(
-                "no READY=1 within {READY_TIMEOUT:?} of spawning the gateway\n{}",
-                excerpt(&gw.log())
-            )
-        });
+        let (ready, _) = notify
+            .wait_for("READY=1", READY_TIMEOUT)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no READY=1 within {READY_TIMEOUT:?} of spawning the gateway\n{}",
+                    excerpt(&gw.log())
+                )
+            });
         let ms = (ready - spawned).as_secs_f64() * 1e3;
         progress(&format!(
             "footprint run {}: READY after {ms:.1} ms",
@@ -114,67 +114,4 @@ fn startup_to_ready(opts: &Options, report: &mut Report) {
         drop(gw);
     }
     report.median("startup_to_ready_ms", "ms", &runs);
-}
-
-/// A Unix datagram socket standing in for systemd's notify socket: the
-/// gateway sends `READY=1` there once every stage runs (see
-/// `src/notify.rs` and `tests/notify.rs`). Also used by the throughput
-/// scenario to start its clock only once the gateway is up.
-pub struct ReadySocket {
-    sock: UnixDatagram,
-    path: PathBuf,
-}
-
-impl ReadySocket {
-    /// Binds `path` (a stale socket file there is removed first).
-    pub fn bind(path: &Path) -> ReadySocket {
-        let _ = fs::remove_file(path);
-        let sock = UnixDatagram::bind(path)
-            .unwrap_or_else(|e| panic!("bind the notify socket {}: {e}", path.display()));
-        ReadySocket {
-            sock,
-            path: path.to_owned(),
-        }
-    }
-
-    /// What `NOTIFY_SOCKET` is set to.
-    pub fn path(&self) -> &str {
-        self.path.to_str().expect("temporary paths are UTF-8")
-    }
-
-    /// Blocks until a datagram containing `READY=1` arrives and returns its
-    /// arrival time, or `None` once `timeout` has passed.
-    pub fn wait_ready(&self, timeout: Duration) -> Option<Instant> {
-        let deadline = Instant::now() + timeout;
-        let mut buf = vec![0u8; 4096];
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            self.sock
-                .set_read_timeout(Some(left))
-                .expect("set the notify socket's read timeout");
-            match self.sock.recv(&mut buf) {
-                Ok(n) => {
-                    let at = Instant::now();
-                    if String::from_utf8_lossy(&buf[..n])
-                        .lines()
-                        .any(|l| l == "READY=1")
-                    {
-                        return Some(at);
-                    }
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return None;
-                }
-                Err(e) => panic!("read the notify socket {}: {e}", self.path.display()),
-            }
-        }
-    }
 }

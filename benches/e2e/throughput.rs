@@ -66,10 +66,11 @@ use sensorgate::demo::pki;
 use sensorgate::demo::pty::{Pty, SimSensor, sim_line};
 
 use crate::Options;
-use crate::footprint::ReadySocket;
 use crate::proc::cpu_seconds;
 use crate::report::{Report, progress};
-use crate::support::{self, GatewayProcess, Rig, Subscriber, assert_no_panic, excerpt, wait_until};
+use crate::support::{
+    self, GatewayProcess, NotifySocket, Rig, Subscriber, assert_no_panic, excerpt, wait_until,
+};
 
 /// Records per gateway run, split evenly over the sensors: about 5-8 s a
 /// run on this machine (the subscriber then holds about 260 MB of sealed
@@ -330,9 +331,9 @@ fn gateway_run(rig: &Rig, sensors: usize, run: usize) -> GatewayRun {
             ("linger = \"50ms\"\n", ""),
         ],
     );
-    let notify = ReadySocket::bind(&rig.dir.join("notify.sock"));
+    let notify = NotifySocket::bind(&rig.dir.join("notify.sock"));
     let mut gw = GatewayProcess::start_with_env(&config, &[("NOTIFY_SOCKET", notify.path())]);
-    if notify.wait_ready(WAIT).is_none() {
+    if notify.wait_for("READY=1", WAIT).is_none() {
         panic!("{what}: no READY=1 within {WAIT:?}\n{}", excerpt(&gw.log()));
     }
     let online = wait_until(WAIT, Duration::from_millis(20), || {

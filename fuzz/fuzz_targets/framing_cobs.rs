@@ -7,39 +7,17 @@
 //! how many read sizes follow, then the read sizes, then the stream.
 #![no_main]
 
-use bytes::BytesMut;
+#[path = "common/framing.rs"]
+mod common;
+
 use libfuzzer_sys::fuzz_target;
 use sensorgate::config::{Crc, Endian};
 use sensorgate::serial::framing::cobs::{CobsFramer, encode_frame};
-use sensorgate::serial::framing::{Frame, SAMPLE_LEN};
-use tokio_util::codec::Decoder;
+use sensorgate::serial::framing::{Frame, Framer};
 
-/// Feeds `input` in reads whose sizes cycle through `sizes` (all at once
-/// when empty), checking the memory bound after each read.
 fn run(max_frame: usize, crc: Crc, endian: Endian, input: &[u8], sizes: &[usize]) -> Vec<Frame> {
-    let mut decoder = CobsFramer::new(max_frame, crc, endian);
-    let mut buf = BytesMut::new();
-    let mut out = Vec::new();
-    let mut rest = input;
-    let mut sizes = sizes.iter().copied().cycle();
-    while !rest.is_empty() {
-        let n = sizes.next().unwrap_or(rest.len()).clamp(1, rest.len());
-        let (read, tail) = rest.split_at(n);
-        rest = tail;
-        buf.extend_from_slice(read);
-        while let Some(frame) = decoder.decode(&mut buf).expect("framings never fail") {
-            out.push(frame);
-        }
-        assert!(buf.len() <= max_frame, "kept {} bytes", buf.len());
-    }
-    assert_eq!(
-        decoder.decode_eof(&mut buf).expect("framings never fail"),
-        None
-    );
-    let kept = buf.len();
-    assert!(decoder.reset(&mut buf) >= kept);
-    assert!(buf.is_empty());
-    out
+    let framer = Framer::Cobs(CobsFramer::new(max_frame, crc, endian));
+    common::run(framer, max_frame, input, sizes)
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -54,13 +32,10 @@ fuzz_target!(|data: &[u8]| {
     } else {
         Endian::Big
     };
-    let count = usize::from(*count % 8).min(rest.len());
-    let (sizes, input) = rest.split_at(count);
-    let sizes: Vec<usize> = sizes.iter().map(|s| 1 + usize::from(*s)).collect();
+    let (sizes, input) = common::read_sizes(*count, rest);
 
     let whole = run(max_frame, crc, endian, input, &[]);
-    let split = run(max_frame, crc, endian, input, &sizes);
-    assert_eq!(split, whole);
+    assert_eq!(run(max_frame, crc, endian, input, &sizes), whole);
     for frame in &whole {
         match frame {
             Frame::Data(payload) => {
@@ -71,10 +46,7 @@ fuzz_target!(|data: &[u8]| {
                     vec![Frame::Data(payload.clone())]
                 );
             }
-            Frame::Bad { len, sample, .. } => {
-                assert!(*len > 0);
-                assert_eq!(sample.len(), (*len).min(SAMPLE_LEN));
-            }
+            Frame::Bad { len, sample, .. } => common::check_bad(*len, sample),
         }
     }
 });

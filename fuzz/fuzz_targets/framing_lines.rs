@@ -6,52 +6,30 @@
 //! the read sizes, then the stream.
 #![no_main]
 
-use bytes::BytesMut;
+#[path = "common/framing.rs"]
+mod common;
+
 use libfuzzer_sys::fuzz_target;
 use sensorgate::serial::framing::lines::LinesDecoder;
-use sensorgate::serial::framing::{Frame, Reject, SAMPLE_LEN};
-use tokio_util::codec::Decoder;
-
-/// Feeds `input` in reads whose sizes cycle through `sizes` (all at once
-/// when empty), checking the memory bound after each read.
-fn run(max_frame: usize, input: &[u8], sizes: &[usize]) -> Vec<Frame> {
-    let mut decoder = LinesDecoder::new(max_frame);
-    let mut buf = BytesMut::new();
-    let mut out = Vec::new();
-    let mut rest = input;
-    let mut sizes = sizes.iter().copied().cycle();
-    while !rest.is_empty() {
-        let n = sizes.next().unwrap_or(rest.len()).clamp(1, rest.len());
-        let (read, tail) = rest.split_at(n);
-        rest = tail;
-        buf.extend_from_slice(read);
-        while let Some(frame) = decoder.decode(&mut buf).expect("framings never fail") {
-            out.push(frame);
-        }
-        assert!(buf.len() <= max_frame + 1, "kept {} bytes", buf.len());
-    }
-    assert_eq!(
-        decoder.decode_eof(&mut buf).expect("framings never fail"),
-        None
-    );
-    let kept = buf.len();
-    assert!(decoder.reset(&mut buf) >= kept);
-    assert!(buf.is_empty());
-    out
-}
+use sensorgate::serial::framing::{Frame, Framer, Reject};
 
 fuzz_target!(|data: &[u8]| {
     let [max, count, rest @ ..] = data else {
         return;
     };
     let max_frame = 1 + usize::from(*max % 100);
-    let count = usize::from(*count % 8).min(rest.len());
-    let (sizes, input) = rest.split_at(count);
-    let sizes: Vec<usize> = sizes.iter().map(|s| 1 + usize::from(*s)).collect();
+    let (sizes, input) = common::read_sizes(*count, rest);
+    let run = |sizes: &[usize]| {
+        common::run(
+            Framer::Lines(LinesDecoder::new(max_frame)),
+            max_frame + 1,
+            input,
+            sizes,
+        )
+    };
 
-    let whole = run(max_frame, input, &[]);
-    let split = run(max_frame, input, &sizes);
-    assert_eq!(split, whole);
+    let whole = run(&[]);
+    assert_eq!(run(&sizes), whole);
     for frame in &whole {
         match frame {
             Frame::Data(line) => {
@@ -65,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
             } => {
                 assert_eq!(*reason, Reject::TooLong);
                 assert!(*len > max_frame);
-                assert_eq!(sample.len(), (*len).min(SAMPLE_LEN));
+                common::check_bad(*len, sample);
             }
         }
     }

@@ -15,6 +15,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -1021,5 +1022,81 @@ pub fn run_bounded(mut cmd: Command, stdin: &[u8], limit: Duration) -> Outcome {
         code,
         stdout,
         stderr,
+    }
+}
+
+/// A Unix datagram socket standing in for systemd's `NOTIFY_SOCKET`: what
+/// the gateway sent there (`READY=1`, `STATUS=...`), with arrival times.
+pub struct NotifySocket {
+    messages: Arc<Mutex<Vec<(Instant, String)>>>,
+    path: String,
+}
+
+impl NotifySocket {
+    /// Binds `path` (a stale socket file there is removed first).
+    pub fn bind(path: &Path) -> NotifySocket {
+        let _ = fs::remove_file(path);
+        let sock = UnixDatagram::bind(path).expect("bind the notify socket");
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let sink = messages.clone();
+        // Reads time out every 100 ms; the thread ends once the
+        // NotifySocket is dropped (it then holds the only reference).
+        thread::spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                match sock.recv(&mut buf) {
+                    Ok(n) => sink.lock().unwrap().push((
+                        Instant::now(),
+                        String::from_utf8_lossy(&buf[..n]).into_owned(),
+                    )),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) && Arc::strong_count(&sink) > 1 => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        NotifySocket {
+            messages,
+            path: path.display().to_string(),
+        }
+    }
+
+    /// What `NOTIFY_SOCKET` is set to.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    pub fn all(&self) -> Vec<(Instant, String)> {
+        self.messages.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) for a message containing `needle`; its time.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> Option<(Instant, String)> {
+        let mut found = None;
+        wait_until(timeout, Duration::from_millis(20), || {
+            found = self.all().into_iter().find(|(_, m)| m.contains(needle));
+            found.is_some()
+        });
+        found
+    }
+
+    pub fn count_after(&self, needle: &str, after: Instant) -> usize {
+        self.all()
+            .iter()
+            .filter(|(t, m)| *t > after && m.contains(needle))
+            .count()
+    }
+
+    pub fn shown(&self) -> String {
+        self.all()
+            .iter()
+            .map(|(_, m)| m.replace('\n', " | "))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }

@@ -88,11 +88,7 @@ impl FormatDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn nmea(body: &str) -> Vec<u8> {
-        let sum = body.bytes().fold(0u8, |a, b| a ^ b);
-        format!("${body}*{sum:02X}").into_bytes()
-    }
+    use crate::serial::framing::nmea::sentence;
 
     /// `seal.encrypt` is checked against `config::NMEA_FIELDS`: every name
     /// the decoder gives a record must be in that list.
@@ -104,7 +100,7 @@ mod tests {
             "GNRMC,123519.00,A,4807.038,S,01131.000,W,022.4,084.4,251126,003.1,W,A",
             "GPVTG,054.7,T,034.4,M,005.5,N,010.2,K,A",
         ] {
-            let Ok(Decoded::Fields(fields)) = d.decode(&nmea(body)) else {
+            let Ok(Decoded::Fields(fields)) = d.decode(sentence(body).as_bytes()) else {
                 panic!("{body}")
             };
             for f in &fields {

@@ -408,12 +408,7 @@ fn mode(p: &Parts, i: usize) -> Result<Option<Value>, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// `$body*hh` with the checksum computed here, as a receiver sends it.
-    fn sentence(body: &str) -> String {
-        let sum = body.bytes().fold(0u8, |a, b| a ^ b);
-        format!("${body}*{sum:02X}\r\n")
-    }
+    use crate::serial::framing::nmea::sentence;
 
     fn fields(body: &str) -> Vec<(String, Value)> {
         match NmeaDecoder::new().decode(sentence(body).as_bytes()) {

@@ -171,8 +171,18 @@ pub fn verify(sentence: &[u8]) -> Option<&[u8]> {
         return None;
     };
     let want = (hex(*hi)? << 4) | hex(*lo)?;
-    let got = body.iter().fold(0u8, |acc, b| acc ^ b);
-    (want == got).then_some(body)
+    (want == checksum(body)).then_some(body)
+}
+
+/// An NMEA checksum: the XOR of the bytes between `$` and `*`.
+fn checksum(body: &[u8]) -> u8 {
+    body.iter().fold(0u8, |acc, b| acc ^ b)
+}
+
+/// A whole sentence as a receiver sends it, `$body*hh` and CRLF: for the
+/// demo, tests and benches that play a GPS receiver.
+pub fn sentence(body: &str) -> String {
+    format!("${body}*{:02X}\r\n", checksum(body.as_bytes()))
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -195,7 +205,7 @@ mod tests {
 
     /// `$body*hh` with the right checksum.
     fn sentence(start: u8, body: &[u8]) -> Vec<u8> {
-        let sum = body.iter().fold(0u8, |acc, b| acc ^ b);
+        let sum = checksum(body);
         let mut s = vec![start];
         s.extend_from_slice(body);
         s.extend_from_slice(format!("*{sum:02X}").as_bytes());
