@@ -302,7 +302,7 @@ async fn spool_write(dir: &Path, fsync: Fsync, msgs: Vec<SealedMessage>) -> Run 
     for m in msgs {
         run.bytes += m.bytes.len() as u64;
         run.messages += 1;
-        spool.push(m).await;
+        spool.push(m);
         if start.elapsed() > TIME_LIMIT {
             break;
         }
@@ -393,7 +393,7 @@ fn bench_read(
             let (spool, _) = Spool::open(settings.clone(), Arc::default()).expect("open the spool");
             let spool = Arc::new(spool);
             for m in msgs {
-                spool.push(m).await;
+                spool.push(m);
             }
             spool.sync();
         });
@@ -541,7 +541,7 @@ fn bench_drain(
             let bytes = msgs.iter().map(|m| m.bytes.len() as u64).sum();
             rt.block_on(async {
                 for m in msgs {
-                    spool.push(m).await;
+                    spool.push(m);
                 }
             });
             spool.sync();

@@ -1,9 +1,10 @@
 //! The batch stage: group one sensor's records into batches, by count
-//! (`max_records`) and by time (`linger` after the first record).
+//! (`max_records`) and by time (`linger` after the first record). The
+//! serial reader of each sensor calls it directly
+//! ([`crate::serial::SensorSource::run`]) and sends whole batches on.
 
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::record::Record;
@@ -56,33 +57,6 @@ impl Batcher {
     }
 }
 
-/// Runs one sensor's batcher until its input closes, then flushes.
-pub async fn run(
-    mut batcher: Batcher,
-    mut rx: mpsc::Receiver<Record>,
-    tx: mpsc::Sender<Vec<Record>>,
-) {
-    loop {
-        let deadline = batcher.deadline();
-        let full = tokio::select! {
-            r = rx.recv() => match r {
-                Some(record) => batcher.push(record, Instant::now()),
-                None => break,
-            },
-            _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)).await },
-                if deadline.is_some() => batcher.take(),
-        };
-        if let Some(batch) = full {
-            if tx.send(batch).await.is_err() {
-                return;
-            }
-        }
-    }
-    if let Some(batch) = batcher.take() {
-        let _ = tx.send(batch).await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,24 +93,5 @@ mod tests {
         b.push(rec(1), t + Duration::from_millis(50));
         assert_eq!(b.deadline(), Some(t + Duration::from_millis(100)));
         assert_eq!(b.take().unwrap().len(), 2);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_partial_batch_is_flushed_after_linger_and_at_close() {
-        let (in_tx, in_rx) = mpsc::channel(8);
-        let (out_tx, mut out_rx) = mpsc::channel(8);
-        let task = tokio::spawn(run(
-            Batcher::new(100, Duration::from_millis(200)),
-            in_rx,
-            out_tx,
-        ));
-        in_tx.send(rec(0)).await.unwrap();
-        in_tx.send(rec(1)).await.unwrap();
-        let batch = out_rx.recv().await.unwrap();
-        assert_eq!(batch.len(), 2);
-        in_tx.send(rec(2)).await.unwrap();
-        drop(in_tx);
-        assert_eq!(out_rx.recv().await.unwrap()[0].seq, 2);
-        task.await.unwrap();
     }
 }

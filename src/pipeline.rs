@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::batch::{self, Batcher};
+use crate::batch::Batcher;
 use crate::config;
 use crate::config::Config;
 use crate::health::{Health, Stage};
@@ -25,21 +25,19 @@ use crate::spool::{Fsync, Spool, SpoolSettings};
 use crate::telemetry::{self, RateLimits, Snapshot, Stats};
 use crate::uplink::{self, UplinkSettings, tls::TlsError};
 
-/// Records waiting between a sensor's reader and its batcher. Small on
-/// purpose: what sits in the channels when the process dies is lost, so
-/// these (with `max_records`) bound what a crash can cost, and the spool
-/// behind them is fast.
-pub const RECORD_CHANNEL: usize = 256;
-/// Batches waiting to be sealed.
+/// Batches waiting to be sealed. Small on purpose: what sits in the
+/// channel when the process dies is lost, so it (with `max_records`)
+/// bounds what a crash can cost, and the spool behind it is fast.
 pub const BATCH_CHANNEL: usize = 4;
 
 /// The most records of one sensor that can be read but not yet in the
-/// spool: its record channel, its open batch, the batches waiting to be
-/// sealed and the one being sealed and stored. A crash (or SIGKILL) loses
-/// at most these, plus the undecoded bytes in the serial read buffer
-/// ([`crate::serial::READ_BUFFER`]); the next start reports the range.
+/// spool: its open batch (or the full one its reader is handing over),
+/// the batches waiting to be sealed and the one being sealed and stored.
+/// A crash (or SIGKILL) loses at most these, plus the undecoded bytes in
+/// the serial read buffer ([`crate::serial::READ_BUFFER`]); the next
+/// start reports the range.
 pub fn records_in_flight_bound(max_records: usize) -> usize {
-    RECORD_CHANNEL + (BATCH_CHANNEL + 2) * max_records
+    (BATCH_CHANNEL + 2) * max_records
 }
 
 /// Why the pipeline could not start. Runtime faults are never errors: they
@@ -56,6 +54,8 @@ pub enum StartError {
     Spool(#[from] DiskError),
     #[error(transparent)]
     Device(#[from] OpenError),
+    #[error("cannot start the seal stage's thread: {0}")]
+    Thread(std::io::Error),
 }
 
 impl StartError {
@@ -66,6 +66,7 @@ impl StartError {
             StartError::Device(e) => e.exit_code(),
             StartError::Key(e) => e.exit_code(),
             StartError::Tls(e) => e.exit_code(),
+            StartError::Thread(_) => 71,
         }
     }
 }
@@ -129,34 +130,27 @@ pub async fn run(
         source.check_required()?;
     }
     let counters: Vec<_> = sensors.iter().map(|s| s.counters().clone()).collect();
-    let mut sources = JoinSet::new();
-    let mut batchers = JoinSet::new();
-    let mut queues = Vec::new();
-    for (source, sensor) in sensors.into_iter().zip(&cfg.sensor) {
-        let (rec_tx, rec_rx) = mpsc::channel(RECORD_CHANNEL);
-        queues.push(queue_depth(format!("records {}", sensor.name), &rec_tx));
-        sources.spawn(source.run(
-            state.allocator(&sensor.name),
-            rec_tx,
-            stats.clone(),
-            stop_reading.clone(),
-        ));
-        batchers.spawn(batch::run(
-            Batcher::new(cfg.batch.max_records, cfg.batch.linger),
-            rec_rx,
-            batch_tx.clone(),
-        ));
-    }
-    queues.push(queue_depth("batches".to_string(), &batch_tx));
-    drop(batch_tx);
-    let mut sealing = tokio::spawn(seal_loop(
+    let mut sealing = spawn_seal_stage(
         sealer,
         batch_rx,
         publish_limit(&cfg),
         spool.clone(),
         stats.clone(),
         health.stage("seal"),
-    ));
+    )
+    .map_err(StartError::Thread)?;
+    let mut sources = JoinSet::new();
+    for (source, sensor) in sensors.into_iter().zip(&cfg.sensor) {
+        sources.spawn(source.run(
+            state.allocator(&sensor.name),
+            Batcher::new(cfg.batch.max_records, cfg.batch.linger),
+            batch_tx.clone(),
+            stats.clone(),
+            stop_reading.clone(),
+        ));
+    }
+    let queues = vec![queue_depth("batches".to_string(), &batch_tx)];
+    drop(batch_tx);
     let (tls_tx, tls_rx) = tokio::sync::watch::channel(tls);
     let reload_task = tokio::spawn(reload_tls_on_sighup(
         cfg.mqtt.clone(),
@@ -233,12 +227,13 @@ pub async fn run(
                 Err(e) => error!(error = %e, "serial source task failed"),
             }
         }
-        while batchers.join_next().await.is_some() {}
-        if let Err(e) = (&mut sealing).await {
-            error!(error = %e, "seal task failed");
+        if (&mut sealing).await.is_err() {
+            error!("the seal stage's thread failed");
         }
     };
     let intake_done = tokio::time::timeout_at(deadline, intake).await.is_ok();
+    // Closing also ends a push still waiting for room (`block` with the
+    // broker gone): the seal stage then stops by itself.
     spool.close();
     // Then the upload: the uplink returns by itself once the closed spool
     // is empty.
@@ -248,8 +243,6 @@ pub async fn run(
         warn!(timeout = ?cfg.mqtt.drain_timeout,
             "records still on their way to the spool at drain_timeout are lost (the spool was full)");
         sources.abort_all();
-        batchers.abort_all();
-        sealing.abort();
     }
     if !drained {
         let (messages, bytes) = spool.backlog();
@@ -485,27 +478,57 @@ fn seal_fitting(
 /// At most one seal error line per sensor per this period.
 const SEAL_LOG_PERIOD: Duration = Duration::from_secs(60);
 
-async fn seal_loop(
-    mut sealer: Sealer,
-    mut batches: mpsc::Receiver<Vec<Record>>,
+/// Starts the seal stage on a thread of its own: sealing is CPU work and
+/// [`Spool::push`] blocks on the disk (and, under `block`, on room), so
+/// neither belongs on the async workers. The receiver resolves when the
+/// stage has stored its last batch (its input closed), or fails if the
+/// thread panicked.
+fn spawn_seal_stage(
+    sealer: Sealer,
+    batches: mpsc::Receiver<Vec<Record>>,
     limit: usize,
     spool: Arc<Spool>,
     stats: Arc<Stats>,
     stage: Arc<Stage>,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+    let (done, finished) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("seal".into())
+        .spawn(move || {
+            seal_stage(sealer, batches, limit, &spool, &stats, &stage);
+            let _ = done.send(());
+        })?;
+    Ok(finished)
+}
+
+/// Seals every batch and stores the sealed messages, until every reader
+/// has closed its end of `batches`.
+fn seal_stage(
+    mut sealer: Sealer,
+    mut batches: mpsc::Receiver<Vec<Record>>,
+    limit: usize,
+    spool: &Spool,
+    stats: &Stats,
+    stage: &Stage,
 ) {
     let mut sealed = Vec::new();
     let mut logs = RateLimits::new(SEAL_LOG_PERIOD);
-    while let Some(batch) = batches.recv().await {
+    while let Some(batch) = batches.blocking_recv() {
         {
             let _busy = stage.busy();
             #[cfg(feature = "fault-injection")]
-            fault::maybe_hang_seal(&stats).await;
-            seal_fitting(&mut sealer, &batch, limit, &mut sealed, &stats, &mut logs);
+            fault::maybe_hang_seal(stats);
+            seal_fitting(&mut sealer, &batch, limit, &mut sealed, stats, &mut logs);
         }
         for msg in sealed.drain(..) {
+            let records = u64::from(msg.records);
             Stats::add(&stats.messages_sealed, 1);
-            Stats::add(&stats.records_sealed, u64::from(msg.records));
-            spool.push(msg).await;
+            Stats::add(&stats.records_sealed, records);
+            if !spool.push(msg) {
+                // Closed while waiting for room: the stop ran out of time.
+                Stats::add(&stats.messages_dropped, 1);
+                Stats::add(&stats.records_dropped, records);
+            }
         }
     }
 }
@@ -519,7 +542,7 @@ mod fault {
     /// `SENSORGATE_FAULT=hang-seal-after:N`: once `N` records were read,
     /// the seal stage hangs in the middle of its work, as it would on a
     /// lock that is never released.
-    pub async fn maybe_hang_seal(stats: &Stats) {
+    pub fn maybe_hang_seal(stats: &Stats) {
         let Ok(spec) = std::env::var("SENSORGATE_FAULT") else {
             return;
         };
@@ -531,7 +554,9 @@ mod fault {
         };
         if stats.snapshot().records_read >= n {
             tracing::warn!("fault injection: the seal stage hangs now");
-            std::future::pending::<()>().await;
+            loop {
+                std::thread::park();
+            }
         }
     }
 }

@@ -88,7 +88,6 @@ fn a_scrape_shows_sensors_rejections_queues_spool_and_broker() {
     );
     assert_eq!(at("sensorgate_sensor_open{sensor=\"bike\"}"), 1.0);
     assert_eq!(at("sensorgate_broker_connected"), 1.0);
-    assert_eq!(at("sensorgate_queue_depth{queue=\"records bike\"}"), 0.0);
     assert_eq!(at("sensorgate_queue_depth{queue=\"batches\"}"), 0.0);
     assert_eq!(at("sensorgate_spool_messages"), 0.0);
     assert!(at("sensorgate_acks_total") >= 1.0);

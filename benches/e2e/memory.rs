@@ -50,7 +50,7 @@ use sensorgate::demo::pty::{Pty, SimSensor, sim_line};
 
 use crate::Options;
 use crate::latency::{Arrivals, wait_until_ready};
-use crate::proc::rss_kib;
+use crate::proc::{rss_kib, rss_split_kib};
 use crate::report::{self, Report, median};
 use crate::support::{self, GatewayProcess, Rig};
 
@@ -111,6 +111,7 @@ fn full_rate(report: &mut Report) {
     let (ptys, gw) = start(&rig, "memory-full.toml", "[buffer]\nmemory = \"8MiB\"\n");
     thread::sleep(Duration::from_secs(1));
     let (idle, _) = rss(&gw);
+    let (idle_anon, idle_file) = rss_split_kib(gw.pid().as_raw() as u32).unwrap_or_default();
 
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = ptys
@@ -148,6 +149,12 @@ fn full_rate(report: &mut Report) {
         samples.len()
     ));
     report.figure("memory_idle_rss_kib", idle as f64, "KiB", &[idle as f64]);
+    for (name, kib) in [
+        ("memory_idle_rss_anon_kib", idle_anon),
+        ("memory_idle_rss_file_kib", idle_file),
+    ] {
+        report.figure(name, kib as f64, "KiB", &[kib as f64]);
+    }
     report.figure("memory_full_rate_steady_rss_kib", steady, "KiB", &[steady]);
     report.figure(
         "memory_full_rate_peak_rss_kib",
@@ -278,6 +285,7 @@ fn outage(opts: &Options, report: &mut Report) {
     thread::sleep(Duration::from_secs(1));
     sample(&mut samples, "outage");
     let (_, peak) = rss(&gw);
+    let (outage_anon, outage_file) = rss_split_kib(gw.pid().as_raw() as u32).unwrap_or_default();
     let outage_samples: Vec<&Sample> = samples.iter().filter(|s| s.phase == "outage").collect();
     let last_half = &outage_samples[outage_samples.len() / 2..];
     let steady = median(
@@ -343,6 +351,12 @@ fn outage(opts: &Options, report: &mut Report) {
         &[peak as f64],
     );
     report.figure("memory_outage_steady_rss_kib", steady, "KiB", &[steady]);
+    for (name, kib) in [
+        ("memory_outage_end_rss_anon_kib", outage_anon),
+        ("memory_outage_end_rss_file_kib", outage_file),
+    ] {
+        report.figure(name, kib as f64, "KiB", &[kib as f64]);
+    }
     report.figure(
         "memory_outage_slope_kib_per_min",
         slope,

@@ -1,4 +1,5 @@
-//! What `/proc` says about a process: CPU time and memory.
+//! What `/proc` says about a process: CPU time, context switches and
+//! memory.
 
 use std::fs;
 
@@ -15,17 +16,47 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
+/// Context switches of all the live threads of `pid` so far (voluntary
+/// and involuntary, `/proc/<pid>/task/*/status`). A thread that exited in
+/// between is missed, so over an interval this is a lower bound; the
+/// gateway's threads live as long as it does, except idle blocking-pool
+/// threads.
+pub fn context_switches(pid: u32) -> Option<u64> {
+    let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0;
+    for task in tasks.flatten() {
+        let Ok(status) = fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        total += status
+            .lines()
+            .filter(|l| l.ends_with("ctxt_switches") || l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Some(total)
+}
+
 /// Resident set size of `pid` now, and its peak (`VmRSS`, `VmHWM`), in KiB.
 pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
+    Some((status_kib(pid, "VmRSS:")?, status_kib(pid, "VmHWM:")?))
+}
+
+/// The resident set of `pid` split into anonymous memory (heap, stacks:
+/// what the gateway allocated) and file pages (the binary's code and the
+/// libraries it touched, shared and reclaimable), in KiB.
+pub fn rss_split_kib(pid: u32) -> Option<(u64, u64)> {
+    Some((status_kib(pid, "RssAnon:")?, status_kib(pid, "RssFile:")?))
+}
+
+/// One `kB` field of `/proc/<pid>/status`.
+fn status_kib(pid: u32, name: &str) -> Option<u64> {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
 }
 
 #[cfg(test)]
@@ -34,7 +65,10 @@ mod tests {
     fn this_process_is_visible() {
         let pid = std::process::id();
         assert!(super::cpu_seconds(pid).is_some());
+        assert!(super::context_switches(pid).is_some_and(|n| n > 0));
         let (rss, peak) = super::rss_kib(pid).unwrap();
         assert!(rss > 0 && peak >= rss);
+        let (anon, file) = super::rss_split_kib(pid).unwrap();
+        assert!(anon > 0 && file > 0 && anon + file <= rss + 4);
     }
 }

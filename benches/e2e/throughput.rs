@@ -66,7 +66,7 @@ use sensorgate::demo::pki;
 use sensorgate::demo::pty::{Pty, SimSensor, sim_line};
 
 use crate::Options;
-use crate::proc::cpu_seconds;
+use crate::proc::{context_switches, cpu_seconds};
 use crate::report::{Report, progress};
 use crate::support::{
     self, GatewayProcess, NotifySocket, Rig, Subscriber, assert_no_panic, excerpt, wait_until,
@@ -104,6 +104,9 @@ struct GatewayRun {
     records_per_s: f64,
     messages_per_s: f64,
     cpu_s_per_million: f64,
+    /// The gateway's context switches per record (a lower bound, see
+    /// [`context_switches`]): every hand-off between threads costs some.
+    switches_per_record: f64,
     /// The sealed messages as the subscriber received them.
     payloads: Vec<Vec<u8>>,
 }
@@ -146,6 +149,11 @@ pub fn run(opts: &Options, report: &mut Report) {
             &format!("{name}_cpu_s_per_million_records"),
             "s",
             &per_run(|g| g.cpu_s_per_million),
+        );
+        report.median(
+            &format!("{name}_context_switches_per_1000_records"),
+            "switches",
+            &per_run(|g| g.switches_per_record * 1000.0),
         );
         let ratios: Vec<f64> = runs
             .iter()
@@ -349,6 +357,7 @@ fn gateway_run(rig: &Rig, sensors: usize, run: usize) -> GatewayRun {
     let broker = broker_pid(rig.broker.dir());
     let bench = Some(std::process::id());
     let (gw0, broker0, bench0) = (cpu(gw_pid), cpu(broker), cpu(bench));
+    let switches0 = gw_pid.and_then(context_switches).unwrap_or(0);
     let start = Instant::now();
     // A thread per PTY notes when its sensor's last line was taken.
     let writers: Vec<_> = ptys
@@ -360,6 +369,7 @@ fn gateway_run(rig: &Rig, sensors: usize, run: usize) -> GatewayRun {
         .collect();
     let (tally, payloads) = collect(rig, &sub, total);
     let (gw1, broker1, bench1) = (cpu(gw_pid), cpu(broker), cpu(bench));
+    let switches1 = gw_pid.and_then(context_switches).unwrap_or(0);
     let log = gw.log();
     check_complete(&tally, &names, per_sensor, &what, &log);
     let done = tally.complete_at.expect("complete");
@@ -385,13 +395,14 @@ fn gateway_run(rig: &Rig, sensors: usize, run: usize) -> GatewayRun {
         records_per_s: total as f64 / secs,
         messages_per_s: payloads.len() as f64 / secs,
         cpu_s_per_million: (gw1 - gw0) / million,
+        switches_per_record: switches1.saturating_sub(switches0) as f64 / total as f64,
         payloads,
     };
     progress(&format!(
         "{what}: {total} records in {secs:.2} s = {:.0} records/s ({:.0} msgs/s, {:.1} records a \
          message, {:.0} bytes a message, {} duplicates); all lines taken by the gateway after \
          {ingest_secs:.2} s; CPU s per million records: gateway {:.2}, broker {:.2}, bench \
-         (writers + subscriber) {:.2}",
+         (writers + subscriber) {:.2}; gateway context switches per message {:.2}",
         g.records_per_s,
         g.messages_per_s,
         total as f64 / g.payloads.len() as f64,
@@ -400,6 +411,7 @@ fn gateway_run(rig: &Rig, sensors: usize, run: usize) -> GatewayRun {
         g.cpu_s_per_million,
         (broker1 - broker0) / million,
         (bench1 - bench0) / million,
+        g.switches_per_record * total as f64 / g.payloads.len() as f64,
     ));
     g
 }

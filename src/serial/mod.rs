@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
+use crate::batch::Batcher;
 use crate::config;
 use crate::record::Record;
 use crate::spool::sequences::SeqAllocator;
@@ -147,14 +148,22 @@ impl SensorSource {
             .open_native_async()
     }
 
-    /// Reads records into `tx` until `stop` is cancelled or `tx` closes.
-    /// A device that is absent or fails is retried with backoff; this
-    /// never returns an error. Returns the allocator so the caller can
+    /// Reads records, batches them with `batcher` and sends each batch to
+    /// `tx`, until `stop` is cancelled or `tx` closes. A device that is
+    /// absent or fails is retried with backoff; this never returns an
+    /// error. The open batch goes out when the device goes away, so no
+    /// record waits for a replug. Returns the allocator so the caller can
     /// record the exact next sequence number.
+    ///
+    /// Batching here, in the reading task, rather than in a task of its
+    /// own, hands the seal stage one batch instead of every record: at
+    /// full rate the per-record hand-off and its wake-ups cost more CPU
+    /// than decoding (docs/BENCHMARKS.md, issue 9).
     pub async fn run(
         self,
         mut seq: SeqAllocator,
-        tx: mpsc::Sender<Record>,
+        mut batcher: Batcher,
+        tx: mpsc::Sender<Vec<Record>>,
         stats: Arc<Stats>,
         stop: CancellationToken,
     ) -> SeqAllocator {
@@ -187,7 +196,9 @@ impl SensorSource {
                     Stats::add(&stats.sensors_open, 1);
                     self.counters.opens.fetch_add(1, Ordering::Relaxed);
                     self.counters.open.store(true, Ordering::Relaxed);
-                    let end = self.read(port, &mut seq, &tx, &stats, &stop).await;
+                    let end = self
+                        .read(port, &mut seq, &mut batcher, &tx, &stats, &stop)
+                        .await;
                     self.counters.open.store(false, Ordering::Relaxed);
                     stats.sensors_open.fetch_sub(1, Ordering::Relaxed);
                     match end {
@@ -232,7 +243,8 @@ impl SensorSource {
         &self,
         port: tokio_serial::SerialStream,
         seq: &mut SeqAllocator,
-        tx: &mpsc::Sender<Record>,
+        batcher: &mut Batcher,
+        tx: &mpsc::Sender<Vec<Record>>,
         stats: &Stats,
         stop: &CancellationToken,
     ) -> ReadEnd {
@@ -240,12 +252,14 @@ impl SensorSource {
         let mut frames = FrameHandler {
             source: self,
             seq,
+            batcher,
             tx,
             stats,
             bad_frames: RateLimit::new(REJECT_LOG_PERIOD),
             state_errors: RateLimit::new(Duration::from_secs(60)),
         };
         loop {
+            let deadline = frames.batcher.deadline();
             let frame = tokio::select! {
                 _ = stop.cancelled() => {
                     // Frames already read from the device are records:
@@ -254,6 +268,14 @@ impl SensorSource {
                     return ReadEnd::Stopped;
                 }
                 f = framed.next() => f,
+                _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await },
+                    if deadline.is_some() => {
+                    // `linger` is up: the batch goes out, full or not.
+                    if !frames.flush().await {
+                        return ReadEnd::Stopped;
+                    }
+                    continue;
+                }
             };
             match frame {
                 Some(Ok(frame)) => {
@@ -283,19 +305,20 @@ fn resolved(device: &Path) -> String {
         .to_string()
 }
 
-/// Turns one device's frames into records.
+/// Turns one device's frames into records, and records into batches.
 struct FrameHandler<'a> {
     source: &'a SensorSource,
     seq: &'a mut SeqAllocator,
-    tx: &'a mpsc::Sender<Record>,
+    batcher: &'a mut Batcher,
+    tx: &'a mpsc::Sender<Vec<Record>>,
     stats: &'a Stats,
     bad_frames: RateLimit,
     state_errors: RateLimit,
 }
 
 impl FrameHandler<'_> {
-    /// Decodes one frame and sends the record on. False when the next
-    /// stage is gone.
+    /// Decodes one frame and adds the record to the batch, sending the
+    /// batch on when it is full. False when the next stage is gone.
     async fn handle(&mut self, frame: Frame) -> bool {
         let frame = match frame {
             Frame::Data(bytes) => bytes,
@@ -345,7 +368,19 @@ impl FrameHandler<'_> {
         };
         Stats::add(&self.stats.records_read, 1);
         source.counters.records.fetch_add(1, Ordering::Relaxed);
-        self.tx.send(record).await.is_ok()
+        match self.batcher.push(record, tokio::time::Instant::now()) {
+            Some(batch) => self.tx.send(batch).await.is_ok(),
+            None => true,
+        }
+    }
+
+    /// Sends the open batch on, if there is one. False when the next
+    /// stage is gone.
+    async fn flush(&mut self) -> bool {
+        match self.batcher.take() {
+            Some(batch) => self.tx.send(batch).await.is_ok(),
+            None => true,
+        }
     }
 
     /// Counts a rejected frame under its reason, and logs it (rate limited
@@ -366,8 +401,9 @@ impl FrameHandler<'_> {
     }
 
     /// The device is going away (stop, unplug): the complete frames still
-    /// buffered become records; a partial frame at the end is dropped and
-    /// counted, never glued to the first bytes after a replug.
+    /// buffered become records and the open batch goes out; a partial
+    /// frame at the end is dropped and counted, never glued to the first
+    /// bytes after a replug.
     async fn finish(&mut self, framed: &mut FramedRead<tokio_serial::SerialStream, Framer>) {
         let mut pending = std::mem::take(framed.read_buffer_mut());
         let decoder = framed.decoder_mut();
@@ -385,5 +421,6 @@ impl FrameHandler<'_> {
         if dropped > 0 {
             self.reject(Reject::Partial, dropped, &partial, None);
         }
+        self.flush().await;
     }
 }

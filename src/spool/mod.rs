@@ -10,8 +10,8 @@
 //! The `when_full` policy applies when the disk budget is reached, the
 //! filesystem is nearly full, or a write fails (ENOSPC): `drop_oldest`
 //! deletes the oldest segment (counted, and logged with the sequence ranges
-//! lost); `block` makes `push` wait, which stops the batchers and the
-//! serial reads behind them.
+//! lost); `block` makes `push` wait, which stops the seal stage and the
+//! serial reads behind it.
 
 pub mod acks;
 pub mod disk;
@@ -20,7 +20,7 @@ pub mod sequences;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Notify;
@@ -91,8 +91,9 @@ pub struct Spool {
     settings: SpoolSettings,
     /// Wakes the uplink: a message arrived, or the spool closed.
     data: Notify,
-    /// Wakes a blocked pusher: room was made.
-    space: Notify,
+    /// Wakes a blocked pusher (a thread): room was made, or the spool
+    /// closed.
+    space: Condvar,
     stats: Arc<Stats>,
     read_errors: Mutex<RateLimit>,
     /// The watchdog's view of disk writes and reads ([`Spool::watch`]).
@@ -144,7 +145,7 @@ impl Spool {
             inner: Mutex::new(inner),
             settings,
             data: Notify::new(),
-            space: Notify::new(),
+            space: Condvar::new(),
             stages: std::sync::OnceLock::new(),
             stats,
             read_errors: Mutex::new(RateLimit::new(Duration::from_secs(60))),
@@ -193,35 +194,46 @@ impl Spool {
         );
     }
 
-    /// Stores a sealed message (on disk first). Under `block`, waits for
-    /// room, which in turn stops the batchers and serial reads behind it.
-    /// Disk I/O runs on the blocking pool.
-    pub async fn push(self: &Arc<Self>, msg: SealedMessage) {
+    /// Stores a sealed message (on disk first). Blocks the calling thread
+    /// for the disk write, and under `block` until there is room (which in
+    /// turn stops the readers behind it), so the seal stage calls it from
+    /// its own thread, never from an async task. Returns false only when
+    /// the spool was closed while waiting for room (a stop that ran out of
+    /// `drain_timeout`): the message is not stored.
+    ///
+    /// Synchronous on purpose: a hand-off to the blocking pool per message
+    /// cost two wake-ups per message at full rate (docs/BENCHMARKS.md).
+    pub fn push(&self, msg: SealedMessage) -> bool {
         let msg = Arc::new(msg);
+        let mut s = self.lock();
         loop {
-            let room = self.space.notified();
-            let this = self.clone();
-            let m = msg.clone();
-            let busy = self.stages.get().map(|s| s.write.busy());
-            let stored = tokio::task::spawn_blocking(move || this.try_push(m))
-                .await
-                .unwrap_or(false);
-            drop(busy);
+            let stored = {
+                let _busy = self.stages.get().map(|st| st.write.busy());
+                self.try_push(&mut s, &msg)
+            };
             if stored {
+                drop(s);
                 self.data.notify_one();
-                return;
+                return true;
             }
-            // Block policy: wait for an acknowledgement, or retry anyway
-            // after a while (space may return from outside).
-            let _ = tokio::time::timeout(BLOCKED_RETRY, room).await;
+            if s.closed {
+                return false;
+            }
+            // Block policy: wait for room made by the sync tick (released
+            // segments) or a close, or retry anyway after a while (space
+            // may return from outside).
+            s = self
+                .space
+                .wait_timeout(s, BLOCKED_RETRY)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
     /// One attempt to store `msg`. Returns false only under `block` when
     /// there is no room; under `drop_oldest` it makes room (or, when the
     /// disk cannot take anything at all, drops `msg` itself, counted).
-    fn try_push(&self, msg: Arc<SealedMessage>) -> bool {
-        let mut s = self.lock();
+    fn try_push(&self, s: &mut Inner, msg: &Arc<SealedMessage>) -> bool {
         loop {
             match s.log.append(
                 &msg.sensor,
@@ -235,12 +247,12 @@ impl Spool {
                         info!(was = %reason, "spool accepts data again");
                     }
                     s.cache_bytes += msg.bytes.len();
-                    s.cache.push_back((id, msg, SystemTime::now()));
+                    s.cache.push_back((id, msg.clone(), SystemTime::now()));
                     while s.cache_bytes > self.settings.memory && s.cache.len() > 1 {
                         let (_, old, _) = s.cache.pop_front().expect("not empty");
                         s.cache_bytes -= old.bytes.len();
                     }
-                    self.update_gauges(&s);
+                    self.update_gauges(s);
                     return true;
                 }
                 Err(e) => {
@@ -261,9 +273,7 @@ impl Spool {
                         return false;
                     }
                     match s.log.drop_oldest() {
-                        Some(info) => {
-                            self.dropped(&mut s, &info, "spool full; oldest segment dropped")
-                        }
+                        Some(info) => self.dropped(s, &info, "spool full; oldest segment dropped"),
                         None => {
                             // Nothing left to drop and still no room: the
                             // disk itself refuses. This message is lost.
@@ -412,7 +422,7 @@ impl Spool {
             freed
         };
         if freed > 0 {
-            self.space.notify_one();
+            self.space.notify_all();
         }
     }
 
@@ -420,6 +430,7 @@ impl Spool {
     pub fn close(&self) {
         self.lock().closed = true;
         self.data.notify_one();
+        self.space.notify_all();
     }
 
     /// Closed and every message acknowledged.
@@ -467,14 +478,14 @@ mod tests {
         std::iter::from_fn(|| spool.next_to_send().map(|(id, m)| (id, m.first_seq))).collect()
     }
 
-    #[tokio::test]
-    async fn a_backlog_beyond_memory_is_sent_from_disk_in_order_and_again_after_rewind() {
+    #[test]
+    fn a_backlog_beyond_memory_is_sent_from_disk_in_order_and_again_after_rewind() {
         let dir = tempfile::tempdir().unwrap();
         let (spool, _) =
             Spool::open(settings(dir.path(), WhenFull::Block), Arc::default()).unwrap();
         let spool = Arc::new(spool);
         for seq in 0..40 {
-            spool.push(msg(seq)).await;
+            spool.push(msg(seq));
         }
         let sent = drain(&spool);
         assert_eq!(
@@ -490,15 +501,15 @@ mod tests {
         assert_eq!(drain(&spool).first().map(|s| s.1), Some(10));
     }
 
-    #[tokio::test]
-    async fn the_age_gauge_follows_the_oldest_unacknowledged_message() {
+    #[test]
+    fn the_age_gauge_follows_the_oldest_unacknowledged_message() {
         let dir = tempfile::tempdir().unwrap();
         let stats = Arc::new(Stats::default());
         let (spool, _) = Spool::open(settings(dir.path(), WhenFull::Block), stats.clone()).unwrap();
         let spool = Arc::new(spool);
-        spool.push(msg(0)).await;
-        tokio::time::sleep(Duration::from_millis(1100)).await;
-        spool.push(msg(1)).await;
+        spool.push(msg(0));
+        std::thread::sleep(Duration::from_millis(1100));
+        spool.push(msg(1));
         spool.refresh_age();
         assert_eq!(stats.snapshot().spool_oldest_age_s, 1);
         let (id, _) = spool.next_to_send().unwrap();
@@ -507,15 +518,15 @@ mod tests {
         assert_eq!(stats.snapshot().spool_oldest_age_s, 0);
     }
 
-    #[tokio::test]
-    async fn after_a_restart_everything_unacknowledged_is_sent_again() {
+    #[test]
+    fn after_a_restart_everything_unacknowledged_is_sent_again() {
         let dir = tempfile::tempdir().unwrap();
         {
             let (spool, _) =
                 Spool::open(settings(dir.path(), WhenFull::Block), Arc::default()).unwrap();
             let spool = Arc::new(spool);
             for seq in 0..30 {
-                spool.push(msg(seq)).await;
+                spool.push(msg(seq));
             }
             for (id, _) in drain(&spool).into_iter().take(12) {
                 spool.ack(id, 1);
@@ -531,15 +542,15 @@ mod tests {
         assert!(!spool.is_drained());
     }
 
-    #[tokio::test]
-    async fn drop_oldest_keeps_the_newest_and_counts_what_it_dropped() {
+    #[test]
+    fn drop_oldest_keeps_the_newest_and_counts_what_it_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let stats = Arc::new(Stats::default());
         let (spool, _) =
             Spool::open(settings(dir.path(), WhenFull::DropOldest), stats.clone()).unwrap();
         let spool = Arc::new(spool);
         for seq in 0..200 {
-            spool.push(msg(seq)).await;
+            spool.push(msg(seq));
         }
         let dropped = stats.snapshot().records_dropped;
         assert!(dropped > 0);
@@ -549,35 +560,58 @@ mod tests {
         assert_eq!(seqs[0], dropped, "whole oldest segments went");
     }
 
-    #[tokio::test]
-    async fn block_waits_for_room_and_resumes_after_acks() {
+    #[test]
+    fn block_waits_for_room_resumes_after_acks_and_gives_up_at_close() {
         let dir = tempfile::tempdir().unwrap();
         let (spool, _) =
             Spool::open(settings(dir.path(), WhenFull::Block), Arc::default()).unwrap();
         let spool = Arc::new(spool);
-        let mut seq = 0;
-        loop {
-            let pushed =
-                tokio::time::timeout(Duration::from_millis(300), spool.push(msg(seq))).await;
-            if pushed.is_err() {
-                break;
-            }
-            seq += 1;
-            assert!(seq < 1000, "a 1 MiB spool must fill up");
-        }
-        // The blocked push is retried once acknowledgements free a segment.
+        // Pushes from a thread of their own, as the seal stage does; a push
+        // that does not return within 300 ms is blocked.
+        let (done_tx, done) = std::sync::mpsc::channel();
         let pusher = {
             let spool = spool.clone();
-            tokio::spawn(async move { spool.push(msg(seq)).await })
+            std::thread::spawn(move || {
+                for seq in 0..10_000 {
+                    let stored = spool.push(msg(seq));
+                    done_tx.send((seq, stored)).unwrap();
+                    if !stored {
+                        return;
+                    }
+                }
+            })
         };
+        let quiet = Duration::from_millis(300);
+        let last_before_block = |from: u64| {
+            let mut last = from;
+            while let Ok((seq, stored)) = done.recv_timeout(quiet) {
+                assert!(stored, "push {seq} gave up while the spool was open");
+                last = seq;
+            }
+            last
+        };
+        let full = last_before_block(0);
+        assert!(full < 1000, "a 1 MiB spool must fill up: {full}");
+        // Acknowledgements free segments at the sync tick, which wakes the
+        // blocked push.
         for (id, _) in drain(&spool) {
             spool.ack(id, 1);
         }
-        tokio::time::timeout(Duration::from_secs(5), pusher)
-            .await
-            .expect("push resumed")
-            .unwrap();
+        spool.sync();
+        assert_eq!(
+            done.recv_timeout(Duration::from_secs(5)),
+            Ok((full + 1, true)),
+            "push resumed"
+        );
         spool.rewind();
-        assert_eq!(drain(&spool).last().map(|s| s.1), Some(seq));
+        assert_eq!(drain(&spool).first().map(|s| s.1), Some(full + 1));
+        // Full again; a close ends the blocked push without storing.
+        let full = last_before_block(full + 1);
+        spool.close();
+        assert_eq!(
+            done.recv_timeout(Duration::from_secs(5)),
+            Ok((full + 1, false))
+        );
+        pusher.join().unwrap();
     }
 }
