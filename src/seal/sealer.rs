@@ -105,6 +105,12 @@ pub struct Sealer {
     options: SealerOptions,
     /// The data key in use; made on the first message that needs one.
     data_key: Option<DataKey>,
+    /// Scratch buffers kept from one message to the next: the encrypted
+    /// fields' JSON (encrypted in place, wiped when replaced or dropped)
+    /// and the payload's JSON. Allocating them anew for every message cost
+    /// CPU and left the heap fragmented around the queued messages.
+    plaintext: Zeroizing<Vec<u8>>,
+    payload_json: Vec<u8>,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -146,6 +152,8 @@ impl Sealer {
             protected,
             options: SealerOptions::default(),
             data_key: None,
+            plaintext: Zeroizing::new(Vec::new()),
+            payload_json: Vec::new(),
         }
     }
 
@@ -239,16 +247,23 @@ impl Sealer {
 
         let jwe = if records.iter().any(|r| selection.any_in(r)) {
             // Sized up front so the plaintext is not left behind in freed
-            // buffers by reallocation; wiped when dropped.
-            let mut plaintext = Zeroizing::new(Vec::with_capacity(64 * records.len()));
+            // buffers by reallocation: a buffer too small is replaced (and
+            // the old one wiped) rather than grown.
+            let estimate = 64 * records.len();
+            if self.plaintext.capacity() < estimate {
+                self.plaintext = Zeroizing::new(Vec::with_capacity(estimate));
+            }
+            let plaintext = &mut *self.plaintext;
+            plaintext.clear();
             serde_json::to_writer(&mut *plaintext, &PlaintextOut { records, selection })
                 .expect("records serialize to JSON");
             let key = Sealer::data_key(&mut self.data_key, &self.recipient, &self.options, now)?;
+            // Encrypted in place: the buffer keeps ciphertext, not fields.
             Some(jwe::encrypt(
                 key,
                 self.recipient.kid(),
                 &binding,
-                &mut plaintext,
+                plaintext,
             )?)
         } else {
             None
@@ -265,9 +280,11 @@ impl Sealer {
         };
         let estimate =
             512 + records.len() * 192 + payload.jwe.as_ref().map_or(0, |j| j.ciphertext.len());
-        let mut payload_json = Vec::with_capacity(estimate);
-        serde_json::to_writer(&mut payload_json, &payload).expect("records serialize to JSON");
-        let bytes = self.sign(&payload_json);
+        let payload_json = &mut self.payload_json;
+        payload_json.clear();
+        payload_json.reserve(estimate);
+        serde_json::to_writer(&mut *payload_json, &payload).expect("records serialize to JSON");
+        let bytes = sign_jws(&self.key, &self.protected, payload_json);
         Ok(SealedMessage {
             sensor: Arc::clone(sensor),
             first_seq: first,
@@ -276,16 +293,12 @@ impl Sealer {
             bytes,
         })
     }
-
-    /// Builds the flattened JWS around `payload_json`, encoding straight into
-    /// the output buffer and signing the two base64 parts in place.
-    fn sign(&self, payload_json: &[u8]) -> Vec<u8> {
-        sign_jws(&self.key, &self.protected, payload_json)
-    }
 }
 
 /// `{"protected":..,"payload":..,"signature":..}` with an ES256 signature
-/// over `ASCII(protected || '.' || payload)` (RFC 7515 §5.1).
+/// over `ASCII(protected || '.' || payload)` (RFC 7515 §5.1), encoding
+/// straight into the output buffer and signing the two base64 parts in
+/// place.
 pub(crate) fn sign_jws(key: &GatewayKey, protected: &str, payload_json: &[u8]) -> Vec<u8> {
     let payload_b64_len = payload_json.len().div_ceil(3) * 4;
     let mut out = String::with_capacity(protected.len() + payload_b64_len + 160);
