@@ -1,10 +1,11 @@
 //! Footprint: what the gateway costs a Pi before it moves a single record.
 //!
-//! * **Binary size.** The file size of `CARGO_BIN_EXE_sensorgate`, which
-//!   `cargo bench` builds with the `bench` profile. That profile inherits
-//!   `[profile.release]` (thin LTO, `strip = "symbols"`), so this is the
-//!   size of the `/usr/bin/sensorgate` the Debian package ships for this
-//!   architecture. The ELF section table is checked for a symbol table, so
+//! * **Binary size.** The file size of the gateway binary the bench runs
+//!   ([`gateway_binary`]): with `scripts/bench`, the daemon as the Debian
+//!   package builds it (`--release --no-default-features`: thin LTO,
+//!   `strip = "symbols"`, no `demo`), i.e. the `/usr/bin/sensorgate` it
+//!   ships for this architecture; with a bare `cargo bench`, the one cargo
+//!   built for the bench (with `demo`, larger). The ELF section table is checked for a symbol table, so
 //!   an unstripped build is said aloud instead of silently inflating the
 //!   figure.
 //! * **Start-up time to READY.** From spawning `sensorgate run` to the
@@ -17,14 +18,13 @@
 //!   was just built). Median of `--runs`.
 
 use std::fs;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sensorgate::demo::pty::Pty;
 
 use crate::Options;
 use crate::report::{Report, progress};
-use crate::support::{GatewayProcess, NotifySocket, Rig, excerpt};
+use crate::support::{GatewayProcess, NotifySocket, Rig, excerpt, gateway_binary};
 use crate::throughput::edit_config;
 
 /// How long the gateway may take to report READY before the run fails.
@@ -36,7 +36,8 @@ pub fn run(opts: &Options, report: &mut Report) {
 }
 
 fn binary_size(report: &mut Report) {
-    let path = Path::new(env!("CARGO_BIN_EXE_sensorgate"));
+    let path = gateway_binary();
+    let path = path.as_path();
     let bytes = fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     let size = bytes.len() as f64;
     match has_symbol_table(&bytes) {
@@ -50,6 +51,7 @@ fn binary_size(report: &mut Report) {
             path.display()
         )),
     }
+    progress(&format!("binary {}", path.display()));
     report.figure("binary_size_bytes", size, "bytes", &[size]);
     let mib = size / (1024.0 * 1024.0);
     report.figure("binary_size_mib", mib, "MiB", &[mib]);

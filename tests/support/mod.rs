@@ -817,6 +817,17 @@ pub struct GatewayProcess {
     log: PathBuf,
 }
 
+/// The `sensorgate` binary that [`GatewayProcess`] runs: the one cargo
+/// built with this test or bench, unless `SENSORGATE_GATEWAY_BIN` names
+/// another. `scripts/bench` points it at the daemon as packaged (built
+/// without the `demo` feature), so that size and memory are the shipped
+/// binary's.
+pub fn gateway_binary() -> PathBuf {
+    std::env::var_os("SENSORGATE_GATEWAY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sensorgate")))
+}
+
 impl GatewayProcess {
     pub fn start(config: &Path) -> GatewayProcess {
         GatewayProcess::start_with_env(config, &[])
@@ -827,7 +838,7 @@ impl GatewayProcess {
     pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> GatewayProcess {
         let log = config.with_extension("log");
         let file = fs::File::create(&log).expect("gateway log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_sensorgate"))
+        let child = Command::new(gateway_binary())
             .args(["run", "--config"])
             .arg(config)
             .envs(env.iter().copied())
