@@ -424,3 +424,92 @@ impl FrameHandler<'_> {
         self.flush().await;
     }
 }
+
+#[cfg(all(test, feature = "demo"))]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::demo::pty::Pty;
+    use crate::spool::sequences::StateDir;
+
+    /// Bound on every wait below.
+    const WAIT: Duration = Duration::from_secs(5);
+
+    fn source(device: &Path) -> SensorSource {
+        let sensor: config::Sensor = serde_json::from_value(serde_json::json!({
+            "name": "t",
+            "device": device,
+            "format": "csv",
+            "columns": ["a", "b"],
+        }))
+        .expect("a sensor");
+        SensorSource::new(&sensor)
+    }
+
+    fn seqs(batch: &[Record]) -> Vec<u64> {
+        batch.iter().map(|r| r.seq).collect()
+    }
+
+    /// Runs a reader of a new PTY with `linger`; returns the PTY, its
+    /// writer, the batches, the stop token and the task.
+    fn start(
+        state: &Arc<StateDir>,
+        linger: Duration,
+    ) -> (
+        Pty,
+        std::fs::File,
+        mpsc::Receiver<Vec<Record>>,
+        CancellationToken,
+        tokio::task::JoinHandle<SeqAllocator>,
+    ) {
+        let pty = Pty::open().unwrap();
+        let writer = pty.writer().unwrap();
+        let (tx, rx) = mpsc::channel(4);
+        let stop = CancellationToken::new();
+        let reader = tokio::spawn(source(pty.path()).run(
+            state.allocator("t"),
+            Batcher::new(1000, linger),
+            tx,
+            Arc::default(),
+            stop.clone(),
+        ));
+        (pty, writer, rx, stop, reader)
+    }
+
+    #[tokio::test]
+    async fn an_open_batch_goes_out_at_linger() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let (_pty, mut writer, mut rx, stop, reader) = start(&state, Duration::from_millis(100));
+        writer.write_all(b"1,2\n3,4\n").unwrap();
+        let batch = tokio::time::timeout(WAIT, rx.recv()).await.unwrap();
+        assert_eq!(seqs(&batch.unwrap()), [0, 1]);
+        // A stop sends what was read, too.
+        writer.write_all(b"5,6\n").unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        stop.cancel();
+        let batch = tokio::time::timeout(WAIT, rx.recv()).await.unwrap();
+        assert_eq!(seqs(&batch.unwrap()), [2]);
+        let seq = tokio::time::timeout(WAIT, reader).await.unwrap().unwrap();
+        assert!(seq.close().is_ok());
+        assert!(rx.recv().await.is_none(), "the reader closed its end");
+    }
+
+    #[tokio::test]
+    async fn an_open_batch_goes_out_when_the_device_goes_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        // A linger no test waits for: only the loss can send the batch,
+        // and a replug may never come.
+        let (pty, mut writer, mut rx, stop, reader) = start(&state, Duration::from_secs(3600));
+        writer.write_all(b"1,2\n3,4\n").unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(writer);
+        drop(pty);
+        let batch = tokio::time::timeout(WAIT, rx.recv()).await.unwrap();
+        assert_eq!(seqs(&batch.unwrap()), [0, 1]);
+        stop.cancel();
+        tokio::time::timeout(WAIT, reader).await.unwrap().unwrap();
+    }
+}
