@@ -29,9 +29,11 @@ impl Batcher {
     }
 
     /// Adds a record; returns a full batch when `max_records` is reached.
-    pub fn push(&mut self, record: Record, now: Instant) -> Option<Vec<Record>> {
+    /// `now` is asked only when the record starts a batch (its `linger`
+    /// deadline), not for every record.
+    pub fn push(&mut self, record: Record, now: impl FnOnce() -> Instant) -> Option<Vec<Record>> {
         if self.records.is_empty() {
-            self.deadline = Some(now + self.linger);
+            self.deadline = Some(now() + self.linger);
             self.records.reserve(self.max_records);
         }
         self.records.push(record);
@@ -76,10 +78,10 @@ mod tests {
     fn full_batch_goes_out_at_max_records() {
         let mut b = Batcher::new(3, Duration::from_millis(200));
         let t = Instant::now();
-        assert!(b.push(rec(0), t).is_none());
+        assert!(b.push(rec(0), || t).is_none());
         assert_eq!(b.deadline(), Some(t + Duration::from_millis(200)));
-        assert!(b.push(rec(1), t).is_none());
-        let batch = b.push(rec(2), t).unwrap();
+        assert!(b.push(rec(1), || t).is_none());
+        let batch = b.push(rec(2), || t).unwrap();
         assert_eq!(batch.iter().map(|r| r.seq).collect::<Vec<_>>(), [0, 1, 2]);
         assert_eq!(b.deadline(), None);
         assert!(b.take().is_none());
@@ -89,8 +91,8 @@ mod tests {
     fn linger_starts_at_the_first_record_of_a_batch() {
         let mut b = Batcher::new(10, Duration::from_millis(100));
         let t = Instant::now();
-        b.push(rec(0), t);
-        b.push(rec(1), t + Duration::from_millis(50));
+        b.push(rec(0), || t);
+        b.push(rec(1), || t + Duration::from_millis(50));
         assert_eq!(b.deadline(), Some(t + Duration::from_millis(100)));
         assert_eq!(b.take().unwrap().len(), 2);
     }

@@ -5,9 +5,9 @@
 //!   package builds it (`--release --no-default-features`: thin LTO,
 //!   `strip = "symbols"`, no `demo`), i.e. the `/usr/bin/sensorgate` it
 //!   ships for this architecture; with a bare `cargo bench`, the one cargo
-//!   built for the bench (with `demo`, larger). The ELF section table is checked for a symbol table, so
-//!   an unstripped build is said aloud instead of silently inflating the
-//!   figure.
+//!   built for the bench (with `demo`, larger). The ELF section table is
+//!   checked for a symbol table, so an unstripped build is said aloud
+//!   instead of silently inflating the figure.
 //! * **Start-up time to READY.** From spawning `sensorgate run` to the
 //!   `READY=1` datagram on the socket named by `NOTIFY_SOCKET`: what
 //!   `systemctl start` waits for with `Type=notify`. It covers exec, config
@@ -36,8 +36,7 @@ pub fn run(opts: &Options, report: &mut Report) {
 }
 
 fn binary_size(report: &mut Report) {
-    let path = gateway_binary();
-    let path = path.as_path();
+    let path = &gateway_binary();
     let bytes = fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     let size = bytes.len() as f64;
     match has_symbol_table(&bytes) {

@@ -28,31 +28,33 @@ pub fn context_switches(pid: u32) -> Option<u64> {
         let Ok(status) = fs::read_to_string(task.path().join("status")) else {
             continue;
         };
-        total += status
-            .lines()
-            .filter(|l| l.ends_with("ctxt_switches") || l.contains("ctxt_switches:"))
-            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .sum::<u64>();
+        total += field(&status, "voluntary_ctxt_switches:").unwrap_or(0)
+            + field(&status, "nonvoluntary_ctxt_switches:").unwrap_or(0);
     }
     Some(total)
 }
 
 /// Resident set size of `pid` now, and its peak (`VmRSS`, `VmHWM`), in KiB.
 pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
-    Some((status_kib(pid, "VmRSS:")?, status_kib(pid, "VmHWM:")?))
+    let status = status(pid)?;
+    Some((field(&status, "VmRSS:")?, field(&status, "VmHWM:")?))
 }
 
 /// The resident set of `pid` split into anonymous memory (heap, stacks:
 /// what the gateway allocated) and file pages (the binary's code and the
 /// libraries it touched, shared and reclaimable), in KiB.
 pub fn rss_split_kib(pid: u32) -> Option<(u64, u64)> {
-    Some((status_kib(pid, "RssAnon:")?, status_kib(pid, "RssFile:")?))
+    let status = status(pid)?;
+    Some((field(&status, "RssAnon:")?, field(&status, "RssFile:")?))
 }
 
-/// One `kB` field of `/proc/<pid>/status`.
-fn status_kib(pid: u32, name: &str) -> Option<u64> {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
+fn status(pid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/status")).ok()
+}
+
+/// The number after `name` in a `/proc/.../status` text (kB for sizes).
+fn field(status: &str, name: &str) -> Option<u64> {
+    status
         .lines()
         .find(|l| l.starts_with(name))
         .and_then(|l| l.split_whitespace().nth(1))

@@ -368,7 +368,7 @@ impl FrameHandler<'_> {
         };
         Stats::add(&self.stats.records_read, 1);
         source.counters.records.fetch_add(1, Ordering::Relaxed);
-        match self.batcher.push(record, tokio::time::Instant::now()) {
+        match self.batcher.push(record, tokio::time::Instant::now) {
             Some(batch) => self.tx.send(batch).await.is_ok(),
             None => true,
         }

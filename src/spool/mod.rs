@@ -199,7 +199,7 @@ impl Spool {
     /// turn stops the readers behind it), so the seal stage calls it from
     /// its own thread, never from an async task. Returns false only when
     /// the spool was closed while waiting for room (a stop that ran out of
-    /// `drain_timeout`): the message is not stored.
+    /// `drain_timeout`): the message is not stored, and counted as dropped.
     ///
     /// Synchronous on purpose: a hand-off to the blocking pool per message
     /// cost two wake-ups per message at full rate (docs/BENCHMARKS.md).
@@ -217,6 +217,8 @@ impl Spool {
                 return true;
             }
             if s.closed {
+                Stats::add(&self.stats.messages_dropped, 1);
+                Stats::add(&self.stats.records_dropped, u64::from(msg.records));
                 return false;
             }
             // Block policy: wait for room made by the sync tick (released
