@@ -284,6 +284,7 @@ fn spool_settings(dir: &Path, fsync: Fsync, memory: usize) -> SpoolSettings {
         when_full: WhenFull::Block,
         fsync,
         min_free: 0.05,
+        stop_reserve: 0,
     }
 }
 

@@ -74,7 +74,7 @@ pub fn run(config_path: &Path) -> u8 {
             );
         }
         match crate::pipeline::run(cfg, Arc::new(Stats::default()), stop).await {
-            Ok(_) => EX_OK,
+            Ok(stopped) => stopped.exit_code(),
             Err(e) => {
                 tracing::error!(error = %e, "cannot start");
                 fail(e.exit_code(), e)

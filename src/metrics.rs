@@ -235,6 +235,12 @@ impl Collector for Metrics {
         )?;
         counter(
             &mut e,
+            "spool_records_lost",
+            "Records in spool messages lost to damage (each range logged).",
+            s.spool_records_lost,
+        )?;
+        counter(
+            &mut e,
             "spool_write_errors",
             "Failed writes to the spool (ENOSPC, I/O errors).",
             s.spool_write_errors,

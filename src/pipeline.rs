@@ -40,6 +40,16 @@ pub fn records_in_flight_bound(max_records: usize) -> usize {
     (BATCH_CHANNEL + 2) * max_records
 }
 
+/// The most sealed messages that can be on their way to the spool when it
+/// refuses data and a stop comes: the batches in the channel, the one
+/// being sealed, and per sensor its open batch, the full one it is handing
+/// over and what its read buffer still decodes into. A stop must store
+/// them: the spool keeps room for that many of its largest message
+/// ([`SpoolSettings::stop_reserve`]).
+pub fn messages_in_flight_bound(sensors: usize) -> u64 {
+    (BATCH_CHANNEL + 1 + 3 * sensors) as u64
+}
+
 /// Why the pipeline could not start. Runtime faults are never errors: they
 /// are logged, counted and survived.
 #[derive(Debug, thiserror::Error)]
@@ -71,13 +81,43 @@ impl StartError {
     }
 }
 
-/// Runs until `stop` is cancelled, then shuts down in order. Returns the
-/// final counters.
+/// How long a stop waits, after `drain_timeout`, for the readers and the
+/// seal stage to hand over what they hold once the closed spool no longer
+/// blocks: they only seal and store (or count) what was already read.
+const INTAKE_GRACE: Duration = Duration::from_secs(10);
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct Stopped {
+    /// The final counters.
+    pub stats: Snapshot,
+    /// Records read before the stop that could be neither stored nor sent
+    /// (the spool was full and the broker away): each range was logged.
+    pub records_lost: u64,
+    /// The readers did not hand over what they held in time: the next
+    /// start reports the range that may be lost.
+    pub readers_aborted: bool,
+}
+
+impl Stopped {
+    /// 0 for a stop that lost nothing; EX_IOERR (74) when records read
+    /// before it were (or may have been) lost, so that systemd marks the
+    /// stop failed.
+    pub fn exit_code(&self) -> u8 {
+        if self.records_lost > 0 || self.readers_aborted {
+            74
+        } else {
+            0
+        }
+    }
+}
+
+/// Runs until `stop` is cancelled, then shuts down in order.
 pub async fn run(
     cfg: Config,
     stats: Arc<Stats>,
     stop: CancellationToken,
-) -> Result<Snapshot, StartError> {
+) -> Result<Stopped, StartError> {
     let state = StateDir::open(&cfg.gateway.state_dir)?;
     let key = seal::load_signing_key(&cfg.seal.signing_key)?;
     let recipient = seal::load_public_key(&cfg.seal.recipient_key)?;
@@ -120,6 +160,10 @@ pub async fn run(
     }
     if let Some(reserved) = state.unclean_previous_run() {
         report_unclean_stop(reserved, &recovery.last_seq);
+    } else if let (Some(next), Some(intact)) =
+        (state.clean_previous_run(), &recovery.intact_after_loss)
+    {
+        report_damage_beyond_spool(next, &recovery.last_seq, intact, &stats);
     }
     let stop_reading = CancellationToken::new();
     let abort = CancellationToken::new();
@@ -215,33 +259,50 @@ pub async fn run(
     // broker gone and `when_full = "block"`, the stages would wait forever.
     let deadline = tokio::time::Instant::now() + cfg.mqtt.drain_timeout;
     // First the intake: what was read is sealed and in the spool.
-    let intake = async {
-        while let Some(done) = sources.join_next().await {
-            match done {
-                Ok(seq) => {
-                    if let Err(e) = seq.close() {
-                        error!(error = %e, error_kind = telemetry::error_kind(&e),
-                            "cannot record sequence counters; the next run skips ahead");
+    let (intake_in_time, intake_done, sequences_closed) = {
+        let intake = async {
+            let mut sequences_closed = true;
+            while let Some(done) = sources.join_next().await {
+                match done {
+                    Ok(seq) => {
+                        if let Err(e) = seq.close() {
+                            sequences_closed = false;
+                            error!(error = %e, error_kind = telemetry::error_kind(&e),
+                                "cannot record sequence counters; the next run skips ahead");
+                        }
+                    }
+                    Err(e) => {
+                        sequences_closed = false;
+                        error!(error = %e, "serial source task failed");
                     }
                 }
-                Err(e) => error!(error = %e, "serial source task failed"),
             }
-        }
-        if (&mut sealing).await.is_err() {
-            error!("the seal stage's thread failed");
+            if (&mut sealing).await.is_err() {
+                error!("the seal stage's thread failed");
+            }
+            sequences_closed
+        };
+        tokio::pin!(intake);
+        let in_time = tokio::time::timeout_at(deadline, &mut intake).await;
+        // Closing also ends a push still waiting for room (`block` with
+        // the broker gone): what is left is stored in the filesystem's
+        // reserve if it fits, and counted and reported by range if not.
+        spool.close();
+        match in_time {
+            Ok(closed) => (true, true, closed),
+            Err(_) => match tokio::time::timeout(INTAKE_GRACE, &mut intake).await {
+                Ok(closed) => (false, true, closed),
+                Err(_) => (false, false, false),
+            },
         }
     };
-    let intake_done = tokio::time::timeout_at(deadline, intake).await.is_ok();
-    // Closing also ends a push still waiting for room (`block` with the
-    // broker gone): the seal stage then stops by itself.
-    spool.close();
     // Then the upload: the uplink returns by itself once the closed spool
     // is empty.
-    let drained = intake_done && tokio::time::timeout_at(deadline, &mut uplink).await.is_ok();
+    let drained = intake_in_time && tokio::time::timeout_at(deadline, &mut uplink).await.is_ok();
     abort.cancel();
     if !intake_done {
-        warn!(timeout = ?cfg.mqtt.drain_timeout,
-            "records still on their way to the spool at drain_timeout are lost (the spool was full)");
+        error!(grace = ?INTAKE_GRACE,
+            "the serial readers did not stop in time; what they still held is lost and the next start reports its range");
         sources.abort_all();
     }
     if !drained {
@@ -262,9 +323,15 @@ pub async fn run(
         let spool = spool.clone();
         let _ = tokio::task::spawn_blocking(move || spool.sync()).await;
     }
-    if intake_done {
+    let lost = spool.lost_at_stop();
+    for (sensor, r) in lost.iter() {
+        error!(sensor = %sensor, seq_first = r.first_seq, seq_last = r.last_seq, records = r.records,
+            error_kind = "spool_full",
+            "records read before the stop were lost: the spool was full and the broker did not take them in time");
+    }
+    if intake_done && sequences_closed {
         // Every allocator was closed with its exact next number, and every
-        // record read is in the spool.
+        // record read is in the spool or reported lost above.
         if let Err(e) = state.mark_clean() {
             error!(error = %e, error_kind = telemetry::error_kind(&e), "cannot record the clean stop");
         }
@@ -277,7 +344,11 @@ pub async fn run(
         telemetry::log_sensor(sensor);
     }
     info!("stopped");
-    Ok(last)
+    Ok(Stopped {
+        stats: last,
+        records_lost: lost.records(),
+        readers_aborted: !intake_done,
+    })
 }
 
 /// Keeps the client certificate's end date for the metrics.
@@ -311,6 +382,23 @@ pub fn spool_settings(cfg: &Config) -> SpoolSettings {
             config::Fsync::Never => Fsync::Never,
         },
         min_free: cfg.buffer.min_free.fraction(),
+        stop_reserve: stop_reserve(cfg.sensor.len()),
+    }
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn stop_reserve(sensors: usize) -> u64 {
+    messages_in_flight_bound(sensors)
+}
+
+/// `SENSORGATE_FAULT=no-stop-reserve` keeps no room for a stop, so that
+/// the tests can see a stop with nowhere to store what it read.
+#[cfg(feature = "fault-injection")]
+fn stop_reserve(sensors: usize) -> u64 {
+    if std::env::var("SENSORGATE_FAULT").is_ok_and(|f| f == "no-stop-reserve") {
+        0
+    } else {
+        messages_in_flight_bound(sensors)
     }
 }
 
@@ -327,6 +415,31 @@ fn report_unclean_stop(
             warn!(sensor = %sensor, seq_first = first_maybe_lost, seq_last = next - 1,
                 at_most = next - first_maybe_lost,
                 "the last run did not stop cleanly: records in this range may have been read and lost before reaching the spool (some numbers may never have been used)");
+        }
+    }
+}
+
+/// After spool damage that left no intact message of a sensor after it
+/// (a lost segment at the end, say): the spool cannot tell what that
+/// sensor lost, but the sequence state of a clean stop can. Every number
+/// it handed out above the last one accounted for was in the damaged
+/// part (or never sealed: an upper bound).
+fn report_damage_beyond_spool(
+    next: &std::collections::BTreeMap<String, u64>,
+    spooled: &std::collections::BTreeMap<String, u64>,
+    intact_after: &std::collections::BTreeSet<String>,
+    stats: &Stats,
+) {
+    for (sensor, &next) in next {
+        if intact_after.contains(sensor) {
+            continue;
+        }
+        let first = spooled.get(sensor).map_or(0, |s| s + 1);
+        if next > first {
+            Stats::add(&stats.spool_records_lost, next - first);
+            error!(sensor = %sensor, seq_first = first, seq_last = next - 1, records = next - first,
+                exact = false, error_kind = "corrupt",
+                "records lost to spool damage; they will not be sent");
         }
     }
 }

@@ -362,6 +362,9 @@ counters! {
     spool_oldest_age_s,
     /// Spool entries found damaged (skipped) or unreadable.
     spool_corrupt_entries,
+    /// Records in spool messages lost to damage, found at start-up (each
+    /// range logged once).
+    spool_records_lost,
     /// Failed writes to the spool (ENOSPC, I/O errors).
     spool_write_errors,
     /// Gauge: 1 while connected to the broker.
@@ -421,10 +424,12 @@ pub fn log_stats(s: &Snapshot) {
         records_dropped = s.records_dropped,
         frames_malformed = s.frames_malformed,
         frames_too_long = s.frames_too_long,
+        frames_partial = s.frames_partial,
         spool_messages = s.spool_messages,
         spool_bytes = s.spool_bytes,
         spool_oldest_age_s = s.spool_oldest_age_s,
         spool_corrupt = s.spool_corrupt_entries,
+        spool_records_lost = s.spool_records_lost,
         spool_write_errors = s.spool_write_errors,
         sensors_open = s.sensors_open,
         connects = s.connects,

@@ -25,8 +25,8 @@ use sensorgate::demo::pty::{Pty, SimSensor, sim_decoder, sim_line};
 use sensorgate::seal::OpenedRecord;
 use sensorgate::serial::format::Decoded;
 use support::{
-    GatewayProcess, Opened, Rig, Subscriber, assert_no_panic, excerpt, join_writer, missing_runs,
-    open_all, wait_for_records, wait_until,
+    GatewayProcess, Opened, Rig, Subscriber, SweepCase, assert_no_panic, excerpt, join_writer,
+    missing_runs, open_all, sweep_report, wait_for_records, wait_until,
 };
 
 /// Bound for everything to arrive once the broker is back.
@@ -45,6 +45,8 @@ const BACKLOG: &str = "messages from before the stop wait in the spool; they are
 const DAMAGED: &str =
     "spool segment damaged (power cut or disk fault); damaged entries skipped, the rest kept";
 const UNREADABLE: &str = "spool segment unreadable; moved aside to corrupt/";
+const SALVAGED: &str =
+    "spool segment header damaged; the entries behind it were read and the header rewritten";
 const SEGMENT_DROPPED: &str = "spool full; oldest segment dropped";
 const BLOCKED: &str =
     "spool cannot take data; reading paused until there is room (when_full = block)";
@@ -164,9 +166,13 @@ fn spool_dir(rig: &Rig) -> PathBuf {
 /// configuration named after `k`, so each run keeps its own log file
 /// (`run-KK.log`) instead of truncating the last one.
 fn start_run(config: &Path, k: usize) -> GatewayProcess {
+    start_run_with_env(config, k, &[])
+}
+
+fn start_run_with_env(config: &Path, k: usize, env: &[(&str, &str)]) -> GatewayProcess {
     let path = config.with_file_name(format!("run-{k:02}.toml"));
     fs::copy(config, &path).unwrap();
-    GatewayProcess::start(&path)
+    GatewayProcess::start_with_env(&path, env)
 }
 
 fn run_log(config: &Path, k: usize) -> String {
@@ -1128,8 +1134,9 @@ fn a_damaged_spool_is_recovered_at_start_and_the_rest_delivered() {
     let mut gw = GatewayProcess::start(&config);
     let first = 500;
     let per_record = calibrate(&gw, &pty, first);
-    // About 70% of the budget: several segments, nothing dropped.
-    let total = ((DISK as f64 * 0.7 - SPOOL_OVERHEAD as f64) / per_record) as u64;
+    // About 60% of the budget (the rest leaves room kept for a stop):
+    // several segments, nothing dropped.
+    let total = ((DISK as f64 * 0.6 - SPOOL_OVERHEAD as f64) / per_record) as u64;
     assert!(
         total > first,
         "records too large for the test: {per_record} bytes each"
@@ -1197,17 +1204,18 @@ fn a_damaged_spool_is_recovered_at_start_and_the_rest_delivered() {
         .unwrap();
     lost.extend(&segments[cut][torn_at..]);
 
+    // The entries behind a damaged header carry their own framing and
+    // CRC: they are salvaged, not lost.
     let mut bytes = fs::read(&files[garbage]).unwrap();
     bytes[..16].copy_from_slice(b"not a segment!!!");
     fs::write(&files[garbage], &bytes).unwrap();
-    lost.extend(&segments[garbage]);
 
     let lost_seqs: BTreeSet<u64> = lost.iter().flat_map(|e| e.first_seq..=e.last_seq).collect();
     let kept: Vec<u64> = (0..total).filter(|s| !lost_seqs.contains(s)).collect();
     let kept_messages = segments.iter().flatten().count() - lost.len();
 
     rig.broker.restart();
-    let mut gw = GatewayProcess::start(&config);
+    let mut gw = start_run(&config, 1);
     assert!(
         gw.wait_for_log("started", Duration::from_secs(20)),
         "{}",
@@ -1247,20 +1255,18 @@ fn a_damaged_spool_is_recovered_at_start_and_the_rest_delivered() {
         2,
         "damage reported for other segments: {damaged:#?}"
     );
-    let unreadable: Vec<&str> = log.lines().filter(|l| l.contains(UNREADABLE)).collect();
+    let salvaged: Vec<&str> = log.lines().filter(|l| l.contains(SALVAGED)).collect();
     assert!(
-        unreadable.len() == 1 && unreadable[0].contains(&name(garbage)),
-        "{unreadable:#?}\n{}",
+        salvaged.len() == 1 && salvaged[0].contains(&name(garbage)),
+        "{salvaged:#?}\n{}",
         excerpt(&log)
     );
-    assert!(
-        dir.join("corrupt").join(name(garbage)).is_file(),
-        "not moved to corrupt/"
+    assert_eq!(
+        &fs::read(&files[garbage]).unwrap()[..16],
+        b"SGSPOOL\0\x01\0\0\0\0\0\0\0",
+        "header not rewritten"
     );
-    assert!(
-        !files[garbage].exists(),
-        "the unreadable segment is still in the spool"
-    );
+    assert!(!log.contains(UNREADABLE), "{}", excerpt(&log));
     let backlog = log
         .lines()
         .find(|l| l.contains(BACKLOG))
@@ -1270,31 +1276,55 @@ fn a_damaged_spool_is_recovered_at_start_and_the_rest_delivered() {
         Some(kept_messages as u64),
         "{backlog}"
     );
-
-    // Everything undamaged arrives; nothing damaged does.
-    let received = opened.seqs(SENSOR);
-    let received_set: BTreeSet<u64> = received.iter().copied().collect();
-    let not_delivered: Vec<u64> = kept
-        .iter()
-        .copied()
-        .filter(|s| !received_set.contains(s))
-        .collect();
-    assert!(
-        not_delivered.is_empty(),
-        "{} undamaged records not delivered, first {:?}\n{}",
-        not_delivered.len(),
-        &not_delivered[..not_delivered.len().min(20)],
+    // What the damage cost, in records: exactly the lost ranges, each
+    // logged once.
+    let declared_lost = declared(&log, DAMAGE_LOST);
+    let declared_seqs: BTreeSet<u64> = declared_lost.iter().flat_map(|&(a, b)| a..=b).collect();
+    assert_eq!(
+        declared_seqs,
+        lost_seqs,
+        "declared {declared_lost:?}\n{}",
         excerpt(&log)
     );
-    let resurrected: Vec<u64> = received
-        .iter()
-        .copied()
-        .filter(|s| lost_seqs.contains(s))
-        .collect();
-    assert!(
-        resurrected.is_empty(),
-        "records of damaged entries delivered: {resurrected:?}"
+
+    // Everything undamaged arrives; nothing damaged does.
+    let case = account(
+        &opened,
+        total,
+        (total, 0),
+        &declared_lost,
+        "damage given up by range, rest delivered",
     );
+    assert_eq!(case.lost, lost_seqs.len() as u64);
+
+    // The acknowledged position moved past the damage: once idle, the
+    // spool holds nothing, and a plain restart sends nothing again.
+    let stats = wait_for_stats(&gw, Duration::from_secs(20), "a drained spool", |s| {
+        get(s, "spool_messages") == 0 && get(s, "spool_bytes") <= 4096
+    });
+    assert_eq!(
+        get(&stats, "spool_records_lost"),
+        lost_seqs.len() as u64,
+        "{stats:?}"
+    );
+    assert!(get(&stats, "spool_corrupt") >= 1, "{stats:?}");
+    assert_eq!(gw.stop(), 0, "{}", excerpt(&gw.log()));
+    let before = sub.received().len();
+    let mut gw = start_run(&config, 2);
+    assert!(
+        gw.wait_for_log("started", Duration::from_secs(20)),
+        "{}",
+        excerpt(&gw.log())
+    );
+    thread::sleep(Duration::from_secs(3));
+    let resent = sub.received().len() - before;
+    assert_eq!(
+        resent,
+        0,
+        "a restart after the recovery sent {resent} messages again\n{}",
+        excerpt(&gw.log())
+    );
+    assert!(!gw.log().contains(BACKLOG), "{}", excerpt(&gw.log()));
 
     // The spool goes on working: new records follow, numbered on.
     let writer = SimSensor::spawn(pty.writer().unwrap(), 200, None);
@@ -1311,12 +1341,10 @@ fn a_damaged_spool_is_recovered_at_start_and_the_rest_delivered() {
         "{}",
         excerpt(&gw.log())
     );
-    let stats = wait_for_stats(&gw, Duration::from_secs(10), "a stats line", |_| true);
-    assert!(get(&stats, "spool_corrupt") >= 1, "{stats:?}");
     assert_eq!(gw.stop(), 0, "{}", excerpt(&gw.log()));
     assert_no_panic(&gw.log());
     eprintln!(
-        "damaged spool: {} segments, {} of {total} records kept, corrupt entry at id {}, torn tail of {torn_tail} bytes, {} moved aside",
+        "damaged spool: {} segments, {} of {total} records kept, corrupt entry at id {}, torn tail of {torn_tail} bytes, {} salvaged; declared lost {declared_lost:?}",
         files.len(),
         kept.len(),
         victim.id,
@@ -1332,7 +1360,7 @@ fn a_damaged_spool_is_recovered_at_start_and_the_rest_delivered() {
 /// leaves ~300 KiB of, with the broker down and `when_full = "block"`,
 /// until the spool refuses data for `reason`; then deletes the filler and
 /// brings the broker back: every record must arrive.
-fn full_filesystem_is_survived(min_free: Option<&str>, reason: &str) {
+fn full_filesystem_is_survived(min_free: Option<&str>, reason: &str, env: &[(&str, &str)]) {
     let mut rig = Rig::new();
     let Some(tmpfs) = Tmpfs::mount(&rig.dir.join("state"), "2m") else {
         return;
@@ -1349,7 +1377,7 @@ fn full_filesystem_is_survived(min_free: Option<&str>, reason: &str) {
         },
         "2s",
     );
-    let mut gw = GatewayProcess::start(&config);
+    let mut gw = GatewayProcess::start_with_env(&config, env);
     let first = 300;
     let per_record = calibrate(&gw, &pty, first);
     let filler = tmpfs.fill_leaving(300 << 10);
@@ -1418,15 +1446,20 @@ fn full_filesystem_is_survived(min_free: Option<&str>, reason: &str) {
 
 #[test]
 fn a_full_filesystem_is_survived_and_recovered() {
-    // min_free 0%: the writes themselves fail with ENOSPC.
-    full_filesystem_is_survived(Some("0%"), "No space left on device");
+    // min_free 0% and no room kept for a stop (a test-only fault): the
+    // writes themselves fail with ENOSPC.
+    full_filesystem_is_survived(
+        Some("0%"),
+        "No space left on device",
+        &[("SENSORGATE_FAULT", "no-stop-reserve")],
+    );
 }
 
 #[test]
 fn a_nearly_full_filesystem_pauses_at_min_free_and_recovers() {
     // The default floor (5%, about 100 KiB of 2 MiB): the spool stops
     // before the filesystem is full.
-    full_filesystem_is_survived(None, "filesystem almost full");
+    full_filesystem_is_survived(None, "filesystem almost full", &[]);
 }
 
 #[test]
@@ -1465,4 +1498,357 @@ fn a_sigterm_during_an_outage_is_a_clean_stop_and_the_backlog_goes_out_at_the_ne
         excerpt(&second)
     );
     assert_eq!(gw.stop(), 0);
+}
+
+// ---------------------------------------------------------------------
+// 9. A full filesystem that only the broker can free
+// ---------------------------------------------------------------------
+
+const DAMAGE_LOST: &str = "records lost to spool damage; they will not be sent";
+const LOST_AT_STOP: &str = "records read before the stop were lost";
+
+/// Records the gateway declared lost in lines containing `message`, as
+/// ranges, checked against their `records=`.
+fn declared(log: &str, message: &str) -> Vec<(u64, u64)> {
+    let r = ranges(log, message);
+    for l in log.lines().filter(|l| l.contains(message)) {
+        let (a, b) = (
+            field(l, "seq_first").unwrap(),
+            field(l, "seq_last").unwrap(),
+        );
+        assert_eq!(field(l, "records"), Some(b - a + 1), "records= in {l}");
+    }
+    r
+}
+
+fn records_in(ranges: &[(u64, u64)]) -> u64 {
+    ranges.iter().map(|(a, b)| b - a + 1).sum()
+}
+
+/// What the runs of a gateway read, from their final stats lines: the
+/// records numbered, and the frames dropped and counted (malformed, or
+/// partial: a line cut in half by a stop).
+fn read_counts(logs: &[String]) -> (u64, u64) {
+    let mut numbered = 0;
+    let mut discarded = 0;
+    for log in logs {
+        let last = last_stats(log).unwrap_or_else(|| panic!("no stats line\n{}", excerpt(log)));
+        numbered += get(&last, "records_read");
+        discarded += get(&last, "frames_malformed") + get(&last, "frames_partial");
+    }
+    (numbered, discarded)
+}
+
+/// Checks that every record numbered (`0..numbered`) arrived or lies in a
+/// declared range, never both, and that every line of the `sent` that did
+/// not become a record was counted as a dropped frame; returns (and
+/// reports) the sweep line.
+fn account(
+    opened: &Opened,
+    sent: u64,
+    (numbered, discarded): (u64, u64),
+    lost_ranges: &[(u64, u64)],
+    note: &str,
+) -> SweepCase {
+    let received: BTreeSet<u64> = opened.seqs(SENSOR).into_iter().collect();
+    let mut arrived_but_declared = Vec::new();
+    let mut missing_undeclared = Vec::new();
+    for seq in 0..numbered {
+        match (received.contains(&seq), in_ranges(lost_ranges, seq)) {
+            (true, true) => arrived_but_declared.push(seq),
+            (false, false) => missing_undeclared.push(seq),
+            _ => {}
+        }
+    }
+    let arrived = received.range(..numbered).count() as u64;
+    let case = SweepCase {
+        sent,
+        arrived,
+        lost: sent - arrived,
+        declared_lost: records_in(lost_ranges) + sent.saturating_sub(numbered),
+        duplicates: opened.duplicates,
+        note: note.to_string(),
+    };
+    sweep_report(&case);
+    assert!(
+        missing_undeclared.is_empty(),
+        "{} records neither arrived nor declared lost: runs {:?}",
+        missing_undeclared.len(),
+        missing_runs(&received, numbered)
+    );
+    assert!(
+        arrived_but_declared.is_empty(),
+        "records declared lost arrived: {:?}",
+        &arrived_but_declared[..arrived_but_declared.len().min(20)]
+    );
+    assert_eq!(
+        received.range(numbered..).count(),
+        0,
+        "records beyond those read"
+    );
+    assert!(
+        sent - numbered <= discarded,
+        "{} lines never became records, but only {discarded} frames were counted as dropped",
+        sent - numbered
+    );
+    case
+}
+
+/// Waits (bounded) until the gateway has read everything there is and the
+/// broker acknowledged it: two stats lines with the same `records_read`,
+/// all of it sealed, the spool empty.
+fn wait_until_delivered(gw: &GatewayProcess) {
+    let done = wait_until(WAIT, Duration::from_millis(200), || {
+        let lines = stats_lines(&gw.log());
+        let [.., a, b] = lines.as_slice() else {
+            return false;
+        };
+        let read = get(b, "records_read");
+        get(a, "records_read") == read
+            && get(b, "records_sealed") == read
+            && get(b, "spool_messages") == 0
+    });
+    assert!(
+        done,
+        "not everything read was delivered within {WAIT:?}\n{}",
+        excerpt(&gw.log())
+    );
+}
+
+/// The state_dir on a 2 MiB filesystem with the default 256 MiB budget,
+/// the broker away, three times more records than fit: the spool stops at
+/// the filesystem's floor; then the broker comes back and nobody deletes
+/// anything. The spool must drain, free its segments (the one being
+/// written included) and resume reading by itself.
+fn small_filesystem(when_full: &str) -> Option<(Rig, GatewayProcess, Tmpfs, u64, Subscriber, Pty)> {
+    let mut rig = Rig::new();
+    let tmpfs = Tmpfs::mount(&rig.dir.join("state"), "2m")?;
+    let sub = rig.subscriber();
+    let pty = Pty::open().unwrap();
+    rig.broker.stop();
+    let config = spool_config(
+        &rig,
+        &pty,
+        &format!("memory = \"64KiB\"\nwhen_full = \"{when_full}\""),
+        "5s",
+    );
+    let gw = GatewayProcess::start(&config);
+    const TOTAL: u64 = 30_000;
+    let writer = SimSensor::spawn(pty.writer().unwrap(), TOTAL, None);
+    let refusal = if when_full == "block" {
+        BLOCKED
+    } else {
+        DROPPING
+    };
+    assert!(
+        gw.wait_for_log(refusal, Duration::from_secs(120)),
+        "{}",
+        excerpt(&gw.log())
+    );
+    if when_full == "block" {
+        thread::sleep(Duration::from_secs(2));
+        assert!(
+            !writer.is_finished(),
+            "the sensor never had to wait\n{}",
+            excerpt(&gw.log())
+        );
+        rig.broker.restart();
+        // Nothing is freed from outside: only the broker's
+        // acknowledgements can make room.
+        assert_eq!(join_writer(writer, Duration::from_secs(180), &gw), TOTAL);
+    } else {
+        join_writer(writer, Duration::from_secs(120), &gw);
+        wait_for_stats(&gw, WAIT, "every record read", |s| {
+            get(s, "records_read") == TOTAL
+        });
+        rig.broker.restart();
+    }
+    Some((rig, gw, tmpfs, TOTAL, sub, pty))
+}
+
+#[test]
+fn a_full_filesystem_recovers_by_itself_once_the_broker_drains_the_spool() {
+    let Some((rig, mut gw, tmpfs, total, sub, _pty)) = small_filesystem("block") else {
+        return;
+    };
+    let opened = wait_for_records(&rig, &sub, total as usize, Duration::from_secs(180));
+    assert!(opened.rejected.is_empty(), "{:?}", opened.rejected);
+    let log = gw.log();
+    assert!(log.contains(ACCEPTS_AGAIN), "{}", excerpt(&log));
+    // Once drained and idle, the spool holds no acknowledged bytes.
+    let drained = wait_for_stats(&gw, Duration::from_secs(20), "an empty spool", |s| {
+        get(s, "spool_messages") == 0 && get(s, "spool_bytes") <= 4096
+    });
+    eprintln!(
+        "full filesystem, block: {total} records through 2 MiB, {} bytes free after the drain, {drained:?}",
+        tmpfs.available()
+    );
+    assert_eq!(gw.stop(), 0, "{}", excerpt(&gw.log()));
+    let counts = read_counts(&[gw.log()]);
+    let case = account(
+        &opened,
+        total,
+        counts,
+        &[],
+        "paused at min_free, resumed by itself",
+    );
+    assert_eq!(case.lost, 0);
+    assert_no_panic(&gw.log());
+    drop(gw);
+    drop(tmpfs);
+}
+
+#[test]
+fn drop_oldest_on_a_small_filesystem_drops_a_fraction_and_says_which() {
+    let Some((rig, mut gw, tmpfs, total, sub, _pty)) = small_filesystem("drop_oldest") else {
+        return;
+    };
+    let log = gw.log();
+    let dropped = declared(&log, SEGMENT_DROPPED);
+    let dropped_records = records_in(&dropped);
+    assert!(dropped_records > 0, "{}", excerpt(&log));
+    // Segments adapt to the filesystem: each drop is a small part of what
+    // fits (about 9,000 records), never the whole spool.
+    let largest = dropped.iter().map(|(a, b)| b - a + 1).max().unwrap();
+    assert!(
+        largest <= 2500,
+        "one drop cost {largest} records: segments too large for the filesystem\n{}",
+        excerpt(&log)
+    );
+    let opened = wait_for_records(
+        &rig,
+        &sub,
+        (total - dropped_records) as usize,
+        Duration::from_secs(120),
+    );
+    assert!(opened.rejected.is_empty(), "{:?}", opened.rejected);
+    assert_eq!(gw.stop(), 0, "{}", excerpt(&gw.log()));
+    let case = account(
+        &opened,
+        total,
+        read_counts(&[gw.log()]),
+        &dropped,
+        &format!("{} drops of at most {largest} records", dropped.len()),
+    );
+    assert!(case.arrived >= 5000, "{case:?}");
+    assert_no_panic(&gw.log());
+    drop(gw);
+    drop(tmpfs);
+}
+
+// ---------------------------------------------------------------------
+// 10. SIGTERM while the spool is full
+// ---------------------------------------------------------------------
+
+/// SIGTERM while the spool refuses data (`block`, broker away), then a
+/// restart with the broker back: every record arrives, or the stop
+/// declared exactly which were lost and exited 74.
+fn sigterm_on_a_full_spool(
+    buffer: &str,
+    small_fs: bool,
+    env: &[(&str, &str)],
+) -> Option<SweepCase> {
+    let mut rig = Rig::new();
+    let tmpfs = if small_fs {
+        Some(Tmpfs::mount(&rig.dir.join("state"), "2m")?)
+    } else {
+        None
+    };
+    let sub = rig.subscriber();
+    let pty = Pty::open().unwrap();
+    rig.broker.stop();
+    let config = spool_config(&rig, &pty, buffer, "2s");
+    let mut gw = start_run_with_env(&config, 0, env);
+    const TOTAL: u64 = 15_000;
+    let writer = SimSensor::spawn(pty.writer().unwrap(), TOTAL, None);
+    assert!(
+        gw.wait_for_log(BLOCKED, Duration::from_secs(120)),
+        "{}",
+        excerpt(&gw.log())
+    );
+    thread::sleep(Duration::from_secs(1));
+    let code = gw.stop();
+    let first = run_log(&config, 0);
+    assert_no_panic(&first);
+    let lost = declared(&first, LOST_AT_STOP);
+    if lost.is_empty() {
+        assert_eq!(
+            code,
+            0,
+            "nothing lost, yet exit {code}\n{}",
+            excerpt(&first)
+        );
+    } else {
+        assert_eq!(
+            code,
+            74,
+            "records lost at the stop, yet exit {code}\n{}",
+            excerpt(&first)
+        );
+    }
+    assert!(
+        !first.contains(UNCLEAN) && !first.contains("did not stop in time"),
+        "{}",
+        excerpt(&first)
+    );
+
+    rig.broker.restart();
+    let mut gw = start_run(&config, 1);
+    assert_eq!(join_writer(writer, Duration::from_secs(180), &gw), TOTAL);
+    wait_until_delivered(&gw);
+    assert_eq!(gw.stop(), 0, "{}", excerpt(&gw.log()));
+    let payloads = settle(&sub, Duration::from_secs(1), Duration::from_secs(30));
+    let opened = open_all(&rig, &payloads);
+    assert!(opened.rejected.is_empty(), "{:?}", opened.rejected);
+    let second = run_log(&config, 1);
+    assert!(
+        !second.contains(UNCLEAN),
+        "the stop was clean: every record read is spooled or declared\n{}",
+        excerpt(&second)
+    );
+    let note = if lost.is_empty() {
+        "stop stored what it had read (exit 0)".to_string()
+    } else {
+        format!("stop declared {} ranges lost (exit 74)", lost.len())
+    };
+    let counts = read_counts(&[first, second]);
+    let case = account(&opened, TOTAL, counts, &lost, &note);
+    drop(gw);
+    drop(tmpfs);
+    Some(case)
+}
+
+#[test]
+fn a_sigterm_on_a_full_filesystem_stores_what_was_read_and_loses_nothing() {
+    // The spool keeps room for what a stop must store: every record
+    // already read is stored, none lost, exit 0.
+    if let Some(case) =
+        sigterm_on_a_full_spool("memory = \"64KiB\"\nwhen_full = \"block\"", true, &[])
+    {
+        assert_eq!(case.declared_lost, 0, "{case:?}");
+    }
+}
+
+#[test]
+fn a_sigterm_on_a_full_budget_stores_what_was_read_and_loses_nothing() {
+    let case = sigterm_on_a_full_spool(
+        "memory = \"64KiB\"\ndisk = \"1MiB\"\nwhen_full = \"block\"",
+        false,
+        &[],
+    )
+    .expect("needs no root");
+    assert_eq!(case.declared_lost, 0, "{case:?}");
+}
+
+#[test]
+fn a_sigterm_with_nowhere_to_store_declares_exactly_what_it_lost_and_exits_74() {
+    // With no room kept for the stop (a test-only fault), what the stop
+    // cannot store is declared by range, and the exit code says so.
+    let case = sigterm_on_a_full_spool(
+        "memory = \"64KiB\"\ndisk = \"1MiB\"\nwhen_full = \"block\"",
+        false,
+        &[("SENSORGATE_FAULT", "no-stop-reserve")],
+    )
+    .expect("needs no root");
+    assert!(case.declared_lost > 0, "{case:?}");
 }

@@ -32,6 +32,9 @@ use reject::Reject;
 
 const REOPEN_MIN: Duration = Duration::from_millis(500);
 const REOPEN_MAX: Duration = Duration::from_secs(30);
+/// How long a stop waits for the device to finish the frame it is in the
+/// middle of sending: a line of 1 KiB takes 90 ms at 115200 baud.
+const FINISH_FRAME: Duration = Duration::from_millis(200);
 /// Bytes read from a device at a time (and so at most held undecoded).
 pub const READ_BUFFER: usize = 8 * 1024;
 /// Bytes of a rejected frame shown in its log line.
@@ -263,7 +266,9 @@ impl SensorSource {
             let frame = tokio::select! {
                 _ = stop.cancelled() => {
                     // Frames already read from the device are records:
-                    // decode them before stopping.
+                    // decode them before stopping, and do not cut the one
+                    // the device is in the middle of sending.
+                    frames.complete_frame(&mut framed).await;
                     frames.finish(&mut framed).await;
                     return ReadEnd::Stopped;
                 }
@@ -398,6 +403,38 @@ impl FrameHandler<'_> {
             warn!(sensor = %self.source.name, %reason, len, detail = detail.unwrap_or(""),
                 %sample, suppressed, "frame rejected");
         }
+    }
+
+    /// At a stop, reads the rest of a frame begun in the read buffer, one
+    /// byte at a time (so nothing after it is taken from the device), for
+    /// at most [`FINISH_FRAME`]: a stop does not cut a line in half, whose
+    /// first half would be dropped as partial and whose second half the
+    /// next start would reject as malformed.
+    async fn complete_frame(
+        &mut self,
+        framed: &mut FramedRead<tokio_serial::SerialStream, Framer>,
+    ) {
+        use tokio::io::AsyncReadExt;
+        let deadline = tokio::time::Instant::now() + FINISH_FRAME;
+        let mut pending = std::mem::take(framed.read_buffer_mut());
+        for _ in 0..=self.source.sensor.max_frame {
+            while let Ok(Some(frame)) = framed.decoder_mut().decode(&mut pending) {
+                if !self.handle(frame).await {
+                    return;
+                }
+            }
+            if pending.is_empty() {
+                break;
+            }
+            let mut byte = [0u8; 1];
+            match tokio::time::timeout_at(deadline, framed.get_mut().read(&mut byte)).await {
+                Ok(Ok(1)) => pending.extend_from_slice(&byte),
+                _ => break,
+            }
+        }
+        // What is left (a frame the device did not finish in time) is
+        // dropped as partial by `finish`.
+        *framed.read_buffer_mut() = pending;
     }
 
     /// The device is going away (stop, unplug): the complete frames still

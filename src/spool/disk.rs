@@ -13,9 +13,10 @@
 //! truncated, corrupt entries skipped, unreadable segments moved to
 //! `corrupt/`; each is counted and logged.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::ops::Range;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,7 +27,11 @@ use tracing::{error, warn};
 
 use crate::telemetry::{RateLimits, io_error_kind};
 
-use super::segment::{self, Entry, SEGMENT_HEADER_LEN, SegmentError, SegmentReader, SegmentWriter};
+use super::damage::{LossFinder, SeqLoss};
+use super::segment::{
+    self, Entry, EntryMeta, HeaderProblem, SEGMENT_HEADER_LEN, ScanReport, SegmentError,
+    SegmentReader, SegmentWriter,
+};
 
 const ACK_FILE: &str = "acked.json";
 const CORRUPT_DIR: &str = "corrupt";
@@ -72,16 +77,28 @@ pub enum DiskError {
 /// `when_full` policy.
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
-    #[error("disk budget reached ({used} of {budget} bytes)")]
-    Budget { used: u64, budget: u64 },
-    #[error("filesystem almost full ({free_percent:.1}% free, minimum {min_percent:.1}%)")]
-    LowSpace { free_percent: f64, min_percent: f64 },
+    #[error("disk budget reached ({used} of {budget} bytes{})", kept_for_stop(*kept))]
+    Budget { used: u64, budget: u64, kept: u64 },
+    #[error("filesystem almost full ({free_percent:.1}% free, minimum {min_percent:.1}%{})", kept_for_stop(*kept))]
+    LowSpace {
+        free_percent: f64,
+        min_percent: f64,
+        kept: u64,
+    },
     #[error("cannot write spool segment {path}: {source}")]
     Io {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
+}
+
+fn kept_for_stop(kept: u64) -> String {
+    if kept == 0 {
+        String::new()
+    } else {
+        format!(", {kept} bytes kept for what a stop must store")
+    }
 }
 
 impl AppendError {
@@ -173,11 +190,26 @@ pub struct Recovery {
     pub corrupt_entries: u64,
     pub torn_tail_bytes: u64,
     pub moved_aside: Vec<PathBuf>,
+    /// Segments whose header was damaged: their entries were read all the
+    /// same and the header rewritten.
+    pub salvaged: Vec<PathBuf>,
     /// The lowest id not acknowledged before the stop: sending resumes here.
     pub resend_from: u64,
-    /// Per sensor, the highest sequence number ever spooled (on disk now
-    /// or acknowledged and deleted).
+    /// Per sensor, the highest sequence number ever spooled (on disk now,
+    /// acknowledged and deleted, or reported dropped).
     pub last_seq: BTreeMap<String, u64>,
+    /// Ids of unacknowledged messages lost to damage (corrupt entries,
+    /// torn or unreadable segments before the last intact entry): never to
+    /// be acknowledged, so the caller gives them up.
+    pub lost_ids: Vec<Range<u64>>,
+    /// What those messages held, per sensor, as far as the intact messages
+    /// around them tell ([`damage`](super::damage)).
+    pub seq_losses: Vec<SeqLoss>,
+    /// `None` when nothing was lost; otherwise the sensors with an intact
+    /// message after the last loss. For every other sensor, records after
+    /// its `last_seq` may have been lost too: only the sequence state can
+    /// bound them.
+    pub intact_after_loss: Option<BTreeSet<String>>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -204,18 +236,53 @@ pub struct DiskLog {
     settings: DiskSettings,
     segments: VecDeque<SegmentInfo>,
     writer: Option<SegmentWriter>,
+    /// The size at which the segment being written is closed: chosen when
+    /// it was started, from the room there was then ([`Self::segment_limit`]).
+    writer_limit: u64,
     next_id: u64,
     bytes: u64,
     dirty: bool,
+    /// Something was appended since the last sync tick.
+    appended: bool,
     cursor: Option<Cursor>,
     acked_below: u64,
     persisted_below: u64,
     last_seq: BTreeMap<String, u64>,
     /// Acknowledged segments whose files are not deleted yet.
     released: Vec<(PathBuf, u64)>,
+    /// `last_seq` changed since the ack file was written.
+    seq_dirty: bool,
     /// Rate limits of the repeating warnings, per kind of fault.
     warnings: RateLimits<&'static str>,
 }
+
+/// A segment dropped to make room.
+#[derive(Debug)]
+pub struct Dropped {
+    pub info: SegmentInfo,
+    /// Its entries, read just before it was deleted (`None` if it could
+    /// not be read).
+    pub entries: Option<Vec<EntryMeta>>,
+}
+
+/// The room an append must leave.
+#[derive(Debug, Clone, Copy)]
+pub struct Room {
+    /// The filesystem's free-space floor, as a fraction.
+    pub min_free: f64,
+    /// Bytes to keep free in the budget and above the floor (capped at a
+    /// quarter of the spool's capacity).
+    pub keep: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct FsSpace {
+    total: u64,
+    avail: u64,
+}
+
+/// The smallest segment [`DiskLog::segment_limit`] chooses.
+pub const MIN_SEGMENT: u64 = 16 << 10;
 
 impl DiskLog {
     /// Opens the log, recovering what a crash or power cut left behind.
@@ -244,38 +311,52 @@ impl DiskLog {
         };
         let mut segments = VecDeque::new();
         let mut last_valid_len = None;
+        let mut losses = LossFinder::new(ack.last_seq.clone());
+        // The id the next intact entry should have; a larger one means the
+        // ids between were lost. Ids below `ack.below` were acknowledged:
+        // losing them costs nothing.
+        let mut expected = ack.below;
         for path in names {
-            match segment::scan(&path) {
-                Ok((metas, report)) => {
-                    recovery.corrupt_entries += report.corrupt_entries;
-                    recovery.torn_tail_bytes += report.torn_tail_bytes;
-                    if report.corrupt_entries > 0 || report.torn_tail_bytes > 0 {
-                        warn!(segment = %path.display(), corrupt_entries = report.corrupt_entries,
-                            skipped_bytes = report.skipped_bytes, torn_tail_bytes = report.torn_tail_bytes,
-                            error_kind = "corrupt", "spool segment damaged (power cut or disk fault); damaged entries skipped, the rest kept");
-                    }
-                    let created = fs::metadata(&path)
-                        .and_then(|m| m.created().or_else(|_| m.modified()))
-                        .unwrap_or_else(|_| SystemTime::now());
-                    let mut info = SegmentInfo::new(path, created);
-                    for m in &metas {
-                        info.add(m.id, &m.sensor, m.first_seq, m.last_seq, m.records, m.len);
-                    }
-                    // Torn or skipped bytes still occupy the disk.
-                    info.bytes = fs::metadata(&info.path).map_or(report.valid_len, |m| m.len());
-                    last_valid_len = Some(report.valid_len);
-                    segments.push_back(info);
-                }
-                Err(e) => {
-                    error!(segment = %path.display(), error = %e, error_kind = "corrupt",
-                        "spool segment unreadable; moved aside to corrupt/");
-                    if let Some(moved) = move_aside(&dir, &path) {
-                        recovery.moved_aside.push(moved);
-                    }
+            let (metas, report) = match scan_or_salvage(&dir, &path, &mut recovery) {
+                Scanned::Read(metas, report) => (metas, report),
+                Scanned::Empty => continue,
+                Scanned::Unreadable => {
+                    // Whatever it held is lost. Ids after it show the loss
+                    // as a gap; at the end only the sequence state can.
+                    losses.lost_at_end();
                     last_valid_len = None;
+                    continue;
                 }
+            };
+            recovery.corrupt_entries += report.corrupt_entries;
+            recovery.torn_tail_bytes += report.torn_tail_bytes;
+            if report.corrupt_entries > 0 || report.torn_tail_bytes > 0 {
+                warn!(segment = %path.display(), corrupt_entries = report.corrupt_entries,
+                    skipped_bytes = report.skipped_bytes, torn_tail_bytes = report.torn_tail_bytes,
+                    error_kind = "corrupt", "spool segment damaged (power cut or disk fault); damaged entries skipped, the rest kept");
             }
+            let created = fs::metadata(&path)
+                .and_then(|m| m.created().or_else(|_| m.modified()))
+                .unwrap_or_else(|_| SystemTime::now());
+            let mut info = SegmentInfo::new(path, created);
+            for m in &metas {
+                let from = expected.max(ack.below);
+                if m.id > from {
+                    losses.lost(from..m.id);
+                }
+                expected = expected.max(m.id + 1);
+                losses.intact(&m.sensor, m.first_seq, m.last_seq);
+                info.add(m.id, &m.sensor, m.first_seq, m.last_seq, m.records, m.len);
+            }
+            // Torn or skipped bytes still occupy the disk.
+            info.bytes = fs::metadata(&info.path).map_or(report.valid_len, |m| m.len());
+            last_valid_len = Some(report.valid_len);
+            segments.push_back(info);
         }
+        recovery.intact_after_loss = losses.intact_after_loss();
+        let (lost_ids, seq_losses) = losses.finish();
+        recovery.lost_ids = lost_ids;
+        recovery.seq_losses = seq_losses;
         // Ids only grow; ids in a segment after a damaged one are still
         // larger than anything before it.
         let next_id = segments
@@ -288,14 +369,17 @@ impl DiskLog {
             settings,
             segments,
             writer: None,
+            writer_limit: 0,
             next_id,
             bytes: 0,
             dirty: false,
+            appended: false,
             cursor: None,
             acked_below: ack.below,
             persisted_below: ack.below,
             last_seq: ack.last_seq,
             released: Vec::new(),
+            seq_dirty: false,
             warnings: RateLimits::new(DISK_LOG_PERIOD),
         };
         // Segments acknowledged entirely before the stop. Their highest
@@ -304,12 +388,15 @@ impl DiskLog {
             log.delete_released();
             log.persist_acks();
         }
+        log.bytes = log.segments.iter().map(|s| s.bytes).sum::<u64>() + ACK_FILE_BUDGET;
         // Resume appending to the last segment when it has room.
+        let limit = log.segment_limit();
         if let (Some(last), Some(valid_len)) = (log.segments.back(), last_valid_len) {
-            if valid_len < log.settings.segment_size {
+            if valid_len < limit {
                 match SegmentWriter::open_append(&last.path, valid_len) {
                     Ok(w) => {
                         log.writer = Some(w);
+                        log.writer_limit = limit;
                         if let Some(last) = log.segments.back_mut() {
                             last.bytes = valid_len;
                         }
@@ -336,7 +423,10 @@ impl DiskLog {
         Ok((log, recovery))
     }
 
-    /// Appends a message and returns its id.
+    /// Appends a message and returns its id. When the spool is full (the
+    /// budget, the filesystem's floor, or a failed write), acknowledged
+    /// data is freed first, the segment being written included, and the
+    /// append tried once more.
     pub fn append(
         &mut self,
         sensor: &Arc<str>,
@@ -344,6 +434,26 @@ impl DiskLog {
         last_seq: u64,
         records: u32,
         message: &[u8],
+    ) -> Result<u64, AppendError> {
+        let room = Room {
+            min_free: self.settings.min_free,
+            keep: 0,
+        };
+        self.append_with(sensor, first_seq, last_seq, records, message, room)
+    }
+
+    /// Like [`append`](Self::append), with the room it must leave: the
+    /// spool keeps some for what a stop has to store, and a stop may use
+    /// it, and the filesystem's `min_free` floor too. The budget holds
+    /// whatever `room` says.
+    pub fn append_with(
+        &mut self,
+        sensor: &Arc<str>,
+        first_seq: u64,
+        last_seq: u64,
+        records: u32,
+        message: &[u8],
+        room: Room,
     ) -> Result<u64, AppendError> {
         let entry = Entry {
             id: self.next_id,
@@ -353,28 +463,38 @@ impl DiskLog {
             records,
             message: message.to_vec(),
         };
+        match self.try_append(&entry, room) {
+            Err(_) if self.free_acked() > 0 => self.try_append(&entry, room),
+            result => result,
+        }
+    }
+
+    fn try_append(&mut self, entry: &Entry, room: Room) -> Result<u64, AppendError> {
         let len = entry.encoded_len();
         let rotate = match &self.writer {
-            Some(w) => w.len() + len > self.settings.segment_size && w.len() > SEGMENT_HEADER_LEN,
+            Some(w) => w.len() + len > self.writer_limit && !w.is_empty(),
             None => true,
         };
         let needed = len + if rotate { SEGMENT_HEADER_LEN } else { 0 };
-        if self.bytes + needed > self.settings.budget && !self.released.is_empty() {
-            // Acknowledged segments waiting for the sync tick: delete them
-            // now rather than call the spool full.
-            self.delete_released();
-        }
-        if self.bytes + needed > self.settings.budget {
+        // What is kept for a stop never takes more than a quarter of the
+        // spool's room, so it cannot stop the spool from taking anything.
+        let keep = room.keep.min(self.capacity() / 4);
+        if self.bytes + needed + keep > self.settings.budget {
             return Err(AppendError::Budget {
                 used: self.bytes,
                 budget: self.settings.budget,
+                kept: keep,
             });
         }
-        if let Some(free) = self.free_fraction() {
-            if free < self.settings.min_free {
+        if let Some(fs) = self.fs_space() {
+            // With no floor and nothing to keep, the write itself finds
+            // out (ENOSPC).
+            let floor = (fs.total as f64 * room.min_free) as u64;
+            if floor + keep > 0 && fs.avail < floor + needed + keep {
                 return Err(AppendError::LowSpace {
-                    free_percent: free * 100.0,
-                    min_percent: self.settings.min_free * 100.0,
+                    free_percent: fs.avail as f64 * 100.0 / fs.total.max(1) as f64,
+                    min_percent: room.min_free * 100.0,
+                    kept: keep,
                 });
             }
         }
@@ -383,7 +503,7 @@ impl DiskLog {
         }
         let writer = self.writer.as_mut().expect("rotate opened a writer");
         let before = writer.len();
-        writer.append(&entry).map_err(|source| AppendError::Io {
+        writer.append(entry).map_err(|source| AppendError::Io {
             path: writer.path().to_path_buf(),
             source,
         })?;
@@ -395,12 +515,62 @@ impl DiskLog {
         } else {
             self.dirty = true;
         }
+        self.appended = true;
         let grown = writer.len() - before;
         self.bytes += grown;
         let info = self.segments.back_mut().expect("a segment is open");
-        info.add(entry.id, sensor, first_seq, last_seq, records, grown);
+        info.add(
+            entry.id,
+            &entry.sensor,
+            entry.first_seq,
+            entry.last_seq,
+            entry.records,
+            grown,
+        );
         self.next_id += 1;
         Ok(entry.id)
+    }
+
+    /// Frees what is acknowledged now, the segment being written included
+    /// when all of it is: the spool is out of room. Returns the bytes
+    /// freed.
+    fn free_acked(&mut self) -> u64 {
+        self.release(true);
+        self.delete_released()
+    }
+
+    /// The size for a new segment: an eighth of the spool's
+    /// [capacity](Self::capacity), between [`MIN_SEGMENT`] and the
+    /// configured size. So a filesystem smaller than the configured segment
+    /// still holds several: `drop_oldest` drops a fraction of the spool,
+    /// never all of it, and `block` has whole segments to free while
+    /// another fills.
+    fn segment_limit(&self) -> u64 {
+        (self.capacity() / 8).clamp(MIN_SEGMENT, self.settings.segment_size.max(MIN_SEGMENT))
+    }
+
+    /// What the spool can hold at most now: the smaller of the budget and
+    /// what it holds plus what the filesystem can still give it above the
+    /// `min_free` floor.
+    fn capacity(&self) -> u64 {
+        let budget = self.settings.budget;
+        self.fs_space().map_or(budget, |fs| {
+            let floor = (fs.total as f64 * self.settings.min_free) as u64;
+            self.bytes
+                .saturating_add(fs.avail.saturating_sub(floor))
+                .min(budget)
+        })
+    }
+
+    /// The size of the spool's filesystem and the bytes still available
+    /// there (`None` when it cannot be asked).
+    fn fs_space(&self) -> Option<FsSpace> {
+        let s = nix::sys::statvfs::statvfs(&self.settings.dir).ok()?;
+        let frag = s.fragment_size() as u64;
+        Some(FsSpace {
+            total: (s.blocks() as u64).saturating_mul(frag),
+            avail: (s.blocks_available() as u64).saturating_mul(frag),
+        })
     }
 
     /// Closes the current segment and starts one named after `first_id`.
@@ -427,18 +597,17 @@ impl DiskLog {
         self.segments
             .push_back(SegmentInfo::new(path, SystemTime::now()));
         self.writer = Some(writer);
+        self.writer_limit = self.segment_limit();
         Ok(())
-    }
-
-    fn free_fraction(&self) -> Option<f64> {
-        let s = nix::sys::statvfs::statvfs(&self.settings.dir).ok()?;
-        let total = s.blocks() as f64;
-        (total > 0.0).then(|| s.blocks_available() as f64 / total)
     }
 
     /// Deletes the oldest segment to make room (`drop_oldest`). Returns
     /// what it held, or `None` when there is nothing to drop.
-    pub fn drop_oldest(&mut self) -> Option<SegmentInfo> {
+    pub fn drop_oldest(&mut self) -> Option<Dropped> {
+        let front = self.segments.front()?;
+        // Read what it holds before it goes, so the caller can report
+        // exactly the unacknowledged ranges.
+        let entries = segment::scan(&front.path).ok().map(|(metas, _)| metas);
         let info = self.segments.pop_front()?;
         if self.segments.is_empty() {
             self.writer = None;
@@ -448,7 +617,16 @@ impl DiskLog {
             self.acked_below = self.acked_below.max(last + 1);
         }
         self.persist_acks();
-        Some(info)
+        Some(Dropped { info, entries })
+    }
+
+    /// Records that `sensor`'s numbers up to `last_seq` are accounted for
+    /// although they are not in the spool (dropped at a stop, and
+    /// reported): a later recovery must not report them again.
+    pub fn note_dropped(&mut self, sensor: &str, last_seq: u64) {
+        let e = self.last_seq.entry(sensor.to_string()).or_insert(last_seq);
+        *e = (*e).max(last_seq);
+        self.seq_dirty = true;
     }
 
     fn forget(&mut self, info: &SegmentInfo) {
@@ -467,28 +645,44 @@ impl DiskLog {
                 .or_insert(r.last_seq);
             *e = (*e).max(r.last_seq);
         }
+        // The ack file must say it before the segment is deleted: a start
+        // after a crash reports losses from there.
+        self.seq_dirty |= !info.sensors.is_empty();
         if self.cursor.as_ref().is_some_and(|c| c.path == info.path) {
             self.cursor = None;
         }
     }
 
-    /// Every id below `below` is acknowledged: delete the segments that
-    /// hold nothing else. The segment being appended to is kept until it
-    /// is full, so a broker that keeps up does not cost a file per batch.
+    /// Every id below `below` is acknowledged: release the segments that
+    /// hold nothing else (their files go at the next sync tick, see
+    /// [`Self::delete_released`]). The segment being appended to is kept
+    /// until it is full, so a broker that keeps up does not cost a file
+    /// per batch; [`Self::sync`] releases it once it is idle.
     pub fn release_acked(&mut self, below: u64, persist: bool) -> usize {
         self.acked_below = self.acked_below.max(below);
+        let released = self.release(false);
+        if released > 0 && persist {
+            self.persist_acks();
+        }
+        released
+    }
+
+    /// Releases the acknowledged segments at the front; the segment being
+    /// written too when `active` (if all of it is acknowledged and it holds
+    /// something), or when it is full.
+    fn release(&mut self, active: bool) -> usize {
         let mut released = 0;
         while let Some(front) = self.segments.front() {
             let done = match front.last_id() {
                 Some(last) => last < self.acked_below,
                 None => true,
             };
-            let active = self.segments.len() == 1 && self.writer.is_some();
-            let full = self
-                .writer
-                .as_ref()
-                .is_some_and(|w| w.len() >= self.settings.segment_size);
-            if !done || (active && !full) {
+            let is_active = self.segments.len() == 1 && self.writer.is_some();
+            let keep_active = match &self.writer {
+                Some(w) => w.len() < self.writer_limit && !(active && front.ids.is_some()),
+                None => false,
+            };
+            if !done || (is_active && keep_active) {
                 break;
             }
             let info = self.segments.pop_front().expect("front exists");
@@ -498,9 +692,6 @@ impl DiskLog {
             self.forget_later(&info);
             self.released.push((info.path, info.bytes));
             released += 1;
-        }
-        if released > 0 && persist {
-            self.persist_acks();
         }
         released
     }
@@ -620,7 +811,16 @@ impl DiskLog {
 
     /// Forces appended data to disk (the `interval` policy's tick, and at
     /// stop) and records the acknowledged position.
-    pub fn sync(&mut self) -> u64 {
+    ///
+    /// The segment being written is released too when every message in it
+    /// is acknowledged and nothing was appended since the last tick (or
+    /// `finishing`): an idle spool holds no acknowledged bytes, and a
+    /// full filesystem gets its space back once the broker has drained it.
+    pub fn sync(&mut self, finishing: bool) -> u64 {
+        if !self.appended || finishing {
+            self.release(true);
+        }
+        self.appended = false;
         let freed = self.delete_released();
         if self.dirty {
             if let Some(w) = self.writer.as_mut() {
@@ -633,7 +833,7 @@ impl DiskLog {
             }
             self.dirty = false;
         }
-        if self.acked_below != self.persisted_below {
+        if self.acked_below != self.persisted_below || self.seq_dirty {
             self.persist_acks();
         }
         freed
@@ -649,7 +849,10 @@ impl DiskLog {
             ACK_FILE,
             &serde_json::to_vec(&file).expect("serializes"),
         ) {
-            Ok(()) => self.persisted_below = self.acked_below,
+            Ok(()) => {
+                self.persisted_below = self.acked_below;
+                self.seq_dirty = false;
+            }
             Err(e) => {
                 if let Some(suppressed) = self.warnings.check("acks", Instant::now()) {
                     warn!(error = %e, error_kind = io_error_kind(&e), suppressed,
@@ -684,6 +887,66 @@ impl DiskLog {
     pub fn oldest_id(&self) -> Option<u64> {
         self.segments.iter().find_map(|s| s.ids.map(|(a, _)| a))
     }
+}
+
+/// What start-up made of one segment file.
+enum Scanned {
+    Read(Vec<EntryMeta>, ScanReport),
+    /// Cut short before its first entry: nothing was ever in it. Removed.
+    Empty,
+    /// Nothing in it can be read: moved aside to `corrupt/`.
+    Unreadable,
+}
+
+/// Reads a segment at start-up. A damaged header does not cost the
+/// entries behind it: they are salvaged and the header rewritten.
+fn scan_or_salvage(dir: &Path, path: &Path, recovery: &mut Recovery) -> Scanned {
+    let err = match segment::scan(path) {
+        Ok((metas, report)) => return Scanned::Read(metas, report),
+        Err(e) => e,
+    };
+    match &err {
+        SegmentError::NotASegment {
+            reason: HeaderProblem::Empty | HeaderProblem::TooShort { .. },
+            ..
+        } => {
+            // Created, then the power went before its header was written.
+            warn!(segment = %path.display(), error = %err, error_kind = "corrupt",
+                "empty spool segment removed (cut short before its first entry)");
+            remove_segment_file(path);
+            return Scanned::Empty;
+        }
+        // Any other header damage (magic, version): the entries carry
+        // their own marker and CRC, so those that check out are version 1
+        // entries whatever the header says.
+        SegmentError::NotASegment { .. } => match segment::scan_salvage(path) {
+            Ok((metas, report)) if !metas.is_empty() => match segment::rewrite_header(path) {
+                Ok(()) => {
+                    error!(segment = %path.display(), error = %err, entries = metas.len(),
+                        error_kind = "corrupt",
+                        "spool segment header damaged; the entries behind it were read and the header rewritten");
+                    recovery.salvaged.push(path.to_path_buf());
+                    return Scanned::Read(metas, report);
+                }
+                Err(e) => {
+                    error!(segment = %path.display(), error = %e, error_kind = io_error_kind(&e),
+                        "cannot rewrite a damaged spool segment header");
+                }
+            },
+            Ok(_) => {}
+            Err(e) => {
+                error!(segment = %path.display(), error = %e, error_kind = "corrupt",
+                    "cannot read a spool segment with a damaged header");
+            }
+        },
+        _ => {}
+    }
+    error!(segment = %path.display(), error = %err, error_kind = "corrupt",
+        "spool segment unreadable; moved aside to corrupt/");
+    if let Some(moved) = move_aside(dir, path) {
+        recovery.moved_aside.push(moved);
+    }
+    Scanned::Unreadable
 }
 
 fn remove_segment_file(path: &Path) {
@@ -794,7 +1057,7 @@ mod tests {
         assert!(log.segments() > 2, "10 KB messages in 64 KiB segments");
         assert_eq!(ids_from(&mut log, 0), (0..20).collect::<Vec<_>>());
         assert_eq!(ids_from(&mut log, 7), (7..20).collect::<Vec<_>>());
-        log.sync();
+        log.sync(false);
         drop(log);
 
         let (mut log, rec) = DiskLog::open(settings(dir.path(), 10 << 20)).unwrap();
@@ -818,7 +1081,7 @@ mod tests {
         assert!(log.release_acked(13, true) > 0);
         assert!(log.segments() < before);
         assert_eq!(log.bytes(), bytes, "files are deleted at the sync tick");
-        log.sync();
+        log.sync(false);
         assert!(log.bytes() < bytes);
         assert_eq!(log.oldest_id().map(|id| id <= 13), Some(true));
         drop(log);
@@ -849,10 +1112,10 @@ mod tests {
             .sum();
         assert!(on_disk <= budget, "{on_disk} bytes on disk");
         let dropped = log.drop_oldest().unwrap();
-        assert_eq!(dropped.ids.unwrap().0, 0);
-        assert_eq!(dropped.sensors["bike"].first_seq, 0);
+        assert_eq!(dropped.info.ids.unwrap().0, 0);
+        assert_eq!(dropped.info.sensors["bike"].first_seq, 0);
         append(&mut log, seq).unwrap();
-        let first_left = dropped.ids.unwrap().1 + 1;
+        let first_left = dropped.info.ids.unwrap().1 + 1;
         assert_eq!(ids_from(&mut log, 0)[0], first_left);
     }
 

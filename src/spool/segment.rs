@@ -209,10 +209,7 @@ impl SegmentWriter {
             .create_new(true)
             .mode(0o600)
             .open(path)?;
-        let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
-        header[..8].copy_from_slice(&SEGMENT_MAGIC);
-        header[8..12].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
-        if let Err(e) = file.write_all_at(&header, 0) {
+        if let Err(e) = file.write_all_at(&header_bytes(), 0) {
             drop(file);
             let _ = std::fs::remove_file(path);
             return Err(e);
@@ -467,27 +464,32 @@ impl SegmentReader {
     /// (an offset inside an entry is read as corruption up to the next
     /// entry).
     pub fn open_at(path: &Path, offset: u64) -> Result<SegmentReader, SegmentError> {
+        Self::open_checked(path, offset, true)
+    }
+
+    /// Opens a segment whose header is damaged, to salvage the entries
+    /// after it: they carry their own framing and CRC, so they are read
+    /// exactly as in a sound segment. See [`scan_salvage`].
+    fn open_ignoring_header(path: &Path) -> Result<SegmentReader, SegmentError> {
+        Self::open_checked(path, SEGMENT_HEADER_LEN, false)
+    }
+
+    fn open_checked(
+        path: &Path,
+        offset: u64,
+        check_header: bool,
+    ) -> Result<SegmentReader, SegmentError> {
         let io_err = |e| SegmentError::io(path, e);
         let mut file = File::open(path).map_err(io_err)?;
         let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
         let got = read_up_to(&mut file, &mut header).map_err(io_err)?;
-        let problem = if got == 0 {
-            Some(HeaderProblem::Empty)
-        } else if got < header.len() {
-            Some(HeaderProblem::TooShort { len: got as u64 })
-        } else if header[..8] != SEGMENT_MAGIC {
-            Some(HeaderProblem::BadMagic)
-        } else {
-            match le_u32(&header[8..12]) {
-                SEGMENT_VERSION => None,
-                v => Some(HeaderProblem::UnsupportedVersion(v)),
+        if check_header {
+            if let Some(reason) = header_problem(&header[..got]) {
+                return Err(SegmentError::NotASegment {
+                    path: path.to_path_buf(),
+                    reason,
+                });
             }
-        };
-        if let Some(reason) = problem {
-            return Err(SegmentError::NotASegment {
-                path: path.to_path_buf(),
-                reason,
-            });
         }
         if offset < SEGMENT_HEADER_LEN {
             return Err(io_err(io::Error::new(
@@ -744,15 +746,66 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(got)
 }
 
+/// What is wrong with a segment header (`header` holds the file's first
+/// bytes, at most [`SEGMENT_HEADER_LEN`]), if anything.
+fn header_problem(header: &[u8]) -> Option<HeaderProblem> {
+    if header.is_empty() {
+        Some(HeaderProblem::Empty)
+    } else if header.len() < SEGMENT_HEADER_LEN as usize {
+        Some(HeaderProblem::TooShort {
+            len: header.len() as u64,
+        })
+    } else if header[..8] != SEGMENT_MAGIC {
+        Some(HeaderProblem::BadMagic)
+    } else {
+        match le_u32(&header[8..12]) {
+            SEGMENT_VERSION => None,
+            v => Some(HeaderProblem::UnsupportedVersion(v)),
+        }
+    }
+}
+
 /// Reads a whole segment for start-up: where every valid entry lies and
 /// what it holds, without the messages, and what was wrong with the rest.
 pub fn scan(path: &Path) -> Result<(Vec<EntryMeta>, ScanReport), SegmentError> {
-    let mut reader = SegmentReader::open(path)?;
+    scan_with(SegmentReader::open(path)?)
+}
+
+/// Like [`scan`], for a segment whose header is damaged (bad magic or
+/// version): the entries after it are read all the same, and only those
+/// that check out (marker, length, CRC, body) count. The header's 16 bytes are not
+/// counted in the report. A file too short to hold an entry has none.
+pub fn scan_salvage(path: &Path) -> Result<(Vec<EntryMeta>, ScanReport), SegmentError> {
+    let len = std::fs::metadata(path)
+        .map_err(|e| SegmentError::io(path, e))?
+        .len();
+    if len <= SEGMENT_HEADER_LEN {
+        return Ok((Vec::new(), ScanReport::default()));
+    }
+    scan_with(SegmentReader::open_ignoring_header(path)?)
+}
+
+fn scan_with(mut reader: SegmentReader) -> Result<(Vec<EntryMeta>, ScanReport), SegmentError> {
     let mut metas = Vec::new();
     while let Some(meta) = reader.next_meta()? {
         metas.push(meta);
     }
     Ok((metas, reader.report.clone()))
+}
+
+/// Writes a sound header over a damaged one (the entries after it were
+/// salvaged by [`scan_salvage`]), so the file reads as a segment again.
+pub fn rewrite_header(path: &Path) -> io::Result<()> {
+    let file = OpenOptions::new().write(true).open(path)?;
+    file.write_all_at(&header_bytes(), 0)?;
+    file.sync_data()
+}
+
+fn header_bytes() -> [u8; SEGMENT_HEADER_LEN as usize] {
+    let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
+    header[..8].copy_from_slice(&SEGMENT_MAGIC);
+    header[8..12].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
+    header
 }
 
 #[cfg(test)]

@@ -215,6 +215,15 @@ impl StateDir {
         }
     }
 
+    /// When the previous run stopped cleanly: per sensor, the first
+    /// sequence number it never used.
+    pub fn clean_previous_run(&self) -> Option<&BTreeMap<String, u64>> {
+        match &self.previous {
+            Some((true, next)) => Some(next),
+            _ => None,
+        }
+    }
+
     /// Write-temp, fsync, rename, fsync the directory: after a power cut
     /// the file is either the old or the new version.
     fn write(&self, next: &BTreeMap<String, u64>, clean: bool) -> Result<(), StateError> {

@@ -1111,3 +1111,55 @@ impl NotifySocket {
             .join("\n")
     }
 }
+
+// ---------------------------------------------------------------------
+// scripts/fault-sweep
+// ---------------------------------------------------------------------
+
+/// What a fault test saw, for `scripts/fault-sweep`'s table: records the
+/// simulated sensors wrote, distinct records that arrived, records that
+/// did not, how many of those the gateway declared lost (by range, in its
+/// log), and records received more than once.
+#[derive(Debug, Clone, Default)]
+pub struct SweepCase {
+    pub sent: u64,
+    pub arrived: u64,
+    pub lost: u64,
+    pub declared_lost: u64,
+    pub duplicates: u64,
+    /// One short phrase: what the gateway did about the fault.
+    pub note: String,
+}
+
+/// Appends `case` as one JSON line to the file named by
+/// `SENSORGATE_SWEEP_REPORT`, under the name of the running test; does
+/// nothing when the variable is not set (a plain `cargo test`). The
+/// verdict is the test's own: scripts/fault-sweep reads cargo's result.
+pub fn sweep_report(case: &SweepCase) {
+    let Some(path) = std::env::var_os("SENSORGATE_SWEEP_REPORT") else {
+        return;
+    };
+    let name = thread::current()
+        .name()
+        .unwrap_or("unnamed")
+        .rsplit("::")
+        .next()
+        .unwrap_or("unnamed")
+        .to_string();
+    let line = serde_json::json!({
+        "case": name,
+        "sent": case.sent,
+        "arrived": case.arrived,
+        "lost": case.lost,
+        "declared_lost": case.declared_lost,
+        "duplicates": case.duplicates,
+        "note": case.note,
+    });
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .expect("open the sweep report");
+    use std::io::Write as _;
+    writeln!(f, "{line}").expect("write the sweep report");
+}
