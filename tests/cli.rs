@@ -629,7 +629,7 @@ fn open_prints_each_record_once_and_a_summary() {
     }
     assert_eq!(
         summary(&out),
-        "opened 4 messages, 8 records, 2 duplicates, 0 gaps, 0 rejected",
+        "opened 4 messages, 8 records, 2 duplicates, 0 records missing in 0 gaps, 0 rejected",
         "{}",
         out.shown()
     );
@@ -665,10 +665,10 @@ fn open_rejects_a_message_changed_by_one_byte() {
         "{}",
         out.shown()
     );
-    // The altered message's records are missing: two gaps.
+    // The altered message's records are missing: 3 and 4, one gap.
     assert_eq!(
         summary(&out),
-        "opened 2 messages, 6 records, 0 duplicates, 2 gaps, 1 rejected",
+        "opened 2 messages, 6 records, 0 duplicates, 2 records missing in 1 gap, 1 rejected",
         "{}",
         out.shown()
     );
@@ -708,14 +708,14 @@ fn open_rejects_a_message_signed_by_an_untrusted_key() {
     );
     assert_eq!(
         summary(&out),
-        "opened 2 messages, 6 records, 0 duplicates, 2 gaps, 1 rejected",
+        "opened 2 messages, 6 records, 0 duplicates, 2 records missing in 1 gap, 1 rejected",
         "{}",
         out.shown()
     );
 }
 
 #[test]
-fn open_counts_gaps() {
+fn open_counts_missing_records_and_the_gaps_they_form() {
     let consumer = Consumer::new();
     let mut sealer = consumer.sealer();
     let messages = vec![
@@ -727,7 +727,7 @@ fn open_counts_gaps() {
     assert_eq!(printed(&out.stdout).len(), 20, "{}", out.shown());
     assert_eq!(
         summary(&out),
-        "opened 2 messages, 20 records, 0 duplicates, 10 gaps, 0 rejected",
+        "opened 2 messages, 20 records, 0 duplicates, 10 records missing in 1 gap, 0 rejected",
         "{}",
         out.shown()
     );
@@ -766,7 +766,7 @@ fn open_trusts_every_pub_in_a_directory_so_a_rotated_gateway_key_is_accepted() {
     );
     assert_eq!(
         summary(&out),
-        "opened 2 messages, 5 records, 0 duplicates, 0 gaps, 1 rejected",
+        "opened 2 messages, 5 records, 0 duplicates, 0 records missing in 0 gaps, 1 rejected",
         "{}",
         out.shown()
     );
@@ -809,7 +809,7 @@ fn open_with_state_prints_only_new_records_on_the_second_run() {
     assert_eq!(seqs, [5, 6, 7], "{}", second.shown());
     assert_eq!(
         summary(&second),
-        "opened 3 messages, 3 records, 5 duplicates, 0 gaps, 0 rejected",
+        "opened 3 messages, 3 records, 5 duplicates, 0 records missing in 0 gaps, 0 rejected",
         "{}",
         second.shown()
     );
@@ -850,7 +850,7 @@ fn open_with_state_rejects_a_range_replayed_with_other_content_across_runs() {
     );
     assert_eq!(
         summary(&second),
-        "opened 0 messages, 0 records, 0 duplicates, 0 gaps, 1 rejected",
+        "opened 0 messages, 0 records, 0 duplicates, 0 records missing in 0 gaps, 1 rejected",
         "{}",
         second.shown()
     );
@@ -889,7 +889,7 @@ fn open_reports_each_missing_range_before_the_summary() {
     );
     assert_eq!(
         summary(&out),
-        "opened 3 messages, 5 records, 0 duplicates, 5 gaps, 0 rejected"
+        "opened 3 messages, 5 records, 0 duplicates, 5 records missing in 2 gaps, 0 rejected"
     );
 }
 
@@ -932,7 +932,7 @@ fn open_format_csv_prints_a_header_and_one_line_per_record() {
     assert!(lines[3].starts_with(&format!("{GATEWAY},{SENSOR},2,")));
     assert_eq!(
         summary(&out),
-        "opened 2 messages, 3 records, 1 duplicates, 0 gaps, 0 rejected"
+        "opened 2 messages, 3 records, 1 duplicates, 0 records missing in 0 gaps, 0 rejected"
     );
 }
 
@@ -1003,7 +1003,7 @@ fn open_strict_order_rejects_an_old_range_after_a_newer_one() {
     assert_eq!(relaxed.code, 0, "{}", relaxed.shown());
     assert_eq!(
         summary(&relaxed),
-        "opened 3 messages, 6 records, 3 duplicates, 2 gaps, 0 rejected",
+        "opened 3 messages, 6 records, 3 duplicates, 2 records missing in 1 gap, 0 rejected",
         "{}",
         relaxed.shown()
     );
@@ -1034,7 +1034,7 @@ fn open_strict_order_rejects_an_old_range_after_a_newer_one() {
     // The same newer message again is still an ordinary duplicate.
     assert_eq!(
         summary(&strict),
-        "opened 2 messages, 3 records, 3 duplicates, 0 gaps, 1 rejected",
+        "opened 2 messages, 3 records, 3 duplicates, 0 records missing in 0 gaps, 1 rejected",
         "{}",
         strict.shown()
     );
@@ -1224,7 +1224,7 @@ fn open_mqtt_subscribes_over_mutual_tls_prints_the_records_and_skips_the_status_
     );
     assert_eq!(
         summary(&out),
-        "opened 3 messages, 7 records, 0 duplicates, 2 gaps, 0 rejected",
+        "opened 3 messages, 7 records, 0 duplicates, 2 records missing in 1 gap, 0 rejected",
         "{}",
         out.shown()
     );
@@ -1261,7 +1261,7 @@ fn open_mqtt_stops_on_sigterm_with_the_summary_and_the_state_saved() {
     assert_eq!(printed(&out.stdout).len(), 2, "{}", out.shown());
     assert_eq!(
         summary(&out),
-        "opened 1 messages, 2 records, 0 duplicates, 0 gaps, 0 rejected",
+        "opened 1 messages, 2 records, 0 duplicates, 0 records missing in 0 gaps, 0 rejected",
         "{}",
         out.shown()
     );
