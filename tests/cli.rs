@@ -332,6 +332,64 @@ fn a_private_key_owned_by_another_user_is_refused_with_the_fix() {
 }
 
 #[test]
+fn a_missing_required_device_fails_check_config_with_66_like_run() {
+    let site = Site::new();
+    // The example's first sensor, "bike", made required; its device is not
+    // plugged in here (nor are the others', which stay optional).
+    let text = fs::read_to_string(&site.config).expect("read the copy");
+    assert_eq!(text.matches("\nrequired = false\n").count(), 1, "{text}");
+    fs::write(
+        &site.config,
+        text.replace("\nrequired = false\n", "\nrequired = true\n"),
+    )
+    .expect("write the copy");
+    let device = "/dev/serial/by-id/usb-FTDI_FT232R_USB_UART_A10K1234-if00-port0";
+
+    let out = site.check_config();
+    // 66 is EX_NOINPUT, what `run` exits with for the same configuration.
+    assert_eq!(out.code, 66, "{}", out.shown());
+    let problem = format!(
+        "sensorgate: sensor \"bike\": device {device} is not present, and the sensor is \
+         `required = true`, so `run` refuses to start without it; plug the device in, fix \
+         [[sensor]] device, or set required = false to have `run` wait for it"
+    );
+    assert!(
+        out.stderr.lines().any(|l| l == problem),
+        "no line {problem:?}\n{}",
+        out.shown()
+    );
+    assert!(!out.stderr.contains("is valid"), "{}", out.shown());
+    // The optional sensors' missing devices stay warnings.
+    assert!(
+        out.stderr.contains(
+            "check-config: warning: sensor \"room\": device /dev/serial/by-id/usb-Silicon_Labs_CP2102_0001-if00-port0 \
+             is not present now; `run` keeps retrying until it appears"
+        ),
+        "{}",
+        out.shown()
+    );
+    assert!(
+        !out.stderr
+            .lines()
+            .any(|l| l.starts_with("check-config: warning: sensor \"bike\"")),
+        "a required sensor's missing device is not a warning\n{}",
+        out.shown()
+    );
+
+    let run_out = run(
+        sensorgate([Path::new("run"), "--config".as_ref(), &site.config]),
+        b"",
+        QUICK,
+    );
+    assert_eq!(run_out.code, 66, "{}", run_out.shown());
+    assert!(
+        run_out.stderr.contains(device) && run_out.stderr.contains("required = true"),
+        "{}",
+        run_out.shown()
+    );
+}
+
+#[test]
 fn a_state_dir_that_cannot_be_created_fails_check_config() {
     let site = Site::new();
     // A file where a folder should be: nobody, root included, can create
