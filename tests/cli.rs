@@ -389,6 +389,107 @@ fn a_missing_required_device_fails_check_config_with_66_like_run() {
     );
 }
 
+/// `sensorgate run --config CONFIG`, which must exit at once (a start
+/// failure).
+fn run_failing(config: &Path) -> Outcome {
+    run(
+        sensorgate([Path::new("run"), "--config".as_ref(), config]),
+        b"",
+        QUICK,
+    )
+}
+
+#[test]
+fn a_missing_signing_key_is_named_with_seal_signing_key_by_check_config_and_run() {
+    let site = Site::new();
+    fs::remove_file(&site.signing_key).expect("remove the signing key");
+    let said = format!(
+        "sensorgate: signing key file {} (seal.signing_key) does not exist; create the gateway's \
+         key pair with `sensorgate keygen`, or fix seal.signing_key",
+        site.signing_key.display()
+    );
+
+    let out = site.check_config();
+    assert_eq!(out.code, 66, "{}", out.shown());
+    assert!(
+        out.stderr.lines().any(|l| l == said),
+        "no line {said:?}\n{}",
+        out.shown()
+    );
+
+    let out = run_failing(&site.config);
+    assert_eq!(out.code, 66, "{}", out.shown());
+    assert!(
+        out.stderr.lines().any(|l| l == said),
+        "no line {said:?}\n{}",
+        out.shown()
+    );
+}
+
+#[test]
+fn a_recipient_key_that_is_not_pem_is_named_with_seal_recipient_key_by_check_config_and_run() {
+    let site = Site::new();
+    fs::write(&site.recipient_pub, "hello\n").expect("write the recipient key");
+    let said = format!(
+        "sensorgate: recipient public key file {} (seal.recipient_key) is not a P-256 public key \
+         in SPKI PEM (-----BEGIN PUBLIC KEY-----): it holds no PEM block (there is no -----BEGIN \
+         PUBLIC KEY----- line); give the .pub file written by `sensorgate keygen`",
+        site.recipient_pub.display()
+    );
+
+    let out = site.check_config();
+    // 65 is EX_DATAERR: the file is there but does not hold a key.
+    assert_eq!(out.code, 65, "{}", out.shown());
+    assert!(
+        out.stderr.lines().any(|l| l == said),
+        "no line {said:?}\n{}",
+        out.shown()
+    );
+    assert!(!out.stderr.contains("NUL"), "{}", out.shown());
+
+    let out = run_failing(&site.config);
+    assert_eq!(out.code, 65, "{}", out.shown());
+    assert!(
+        out.stderr.lines().any(|l| l == said),
+        "no line {said:?}\n{}",
+        out.shown()
+    );
+}
+
+#[test]
+fn open_names_the_option_that_gave_a_bad_key_file() {
+    let consumer = Consumer::new();
+    let hello = consumer.dir.join("hello.pub");
+    fs::write(&hello, "hello\n").unwrap();
+    let out = consumer.open_with(&["--trust".as_ref(), hello.as_os_str()], &[]);
+    assert_eq!(out.code, 65, "{}", out.shown());
+    let said = format!(
+        "sensorgate: trusted gateway key file {} (--trust) is not a P-256 public key in SPKI PEM \
+         (-----BEGIN PUBLIC KEY-----): it holds no PEM block (there is no -----BEGIN PUBLIC \
+         KEY----- line); give the .pub file written by `sensorgate keygen`",
+        hello.display()
+    );
+    assert!(
+        out.stderr.lines().any(|l| l == said),
+        "no line {said:?}\n{}",
+        out.shown()
+    );
+
+    fs::remove_file(&consumer.recipient_key).unwrap();
+    let out = consumer.open(&[]);
+    assert_eq!(out.code, 66, "{}", out.shown());
+    let said = format!(
+        "sensorgate: recipient private key file {} (--recipient-key) does not exist; give \
+         --recipient-key the recipient's private .key file",
+        consumer.recipient_key.display()
+    );
+    assert!(
+        out.stderr.lines().any(|l| l == said),
+        "no line {said:?}\n{}",
+        out.shown()
+    );
+}
+
 #[test]
 fn a_state_dir_that_cannot_be_created_fails_check_config() {
     let site = Site::new();
