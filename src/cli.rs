@@ -126,7 +126,23 @@ pub fn check_config(config_path: &Path) -> u8 {
         Err(e) => problems.push((73, e.to_string())),
     }
     for s in &cfg.sensor {
-        if !s.device.exists() {
+        if s.device.exists() {
+            continue;
+        }
+        if s.required {
+            // `run` opens a required device once at start and exits 66
+            // when it is missing; say so here with the same code.
+            problems.push((
+                66,
+                format!(
+                    "sensor {:?}: device {} is not present, and the sensor is `required = true`, \
+                     so `run` refuses to start without it; plug the device in, fix [[sensor]] device, \
+                     or set required = false to have `run` wait for it",
+                    s.name,
+                    s.device.display()
+                ),
+            ));
+        } else {
             notes.push(format!(
                 "warning: sensor {:?}: device {} is not present now; `run` keeps retrying until it appears",
                 s.name,

@@ -332,6 +332,165 @@ fn a_private_key_owned_by_another_user_is_refused_with_the_fix() {
 }
 
 #[test]
+fn a_missing_required_device_fails_check_config_with_66_like_run() {
+    let site = Site::new();
+    // The example's first sensor, "bike", made required; its device is not
+    // plugged in here (nor are the others', which stay optional).
+    let text = fs::read_to_string(&site.config).expect("read the copy");
+    assert_eq!(text.matches("\nrequired = false\n").count(), 1, "{text}");
+    fs::write(
+        &site.config,
+        text.replace("\nrequired = false\n", "\nrequired = true\n"),
+    )
+    .expect("write the copy");
+    let device = "/dev/serial/by-id/usb-FTDI_FT232R_USB_UART_A10K1234-if00-port0";
+
+    let out = site.check_config();
+    // 66 is EX_NOINPUT, what `run` exits with for the same configuration.
+    assert_eq!(out.code, 66, "{}", out.shown());
+    let problem = format!(
+        "sensorgate: sensor \"bike\": device {device} is not present, and the sensor is \
+         `required = true`, so `run` refuses to start without it; plug the device in, fix \
+         [[sensor]] device, or set required = false to have `run` wait for it"
+    );
+    assert!(
+        out.stderr.lines().any(|l| l == problem),
+        "no line {problem:?}\n{}",
+        out.shown()
+    );
+    assert!(!out.stderr.contains("is valid"), "{}", out.shown());
+    // The optional sensors' missing devices stay warnings.
+    assert!(
+        out.stderr.contains(
+            "check-config: warning: sensor \"room\": device /dev/serial/by-id/usb-Silicon_Labs_CP2102_0001-if00-port0 \
+             is not present now; `run` keeps retrying until it appears"
+        ),
+        "{}",
+        out.shown()
+    );
+    assert!(
+        !out.stderr
+            .lines()
+            .any(|l| l.starts_with("check-config: warning: sensor \"bike\"")),
+        "a required sensor's missing device is not a warning\n{}",
+        out.shown()
+    );
+
+    let run_out = run(
+        sensorgate([Path::new("run"), "--config".as_ref(), &site.config]),
+        b"",
+        QUICK,
+    );
+    assert_eq!(run_out.code, 66, "{}", run_out.shown());
+    assert!(
+        run_out.stderr.contains(device) && run_out.stderr.contains("required = true"),
+        "{}",
+        run_out.shown()
+    );
+}
+
+/// `sensorgate run --config CONFIG`, which must exit at once (a start
+/// failure).
+fn run_failing(config: &Path) -> Outcome {
+    run(
+        sensorgate([Path::new("run"), "--config".as_ref(), config]),
+        b"",
+        QUICK,
+    )
+}
+
+#[test]
+fn a_missing_signing_key_is_named_with_seal_signing_key_by_check_config_and_run() {
+    let site = Site::new();
+    fs::remove_file(&site.signing_key).expect("remove the signing key");
+    let said = format!(
+        "sensorgate: signing key file {} (seal.signing_key) does not exist; create the gateway's \
+         key pair with `sensorgate keygen`, or fix seal.signing_key",
+        site.signing_key.display()
+    );
+
+    let out = site.check_config();
+    assert_eq!(out.code, 66, "{}", out.shown());
+    assert!(
+        out.stderr.lines().any(|l| l == said),
+        "no line {said:?}\n{}",
+        out.shown()
+    );
+
+    let out = run_failing(&site.config);
+    assert_eq!(out.code, 66, "{}", out.shown());
+    assert!(
+        out.stderr.lines().any(|l| l == said),
+        "no line {said:?}\n{}",
+        out.shown()
+    );
+}
+
+#[test]
+fn a_recipient_key_that_is_not_pem_is_named_with_seal_recipient_key_by_check_config_and_run() {
+    let site = Site::new();
+    fs::write(&site.recipient_pub, "hello\n").expect("write the recipient key");
+    let said = format!(
+        "sensorgate: recipient public key file {} (seal.recipient_key) is not a P-256 public key \
+         in SPKI PEM (-----BEGIN PUBLIC KEY-----): it holds no PEM block (there is no -----BEGIN \
+         PUBLIC KEY----- line); give the .pub file written by `sensorgate keygen`",
+        site.recipient_pub.display()
+    );
+
+    let out = site.check_config();
+    // 65 is EX_DATAERR: the file is there but does not hold a key.
+    assert_eq!(out.code, 65, "{}", out.shown());
+    assert!(
+        out.stderr.lines().any(|l| l == said),
+        "no line {said:?}\n{}",
+        out.shown()
+    );
+    assert!(!out.stderr.contains("NUL"), "{}", out.shown());
+
+    let out = run_failing(&site.config);
+    assert_eq!(out.code, 65, "{}", out.shown());
+    assert!(
+        out.stderr.lines().any(|l| l == said),
+        "no line {said:?}\n{}",
+        out.shown()
+    );
+}
+
+#[test]
+fn open_names_the_option_that_gave_a_bad_key_file() {
+    let consumer = Consumer::new();
+    let hello = consumer.dir.join("hello.pub");
+    fs::write(&hello, "hello\n").unwrap();
+    let out = consumer.open_with(&["--trust".as_ref(), hello.as_os_str()], &[]);
+    assert_eq!(out.code, 65, "{}", out.shown());
+    let said = format!(
+        "sensorgate: trusted gateway key file {} (--trust) is not a P-256 public key in SPKI PEM \
+         (-----BEGIN PUBLIC KEY-----): it holds no PEM block (there is no -----BEGIN PUBLIC \
+         KEY----- line); give the .pub file written by `sensorgate keygen`",
+        hello.display()
+    );
+    assert!(
+        out.stderr.lines().any(|l| l == said),
+        "no line {said:?}\n{}",
+        out.shown()
+    );
+
+    fs::remove_file(&consumer.recipient_key).unwrap();
+    let out = consumer.open(&[]);
+    assert_eq!(out.code, 66, "{}", out.shown());
+    let said = format!(
+        "sensorgate: recipient private key file {} (--recipient-key) does not exist; give \
+         --recipient-key the recipient's private .key file",
+        consumer.recipient_key.display()
+    );
+    assert!(
+        out.stderr.lines().any(|l| l == said),
+        "no line {said:?}\n{}",
+        out.shown()
+    );
+}
+
+#[test]
 fn a_state_dir_that_cannot_be_created_fails_check_config() {
     let site = Site::new();
     // A file where a folder should be: nobody, root included, can create
@@ -629,7 +788,7 @@ fn open_prints_each_record_once_and_a_summary() {
     }
     assert_eq!(
         summary(&out),
-        "opened 4 messages, 8 records, 2 duplicates, 0 gaps, 0 rejected",
+        "opened 4 messages, 8 records, 2 duplicates, 0 records missing in 0 gaps, 0 rejected",
         "{}",
         out.shown()
     );
@@ -665,10 +824,10 @@ fn open_rejects_a_message_changed_by_one_byte() {
         "{}",
         out.shown()
     );
-    // The altered message's records are missing: two gaps.
+    // The altered message's records are missing: 3 and 4, one gap.
     assert_eq!(
         summary(&out),
-        "opened 2 messages, 6 records, 0 duplicates, 2 gaps, 1 rejected",
+        "opened 2 messages, 6 records, 0 duplicates, 2 records missing in 1 gap, 1 rejected",
         "{}",
         out.shown()
     );
@@ -708,14 +867,14 @@ fn open_rejects_a_message_signed_by_an_untrusted_key() {
     );
     assert_eq!(
         summary(&out),
-        "opened 2 messages, 6 records, 0 duplicates, 2 gaps, 1 rejected",
+        "opened 2 messages, 6 records, 0 duplicates, 2 records missing in 1 gap, 1 rejected",
         "{}",
         out.shown()
     );
 }
 
 #[test]
-fn open_counts_gaps() {
+fn open_counts_missing_records_and_the_gaps_they_form() {
     let consumer = Consumer::new();
     let mut sealer = consumer.sealer();
     let messages = vec![
@@ -727,7 +886,7 @@ fn open_counts_gaps() {
     assert_eq!(printed(&out.stdout).len(), 20, "{}", out.shown());
     assert_eq!(
         summary(&out),
-        "opened 2 messages, 20 records, 0 duplicates, 10 gaps, 0 rejected",
+        "opened 2 messages, 20 records, 0 duplicates, 10 records missing in 1 gap, 0 rejected",
         "{}",
         out.shown()
     );
@@ -766,7 +925,7 @@ fn open_trusts_every_pub_in_a_directory_so_a_rotated_gateway_key_is_accepted() {
     );
     assert_eq!(
         summary(&out),
-        "opened 2 messages, 5 records, 0 duplicates, 0 gaps, 1 rejected",
+        "opened 2 messages, 5 records, 0 duplicates, 0 records missing in 0 gaps, 1 rejected",
         "{}",
         out.shown()
     );
@@ -809,7 +968,7 @@ fn open_with_state_prints_only_new_records_on_the_second_run() {
     assert_eq!(seqs, [5, 6, 7], "{}", second.shown());
     assert_eq!(
         summary(&second),
-        "opened 3 messages, 3 records, 5 duplicates, 0 gaps, 0 rejected",
+        "opened 3 messages, 3 records, 5 duplicates, 0 records missing in 0 gaps, 0 rejected",
         "{}",
         second.shown()
     );
@@ -850,7 +1009,7 @@ fn open_with_state_rejects_a_range_replayed_with_other_content_across_runs() {
     );
     assert_eq!(
         summary(&second),
-        "opened 0 messages, 0 records, 0 duplicates, 0 gaps, 1 rejected",
+        "opened 0 messages, 0 records, 0 duplicates, 0 records missing in 0 gaps, 1 rejected",
         "{}",
         second.shown()
     );
@@ -889,7 +1048,7 @@ fn open_reports_each_missing_range_before_the_summary() {
     );
     assert_eq!(
         summary(&out),
-        "opened 3 messages, 5 records, 0 duplicates, 5 gaps, 0 rejected"
+        "opened 3 messages, 5 records, 0 duplicates, 5 records missing in 2 gaps, 0 rejected"
     );
 }
 
@@ -932,7 +1091,7 @@ fn open_format_csv_prints_a_header_and_one_line_per_record() {
     assert!(lines[3].starts_with(&format!("{GATEWAY},{SENSOR},2,")));
     assert_eq!(
         summary(&out),
-        "opened 2 messages, 3 records, 1 duplicates, 0 gaps, 0 rejected"
+        "opened 2 messages, 3 records, 1 duplicates, 0 records missing in 0 gaps, 0 rejected"
     );
 }
 
@@ -1003,7 +1162,7 @@ fn open_strict_order_rejects_an_old_range_after_a_newer_one() {
     assert_eq!(relaxed.code, 0, "{}", relaxed.shown());
     assert_eq!(
         summary(&relaxed),
-        "opened 3 messages, 6 records, 3 duplicates, 2 gaps, 0 rejected",
+        "opened 3 messages, 6 records, 3 duplicates, 2 records missing in 1 gap, 0 rejected",
         "{}",
         relaxed.shown()
     );
@@ -1034,7 +1193,7 @@ fn open_strict_order_rejects_an_old_range_after_a_newer_one() {
     // The same newer message again is still an ordinary duplicate.
     assert_eq!(
         summary(&strict),
-        "opened 2 messages, 3 records, 3 duplicates, 0 gaps, 1 rejected",
+        "opened 2 messages, 3 records, 3 duplicates, 0 records missing in 0 gaps, 1 rejected",
         "{}",
         strict.shown()
     );
@@ -1224,7 +1383,7 @@ fn open_mqtt_subscribes_over_mutual_tls_prints_the_records_and_skips_the_status_
     );
     assert_eq!(
         summary(&out),
-        "opened 3 messages, 7 records, 0 duplicates, 2 gaps, 0 rejected",
+        "opened 3 messages, 7 records, 0 duplicates, 2 records missing in 1 gap, 0 rejected",
         "{}",
         out.shown()
     );
@@ -1261,7 +1420,7 @@ fn open_mqtt_stops_on_sigterm_with_the_summary_and_the_state_saved() {
     assert_eq!(printed(&out.stdout).len(), 2, "{}", out.shown());
     assert_eq!(
         summary(&out),
-        "opened 1 messages, 2 records, 0 duplicates, 0 gaps, 0 rejected",
+        "opened 1 messages, 2 records, 0 duplicates, 0 records missing in 0 gaps, 0 rejected",
         "{}",
         out.shown()
     );

@@ -342,7 +342,7 @@ fn sensorgate_open_accepts_what_a_stock_jose_library_seals() {
     assert_records(&out.stdout, &records, &out.shown());
     assert_eq!(
         out.stderr.lines().last().unwrap_or_default(),
-        "opened 3 messages, 16 records, 0 duplicates, 0 gaps, 0 rejected",
+        "opened 3 messages, 16 records, 0 duplicates, 0 records missing in 0 gaps, 0 rejected",
         "{}",
         out.shown()
     );

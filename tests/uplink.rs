@@ -2,8 +2,8 @@
 //! and a real mosquitto with mutual TLS, counting records by sequence
 //! number: broker restarts during a stream, a link that silently stops
 //! (a relay in the test that stops forwarding without closing anything),
-//! the TLS refusals (unknown CA, a key that belongs to another certificate,
-//! an expired certificate), a certificate rotated by SIGHUP, batches split
+//! the TLS refusals (unknown CA, a client certificate from another CA, a
+//! key that belongs to another certificate, an expired certificate), a certificate rotated by SIGHUP, batches split
 //! to `max_packet`, the retained status topic and its last will, a topic
 //! denied by the broker's ACL, and username/password on top of the
 //! certificate.
@@ -611,6 +611,14 @@ fn a_broker_certificate_from_an_unknown_ca_is_refused() {
         line.contains("UnknownIssuer") && line.contains("certificate"),
         "the refusal does not name the certificate problem: {line}"
     );
+    assert!(
+        line.contains(&format!(
+            "error=the broker's certificate was not issued by a CA in {} (mqtt.ca_file)",
+            rig.tls.ca.display()
+        )),
+        "the refusal does not name the CA file: {line}"
+    );
+    assert_eq!(field(&line, "error_kind"), Some("\"tls\""), "{line}");
     // The data stays queued.
     join_writer(writer, Duration::from_secs(30), &gw);
     expect_stat(&gw, "records_sealed", TOTAL, Duration::from_secs(20));
@@ -626,6 +634,43 @@ fn a_broker_certificate_from_an_unknown_ca_is_refused() {
     expect_log(&gw, RELOADED, Duration::from_secs(10));
     expect_log(&gw, RECONNECTED, Duration::from_secs(20));
     expect_all_records(&rig, &sub, &gw, TOTAL);
+    assert_eq!(gw.stop(), 0, "{}", excerpt(&gw.log()));
+    assert_no_panic(&gw.log());
+}
+
+#[test]
+fn a_client_certificate_from_another_ca_is_logged_as_tls_naming_the_certificate_file() {
+    let rig = Rig::new();
+    // A certificate and key that belong together, from a CA the broker
+    // does not know: only the broker can tell.
+    let stranger = sensorgate::demo::pki::Pki::new("some other CA").unwrap();
+    let identity = stranger.client("test-gateway").unwrap();
+    let cert = rig.dir.join("tls").join("stranger.pem");
+    let key = rig.dir.join("tls").join("stranger.key");
+    fs::write(&cert, &identity.cert_pem).unwrap();
+    write_private_key(&key, &identity.key_pem);
+    let pty = Pty::open().unwrap();
+    let config = rig.gateway_config("gw.toml", &[(SENSOR, pty.path())], "");
+    replace_path(&config, &rig.tls.client_cert, &cert);
+    replace_path(&config, &rig.tls.client_key, &key);
+    // check-config cannot know which CAs the broker trusts.
+    let (code, stderr) = check_config(&config);
+    assert_eq!(code, 0, "check-config:\n{stderr}");
+
+    let mut gw = GatewayProcess::start(&config);
+    expect_log(&gw, CANNOT_CONNECT, Duration::from_secs(20));
+    let log = gw.log();
+    let line = lines_with(&log, CANNOT_CONNECT)[0].to_string();
+    eprintln!("client certificate from another CA: {line}");
+    let said = format!(
+        "error=the broker rejected the client certificate {} (mqtt.cert_file): it does not trust \
+         the CA that issued it (TLS alert UnknownCA); install a client certificate issued by a \
+         CA the broker trusts for clients (and its key in mqtt.key_file), then send SIGHUP ",
+        cert.display()
+    );
+    assert!(line.contains(&said), "no {said:?} in\n{line}");
+    assert_eq!(field(&line, "error_kind"), Some("\"tls\""), "{line}");
+    assert!(!log.contains(CONNECTED), "{}", excerpt(&log));
     assert_eq!(gw.stop(), 0, "{}", excerpt(&gw.log()));
     assert_no_panic(&gw.log());
 }

@@ -1,13 +1,16 @@
 //! Every format's decoder on arbitrary frames: none may panic, and what
 //! they return must hold together (a record's names are unique for the
-//! formats that reject repeated keys; a binary record has one field per
-//! layout entry; a rejection names a reason the format can give).
+//! formats that reject repeated keys; no text value or name of the text
+//! formats holds a control character other than TAB; a binary record has
+//! one field per layout entry; a rejection names a reason the format can
+//! give).
 #![no_main]
 
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use sensorgate::config::{Column, ColumnType, Endian, LayoutField, LayoutType, Nested};
+use sensorgate::record::Value;
 use sensorgate::serial::format::{
     Decoded, Reject, binary::BinaryDecoder, csv::CsvDecoder, json::JsonDecoder, kv::KvDecoder,
     nmea::NmeaDecoder,
@@ -104,6 +107,20 @@ fn unique(d: &Decoded) {
     }
 }
 
+/// Records of the text formats hold no control character but TAB, in a
+/// value or a name (anything else is rejected as `not_text`).
+fn text_only(d: &Decoded) {
+    let is_text = |s: &str| !s.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f);
+    if let Decoded::Fields(f) = d {
+        for field in f {
+            assert!(is_text(&field.name), "{f:?}");
+            if let Value::Str(s) = &field.value {
+                assert!(is_text(s), "{f:?}");
+            }
+        }
+    }
+}
+
 fn allowed(r: Reject, ok: &[Reject]) {
     assert!(ok.contains(&r), "unexpected reject reason {r}");
 }
@@ -112,13 +129,19 @@ fuzz_target!(|data: &[u8]| {
     let d = decoders();
     for c in &d.csv {
         match c.decode(data) {
-            Ok(out) => unique(&out),
+            Ok(out) => {
+                unique(&out);
+                text_only(&out);
+            }
             Err(e) => allowed(e.reason, &[Reject::NotText, Reject::Columns, Reject::Type]),
         }
     }
     for j in &d.json {
         match j.decode(data) {
-            Ok(out) => unique(&out),
+            Ok(out) => {
+                unique(&out);
+                text_only(&out);
+            }
             Err(e) => allowed(
                 e.reason,
                 &[Reject::NotText, Reject::Json, Reject::Type, Reject::Missing],
@@ -127,7 +150,10 @@ fuzz_target!(|data: &[u8]| {
     }
     for k in &d.kv {
         match k.decode(data) {
-            Ok(out) => unique(&out),
+            Ok(out) => {
+                unique(&out);
+                text_only(&out);
+            }
             Err(e) => allowed(
                 e.reason,
                 &[Reject::NotText, Reject::Kv, Reject::Type, Reject::Missing],
@@ -135,7 +161,10 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     match d.nmea.decode(data) {
-        Ok(out) => unique(&out),
+        Ok(out) => {
+            unique(&out);
+            text_only(&out);
+        }
         Err(e) => allowed(e.reason, &[Reject::NotText, Reject::Checksum, Reject::Nmea]),
     }
     for b in &d.binary {

@@ -105,8 +105,14 @@ async fn run_inner(count: u64, rate: Option<f64>) -> anyhow::Result<(u64, Seen)>
     // The consumer: subscribe over mTLS before anything is sent.
     let consumer_id = ca.client("demo-consumer")?;
     let opener = Opener::new(
-        vec![seal::load_public_key(&gw_key.pub_path)?],
-        Some(seal::load_recipient_key(&recipient.key_path)?),
+        vec![seal::load_public_key_from(
+            &gw_key.pub_path,
+            seal::KeyOrigin::Given,
+        )?],
+        Some(seal::load_recipient_key_from(
+            &recipient.key_path,
+            seal::KeyOrigin::Given,
+        )?),
     );
     let client_tls = pki::rustls_client_config(&ca.ca_pem(), &consumer_id)?;
     let (seen_tx, mut seen_rx) = watch::channel(Seen::default());

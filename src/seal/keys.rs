@@ -24,24 +24,98 @@ use zeroize::Zeroizing;
 use super::b64;
 use crate::secret_file::{self, SecretFileError};
 
-/// Why a key could not be loaded or generated. Every variant names the file.
+/// Where a key file's path was given: the setting or option an operator
+/// changes to fix it, named in every error about that file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyOrigin {
+    /// `seal.signing_key`: the gateway's own signing key.
+    SigningKey,
+    /// `seal.recipient_key`: the recipient's public key the gateway
+    /// encrypts for.
+    RecipientPublicKey,
+    /// `open --recipient-key`: the recipient's private key.
+    RecipientKeyOption,
+    /// `open --trust`: a trusted gateway public key (or a directory of them).
+    TrustOption,
+    /// A path handed over by a program (the demo, tests): only the file is
+    /// named.
+    Given,
+}
+
+impl KeyOrigin {
+    /// The setting or option, as the operator writes it.
+    pub fn name(self) -> Option<&'static str> {
+        match self {
+            KeyOrigin::SigningKey => Some("seal.signing_key"),
+            KeyOrigin::RecipientPublicKey => Some("seal.recipient_key"),
+            KeyOrigin::RecipientKeyOption => Some("--recipient-key"),
+            KeyOrigin::TrustOption => Some("--trust"),
+            KeyOrigin::Given => None,
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            KeyOrigin::SigningKey => "signing key file",
+            KeyOrigin::RecipientPublicKey => "recipient public key file",
+            KeyOrigin::RecipientKeyOption => "recipient private key file",
+            KeyOrigin::TrustOption => "trusted gateway key file",
+            KeyOrigin::Given => "key file",
+        }
+    }
+
+    /// `signing key file /etc/…/gateway.key (seal.signing_key)`.
+    fn file(self, path: &Path) -> String {
+        match self.name() {
+            Some(name) => format!("{} {} ({name})", self.what(), path.display()),
+            None => format!("{} {}", self.what(), path.display()),
+        }
+    }
+
+    /// What to do about a file that is not there.
+    fn when_missing(self) -> &'static str {
+        match self {
+            KeyOrigin::SigningKey => {
+                "create the gateway's key pair with `sensorgate keygen`, or fix seal.signing_key"
+            }
+            KeyOrigin::RecipientPublicKey => {
+                "copy there the recipient's .pub file (made on the cloud side by \
+                 `sensorgate keygen --recipient`), or fix seal.recipient_key"
+            }
+            KeyOrigin::RecipientKeyOption => {
+                "give --recipient-key the recipient's private .key file"
+            }
+            KeyOrigin::TrustOption => "give --trust a gateway's .pub file, or a directory of them",
+            KeyOrigin::Given => "check the path",
+        }
+    }
+}
+
+/// Why a key could not be loaded or generated. Every variant names the file,
+/// and a file from the configuration or the command line names the setting
+/// or option that gave it ([`KeyOrigin`]).
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("key file {path} does not exist or cannot be read: {source}")]
+    #[error("{} does not exist; {}", origin.file(path), origin.when_missing())]
+    Missing { origin: KeyOrigin, path: PathBuf },
+    #[error("cannot read {}: {source}", origin.file(path))]
     Read {
+        origin: KeyOrigin,
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    /// The private-key file rule of [`crate::secret_file`] (mode, readability).
-    #[error("{source}")]
+    /// The private-key file rule of [`crate::secret_file`] (mode, owner).
+    #[error("{}{source}", origin.name().map(|n| format!("{n}: ")).unwrap_or_default())]
     Secret {
+        origin: KeyOrigin,
         path: PathBuf,
         #[source]
         source: SecretFileError,
     },
-    #[error("key file {path} is not {expected}: {detail}")]
+    #[error("{} is not {expected}: {detail}", origin.file(path))]
     BadContent {
+        origin: KeyOrigin,
         path: PathBuf,
         expected: &'static str,
         detail: String,
@@ -61,7 +135,7 @@ pub enum KeyError {
     #[error("cannot generate a key for {path}: the system random generator failed: {detail}")]
     Random { path: PathBuf, detail: String },
     #[error(
-        "trusted key directory {path} holds no .pub file; copy the gateways' .pub files into it"
+        "trusted key directory {path} (--trust) holds no .pub file; copy the gateways' .pub files into it"
     )]
     NoPublicKeys { path: PathBuf },
 }
@@ -71,6 +145,7 @@ impl KeyError {
     /// 65 bad content, 73 cannot create (already exists), 64 bad name.
     pub fn exit_code(&self) -> i32 {
         match self {
+            KeyError::Missing { .. } => 66,
             KeyError::Read { source, .. } if source.kind() == io::ErrorKind::PermissionDenied => 77,
             KeyError::Read { .. } => 66,
             KeyError::Secret { source, .. } if source.is_permission() => 77,
@@ -90,7 +165,8 @@ impl KeyError {
     /// The file this error is about.
     pub fn path(&self) -> &Path {
         match self {
-            KeyError::Read { path, .. }
+            KeyError::Missing { path, .. }
+            | KeyError::Read { path, .. }
             | KeyError::Secret { path, .. }
             | KeyError::BadContent { path, .. }
             | KeyError::Exists { path }
@@ -118,11 +194,10 @@ impl PublicKey {
         PublicKey { key, kid }
     }
 
-    /// Parses an SPKI PEM (`-----BEGIN PUBLIC KEY-----`).
+    /// Parses an SPKI PEM (`-----BEGIN PUBLIC KEY-----`); text around the
+    /// block is ignored. The error says what the text holds instead.
     pub fn from_pem(pem: &str) -> Result<PublicKey, String> {
-        p256::PublicKey::from_public_key_pem(&tidy_pem(pem))
-            .map(PublicKey::from_p256)
-            .map_err(|e| e.to_string())
+        parse_public(pem)
     }
 
     /// RFC 7638 JWK thumbprint (SHA-256, base64url): the `kid` on the wire.
@@ -178,9 +253,7 @@ impl GatewayKey {
     /// Parses a PKCS#8 PEM private key (for tests and embedders; files go
     /// through [`load_signing_key`], which also checks the mode).
     pub fn from_pkcs8_pem(pem: &str) -> Result<GatewayKey, String> {
-        SigningKey::from_pkcs8_pem(&tidy_pem(pem))
-            .map(GatewayKey::from_signing_key)
-            .map_err(|e| e.to_string())
+        parse_private(pem).map(|secret| GatewayKey::from_signing_key(SigningKey::from(&secret)))
     }
 
     /// A fresh random key (tests, `demo`).
@@ -229,9 +302,7 @@ impl RecipientKey {
 
     /// Parses a PKCS#8 PEM private key (files go through [`load_recipient_key`]).
     pub fn from_pkcs8_pem(pem: &str) -> Result<RecipientKey, String> {
-        p256::SecretKey::from_pkcs8_pem(&tidy_pem(pem))
-            .map(RecipientKey::from_secret)
-            .map_err(|e| e.to_string())
+        parse_private(pem).map(RecipientKey::from_secret)
     }
 
     /// A fresh random key (tests, `demo`).
@@ -292,71 +363,196 @@ fn tidy_pem(text: &str) -> Zeroizing<String> {
 const PKCS8_EXPECTED: &str = "a P-256 private key in PKCS#8 PEM (-----BEGIN PRIVATE KEY-----)";
 const SPKI_EXPECTED: &str = "a P-256 public key in SPKI PEM (-----BEGIN PUBLIC KEY-----)";
 
-/// Reads a private key file (mode-checked) and parses it as PKCS#8 P-256.
-fn load_private(path: &Path) -> Result<p256::SecretKey, KeyError> {
-    let text = secret_file::read_private(path).map_err(|source| KeyError::Secret {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    p256::SecretKey::from_pkcs8_pem(&tidy_pem(&text)).map_err(|e| {
-        let detail = if text.contains("BEGIN EC PRIVATE KEY") {
-            "it is a SEC1 \"EC PRIVATE KEY\"; convert it with \
-             `openssl pkcs8 -topk8 -nocrypt -in OLD -out NEW`"
-                .to_string()
-        } else if text.contains("BEGIN PUBLIC KEY") {
-            "it is a public key; give the private key here".to_string()
-        } else {
-            format!("{e}; generate one with `sensorgate keygen`")
-        };
-        KeyError::BadContent {
-            path: path.to_path_buf(),
-            expected: PKCS8_EXPECTED,
-            detail,
-        }
+/// Characters of a PEM label from the file kept in an error.
+const LABEL_CHARS: usize = 32;
+
+/// The `-----BEGIN label-----` … `-----END label-----` block of `text`,
+/// without what surrounds it (comments such as openssl's `Bag Attributes`,
+/// blank lines), which the PEM parser would take for a broken preamble.
+fn pem_block<'a>(text: &'a str, label: &str) -> Option<&'a str> {
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let start = text.find(&begin)?;
+    let stop = start + text[start..].find(&end)? + end.len();
+    Some(&text[start..stop])
+}
+
+/// The labels of the `-----BEGIN …-----` lines of `text`, shortened.
+fn labels(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.lines().filter_map(|line| {
+        let label = line
+            .trim()
+            .strip_prefix("-----BEGIN ")?
+            .strip_suffix("-----")?;
+        Some(label.chars().take(LABEL_CHARS).collect())
     })
 }
 
-/// Loads the gateway's signing key. The file must not be readable by group
-/// or others (see [`crate::secret_file`]).
+/// The first label naming a key (`EC PRIVATE KEY`, ...), if any.
+fn key_label(text: &str) -> Option<String> {
+    labels(text).find(|l| l.contains("KEY"))
+}
+
+/// Says what `text`, which has no block labelled `wanted`, holds instead;
+/// `None` when it holds a key of another kind, which the caller words.
+fn what_instead(text: &str, wanted: &str) -> Option<String> {
+    if text.trim().is_empty() {
+        return Some("the file is empty".to_string());
+    }
+    if key_label(text).is_some() {
+        return None;
+    }
+    match labels(text).next().as_deref() {
+        None => Some(format!(
+            "it holds no PEM block (there is no -----BEGIN {wanted}----- line)"
+        )),
+        Some("CERTIFICATE") => Some(format!("it holds a certificate, not a {wanted}")),
+        Some(other) => Some(format!("it holds a PEM {other:?} block, not a {wanted}")),
+    }
+}
+
+/// Parses SPKI PEM text as a P-256 public key, or says what is wrong.
+fn parse_public(text: &str) -> Result<PublicKey, String> {
+    let Some(block) = pem_block(text, "PUBLIC KEY") else {
+        let hint = "give the .pub file written by `sensorgate keygen`";
+        if let Some(instead) = what_instead(text, "PUBLIC KEY") {
+            return Err(format!("{instead}; {hint}"));
+        }
+        if text.contains("PRIVATE KEY") {
+            return Err(format!("it is a private key; {hint}"));
+        }
+        let label = key_label(text).unwrap_or_default();
+        return Err(format!(
+            "it holds a PEM {label:?} block, not a PUBLIC KEY; {hint}"
+        ));
+    };
+    p256::PublicKey::from_public_key_pem(&tidy_pem(block))
+        .map(PublicKey::from_p256)
+        .map_err(|e| format!("its PUBLIC KEY block is damaged or is not a P-256 key ({e})"))
+}
+
+/// Parses PKCS#8 PEM text as a P-256 private key, or says what is wrong.
+/// The text is a secret: nothing of it goes into the error but its PEM
+/// label.
+fn parse_private(text: &str) -> Result<p256::SecretKey, String> {
+    let Some(block) = pem_block(text, "PRIVATE KEY") else {
+        if let Some(instead) = what_instead(text, "PRIVATE KEY") {
+            return Err(format!(
+                "{instead}; give the .key file written by `sensorgate keygen`"
+            ));
+        }
+        if text.contains("-----BEGIN EC PRIVATE KEY-----") {
+            return Err("it is a SEC1 \"EC PRIVATE KEY\"; convert it with \
+                 `openssl pkcs8 -topk8 -nocrypt -in OLD -out NEW`"
+                .to_string());
+        }
+        if text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") {
+            return Err("it is encrypted with a passphrase; store it unencrypted \
+                 (`openssl pkcs8 -in OLD -out NEW`, then chmod 600 NEW)"
+                .to_string());
+        }
+        if text.contains("-----BEGIN PUBLIC KEY-----") {
+            return Err("it is a public key; give the private key here".to_string());
+        }
+        let label = key_label(text).unwrap_or_default();
+        return Err(format!(
+            "it holds a PEM {label:?} block, not a PRIVATE KEY; generate a key pair with `sensorgate keygen`"
+        ));
+    };
+    p256::SecretKey::from_pkcs8_pem(&tidy_pem(block)).map_err(|e| {
+        format!(
+            "its PRIVATE KEY block is damaged or is not a P-256 key ({e}); generate a key pair with `sensorgate keygen`"
+        )
+    })
+}
+
+/// Reads a private key file (mode-checked) and parses it as PKCS#8 P-256.
+fn load_private(path: &Path, origin: KeyOrigin) -> Result<p256::SecretKey, KeyError> {
+    let text = secret_file::read_private(path).map_err(|source| match source {
+        SecretFileError::Read { source, .. } if source.kind() == io::ErrorKind::NotFound => {
+            KeyError::Missing {
+                origin,
+                path: path.to_path_buf(),
+            }
+        }
+        SecretFileError::Read { source, .. } => KeyError::Read {
+            origin,
+            path: path.to_path_buf(),
+            source,
+        },
+        SecretFileError::NotText { .. } => KeyError::BadContent {
+            origin,
+            path: path.to_path_buf(),
+            expected: PKCS8_EXPECTED,
+            detail: "it is not text (a binary DER key? convert it with \
+                     `openssl pkey -inform DER -in OLD -out NEW`)"
+                .to_string(),
+        },
+        source => KeyError::Secret {
+            origin,
+            path: path.to_path_buf(),
+            source,
+        },
+    })?;
+    parse_private(&text).map_err(|detail| KeyError::BadContent {
+        origin,
+        path: path.to_path_buf(),
+        expected: PKCS8_EXPECTED,
+        detail,
+    })
+}
+
+/// Loads the gateway's signing key, the file of `seal.signing_key` (which
+/// its errors name). The file must not be readable by group or others (see
+/// [`crate::secret_file`]).
 pub fn load_signing_key(path: &Path) -> Result<GatewayKey, KeyError> {
-    let secret = load_private(path)?;
+    let secret = load_private(path, KeyOrigin::SigningKey)?;
     Ok(GatewayKey::from_signing_key(SigningKey::from(&secret)))
 }
 
-/// Loads the recipient's private key for `open`; mode-checked like every
-/// private key.
+/// Loads the recipient's private key given to `open --recipient-key`
+/// (which its errors name); mode-checked like every private key.
 pub fn load_recipient_key(path: &Path) -> Result<RecipientKey, KeyError> {
-    load_private(path).map(RecipientKey::from_secret)
+    load_recipient_key_from(path, KeyOrigin::RecipientKeyOption)
 }
 
-/// Loads a P-256 public key (SPKI PEM): a trusted gateway key or the
-/// recipient's key.
+/// [`load_recipient_key`] for a path from elsewhere, named by `origin`.
+pub fn load_recipient_key_from(path: &Path, origin: KeyOrigin) -> Result<RecipientKey, KeyError> {
+    load_private(path, origin).map(RecipientKey::from_secret)
+}
+
+/// Loads the recipient's public key (SPKI PEM) that the gateway encrypts
+/// for, the file of `seal.recipient_key` (which its errors name).
 pub fn load_public_key(path: &Path) -> Result<PublicKey, KeyError> {
-    let text = fs::read_to_string(path).map_err(|source| {
-        if source.kind() == io::ErrorKind::InvalidData {
-            KeyError::BadContent {
-                path: path.to_path_buf(),
-                expected: SPKI_EXPECTED,
-                detail: "the file is not UTF-8 text".to_string(),
-            }
-        } else {
-            KeyError::Read {
-                path: path.to_path_buf(),
-                source,
-            }
-        }
-    })?;
-    PublicKey::from_pem(&text).map_err(|e| {
-        let detail = if text.contains("PRIVATE KEY") {
-            "it is a private key; give the .pub file written by `sensorgate keygen`".to_string()
-        } else {
-            e
-        };
-        KeyError::BadContent {
+    load_public_key_from(path, KeyOrigin::RecipientPublicKey)
+}
+
+/// Loads a P-256 public key (SPKI PEM) from a path given by `origin`.
+pub fn load_public_key_from(path: &Path, origin: KeyOrigin) -> Result<PublicKey, KeyError> {
+    let text = fs::read_to_string(path).map_err(|source| match source.kind() {
+        io::ErrorKind::InvalidData => KeyError::BadContent {
+            origin,
             path: path.to_path_buf(),
             expected: SPKI_EXPECTED,
-            detail,
-        }
+            detail: "it is not text (a binary DER key? convert it with \
+                     `openssl pkey -pubin -inform DER -in OLD -out NEW`)"
+                .to_string(),
+        },
+        io::ErrorKind::NotFound => KeyError::Missing {
+            origin,
+            path: path.to_path_buf(),
+        },
+        _ => KeyError::Read {
+            origin,
+            path: path.to_path_buf(),
+            source,
+        },
+    })?;
+    parse_public(&text).map_err(|detail| KeyError::BadContent {
+        origin,
+        path: path.to_path_buf(),
+        expected: SPKI_EXPECTED,
+        detail,
     })
 }
 
@@ -366,10 +562,12 @@ pub fn load_public_key(path: &Path) -> Result<PublicKey, KeyError> {
 /// the consumer's command line: messages select their key by `kid`, so the
 /// old and the new key are both accepted while both files are there.
 pub fn load_trusted_keys(path: &Path) -> Result<Vec<PublicKey>, KeyError> {
+    let origin = KeyOrigin::TrustOption;
     if !path.is_dir() {
-        return load_public_key(path).map(|k| vec![k]);
+        return load_public_key_from(path, origin).map(|k| vec![k]);
     }
     let read_err = |source| KeyError::Read {
+        origin,
         path: path.to_path_buf(),
         source,
     };
@@ -386,7 +584,10 @@ pub fn load_trusted_keys(path: &Path) -> Result<Vec<PublicKey>, KeyError> {
         });
     }
     files.sort();
-    files.iter().map(|f| load_public_key(f)).collect()
+    files
+        .iter()
+        .map(|f| load_public_key_from(f, origin))
+        .collect()
 }
 
 /// What [`keygen`] wrote.
@@ -590,6 +791,214 @@ mod tests {
         let out = keygen(dir.path(), "x").unwrap();
         let e = load_public_key(&out.key_path).unwrap_err();
         assert!(e.to_string().contains("is a private key"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_key_file_names_the_setting_or_option_that_gave_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str| dir.path().join(name);
+        let shown = |p: &Path| p.display().to_string();
+
+        let e = load_signing_key(&file("gateway.key")).unwrap_err();
+        assert_eq!(e.exit_code(), 66);
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "signing key file {} (seal.signing_key) does not exist; create the gateway's key \
+                 pair with `sensorgate keygen`, or fix seal.signing_key",
+                shown(&file("gateway.key"))
+            )
+        );
+        let e = load_public_key(&file("recipient.pub")).unwrap_err();
+        assert_eq!(e.exit_code(), 66);
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "recipient public key file {} (seal.recipient_key) does not exist; copy there the \
+                 recipient's .pub file (made on the cloud side by `sensorgate keygen --recipient`), \
+                 or fix seal.recipient_key",
+                shown(&file("recipient.pub"))
+            )
+        );
+        let e = load_recipient_key(&file("recipient.key")).unwrap_err();
+        assert_eq!(e.exit_code(), 66);
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "recipient private key file {} (--recipient-key) does not exist; give \
+                 --recipient-key the recipient's private .key file",
+                shown(&file("recipient.key"))
+            )
+        );
+        let e = load_trusted_keys(&file("gw.pub")).unwrap_err();
+        assert_eq!(e.exit_code(), 66);
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "trusted gateway key file {} (--trust) does not exist; give --trust a gateway's \
+                 .pub file, or a directory of them",
+                shown(&file("gw.pub"))
+            )
+        );
+        let e = load_public_key_from(&file("x.pub"), KeyOrigin::Given).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "key file {} does not exist; check the path",
+                shown(&file("x.pub"))
+            )
+        );
+    }
+
+    #[test]
+    fn a_private_key_readable_by_others_names_the_setting_or_option() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = keygen(dir.path(), "k").unwrap();
+        fs::set_permissions(&out.key_path, fs::Permissions::from_mode(0o644)).unwrap();
+        let e = load_signing_key(&out.key_path).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "seal.signing_key: private key file {} is readable by group or others (mode 0644); \
+                 run chmod 600 on it",
+                out.key_path.display()
+            )
+        );
+        let e = load_recipient_key(&out.key_path).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("--recipient-key: private key file "),
+            "{e}"
+        );
+    }
+
+    /// Issue 21: a `.pub` holding "hello" was reported as "PEM preamble
+    /// contains invalid data (NUL byte)".
+    #[test]
+    fn a_key_file_that_is_not_pem_says_so_naming_the_file_and_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let hello = dir.path().join("recipient.pub");
+        fs::write(&hello, "hello\n").unwrap();
+        let e = load_public_key(&hello).unwrap_err();
+        assert_eq!(e.exit_code(), 65);
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "recipient public key file {} (seal.recipient_key) is not a P-256 public key in \
+                 SPKI PEM (-----BEGIN PUBLIC KEY-----): it holds no PEM block (there is no \
+                 -----BEGIN PUBLIC KEY----- line); give the .pub file written by `sensorgate keygen`",
+                hello.display()
+            )
+        );
+        let e = load_trusted_keys(&hello).unwrap_err();
+        assert!(
+            e.to_string().starts_with(&format!(
+                "trusted gateway key file {} (--trust) is not a P-256 public key",
+                hello.display()
+            )),
+            "{e}"
+        );
+
+        let key = dir.path().join("gateway.key");
+        fs::write(&key, "hello\n").unwrap();
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+        let e = load_signing_key(&key).unwrap_err();
+        assert_eq!(e.exit_code(), 65);
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "signing key file {} (seal.signing_key) is not a P-256 private key in PKCS#8 PEM \
+                 (-----BEGIN PRIVATE KEY-----): it holds no PEM block (there is no -----BEGIN \
+                 PRIVATE KEY----- line); give the .key file written by `sensorgate keygen`",
+                key.display()
+            )
+        );
+        let e = load_recipient_key(&key).unwrap_err();
+        assert!(
+            e.to_string().starts_with(&format!(
+                "recipient private key file {} (--recipient-key) is not a P-256 private key",
+                key.display()
+            )),
+            "{e}"
+        );
+        for e in [
+            load_public_key(&hello).unwrap_err(),
+            load_signing_key(&key).unwrap_err(),
+        ] {
+            assert!(!e.to_string().contains("NUL"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_key_file_holding_something_else_says_what_it_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = keygen(dir.path(), "k").unwrap();
+        let public = fs::read_to_string(&out.pub_path).unwrap();
+        let private = fs::read_to_string(&out.key_path).unwrap();
+        let detail = |e: KeyError| match e {
+            KeyError::BadContent { detail, .. } => detail,
+            other => panic!("{other}"),
+        };
+        let file = dir.path().join("f.pem");
+        let write = |text: &str| {
+            fs::write(&file, text).unwrap();
+            fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+        };
+
+        write("");
+        assert_eq!(
+            detail(load_public_key(&file).unwrap_err()),
+            "the file is empty; give the .pub file written by `sensorgate keygen`"
+        );
+        write("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n");
+        assert_eq!(
+            detail(load_public_key(&file).unwrap_err()),
+            "it holds a certificate, not a PUBLIC KEY; give the .pub file written by `sensorgate keygen`"
+        );
+        assert_eq!(
+            detail(load_signing_key(&file).unwrap_err()),
+            "it holds a certificate, not a PRIVATE KEY; give the .key file written by `sensorgate keygen`"
+        );
+        write(&private.replace("PRIVATE KEY", "EC PRIVATE KEY"));
+        assert!(
+            detail(load_signing_key(&file).unwrap_err()).contains("SEC1"),
+            "the SEC1 hint"
+        );
+        // As `openssl ecparam -genkey` writes it: the parameters first.
+        write(&format!(
+            "-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n{}",
+            private.replace("PRIVATE KEY", "EC PRIVATE KEY")
+        ));
+        assert!(detail(load_signing_key(&file).unwrap_err()).contains("SEC1"));
+        write(&private.replace("PRIVATE KEY", "ENCRYPTED PRIVATE KEY"));
+        assert!(detail(load_signing_key(&file).unwrap_err()).starts_with("it is encrypted"));
+        write(&public);
+        assert_eq!(
+            detail(load_signing_key(&file).unwrap_err()),
+            "it is a public key; give the private key here"
+        );
+        write(&private);
+        assert_eq!(
+            detail(load_public_key(&file).unwrap_err()),
+            "it is a private key; give the .pub file written by `sensorgate keygen`"
+        );
+        // A block whose body is broken: the parser's own words, once the
+        // file is known to hold the right kind of block.
+        write(&public.replacen("M", "!", 1));
+        assert!(
+            detail(load_public_key(&file).unwrap_err())
+                .starts_with("its PUBLIC KEY block is damaged or is not a P-256 key ("),
+        );
+        fs::write(&file, [0x30, 0x82, 0xff, 0xfe]).unwrap();
+        assert!(detail(load_public_key(&file).unwrap_err()).starts_with("it is not text"));
+        assert!(detail(load_signing_key(&file).unwrap_err()).starts_with("it is not text"));
+        // Text around the block is ignored, as openssl does.
+        write(&format!(
+            "Bag Attributes: from a p12\n{public}\n# copied 2026-01-01\n"
+        ));
+        assert_eq!(load_public_key(&file).unwrap().kid(), out.kid);
+        write(&format!("the gateway key\n{private}"));
+        assert_eq!(load_signing_key(&file).unwrap().kid(), out.kid);
     }
 
     #[test]

@@ -23,8 +23,9 @@ mod tests;
 pub use format::{FORMAT_VERSION, FieldMap, JWS_ALG, JWS_TYP};
 pub use jwe::{JWE_ALG, JWE_ENC};
 pub use keys::{
-    GatewayKey, KeyError, KeygenOutput, PublicKey, RecipientKey, keygen, load_public_key,
-    load_recipient_key, load_signing_key, load_trusted_keys,
+    GatewayKey, KeyError, KeyOrigin, KeygenOutput, PublicKey, RecipientKey, keygen,
+    load_public_key, load_public_key_from, load_recipient_key, load_recipient_key_from,
+    load_signing_key, load_trusted_keys,
 };
 pub use opener::{
     MAX_GAP_LINES, MAX_MESSAGE_BYTES, MessageSink, OpenError, OpenSummary, OpenedMessage,

@@ -169,16 +169,30 @@ pub struct OpenSummary {
     pub messages: u64,
     pub records: u64,
     pub duplicates: u64,
+    /// Sequence numbers missing between the lowest and the highest seen,
+    /// summed over the streams.
+    pub missing: u64,
+    /// The runs those missing numbers form (one `gap:` line each).
     pub gaps: u64,
     pub rejected: u64,
 }
 
 impl fmt::Display for OpenSummary {
+    /// `opened 2 messages, 20 records, 0 duplicates, 10 records missing in
+    /// 1 gap, 0 rejected`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let plural = |n: u64| if n == 1 { "" } else { "s" };
         write!(
             f,
-            "opened {} messages, {} records, {} duplicates, {} gaps, {} rejected",
-            self.messages, self.records, self.duplicates, self.gaps, self.rejected
+            "opened {} messages, {} records, {} duplicates, {} record{} missing in {} gap{}, {} rejected",
+            self.messages,
+            self.records,
+            self.duplicates,
+            self.missing,
+            plural(self.missing),
+            self.gaps,
+            plural(self.gaps),
+            self.rejected
         )
     }
 }
@@ -333,12 +347,14 @@ impl Opener {
         self.rejected += 1;
     }
 
-    /// Totals so far; `gaps` is computed over everything seen.
+    /// Totals so far; `missing` and `gaps` are computed over everything
+    /// seen.
     pub fn summary(&self) -> OpenSummary {
         OpenSummary {
             messages: self.messages,
             records: self.records,
             duplicates: self.duplicates,
+            missing: self.tracker.missing_records(),
             gaps: self.tracker.gaps(),
             rejected: self.rejected,
         }
@@ -979,16 +995,32 @@ mod tests {
 
     #[test]
     fn summary_line_reads_like_a_sentence() {
-        let s = OpenSummary {
+        let mut s = OpenSummary {
             messages: 3,
             records: 10,
             duplicates: 2,
+            missing: 10,
             gaps: 1,
             rejected: 4,
         };
         assert_eq!(
             s.to_string(),
-            "opened 3 messages, 10 records, 2 duplicates, 1 gaps, 4 rejected"
+            "opened 3 messages, 10 records, 2 duplicates, 10 records missing in 1 gap, 4 rejected"
+        );
+        (s.missing, s.gaps) = (1, 1);
+        assert!(
+            s.to_string().contains(", 1 record missing in 1 gap, "),
+            "{s}"
+        );
+        (s.missing, s.gaps) = (0, 0);
+        assert!(
+            s.to_string().contains(", 0 records missing in 0 gaps, "),
+            "{s}"
+        );
+        (s.missing, s.gaps) = (7, 3);
+        assert!(
+            s.to_string().contains(", 7 records missing in 3 gaps, "),
+            "{s}"
         );
     }
 

@@ -534,7 +534,7 @@ fn duplicates_are_dropped_and_gaps_counted() {
     let replay = opener.open(&m1.bytes).unwrap();
     assert_eq!((replay.records.len(), replay.duplicates), (0, 3));
     assert_eq!(opener.open(&m3.bytes).unwrap().records.len(), 2);
-    assert_eq!(opener.summary().gaps, 2);
+    assert_eq!((opener.summary().missing, opener.summary().gaps), (2, 1));
     let overlap = opener.open(&m4.bytes).unwrap();
     assert_eq!(overlap.duplicates, 2);
     assert_eq!(
@@ -548,6 +548,7 @@ fn duplicates_are_dropped_and_gaps_counted() {
             messages: 6,
             records: 11,
             duplicates: 5,
+            missing: 1,
             gaps: 1,
             rejected: 0
         }
@@ -594,6 +595,7 @@ fn same_range_same_records_is_a_duplicate_other_records_a_conflict() {
             messages: 3,
             records: 3,
             duplicates: 6,
+            missing: 0,
             gaps: 0,
             rejected: 1
         }
@@ -660,7 +662,7 @@ fn open_stream_prints_records_rejections_and_the_summary() {
     );
     assert_eq!(
         err_lines[3],
-        "opened 3 messages, 3 records, 2 duplicates, 1 gaps, 2 rejected"
+        "opened 3 messages, 3 records, 2 duplicates, 1 record missing in 1 gap, 2 rejected"
     );
     assert_eq!(summary.to_string(), err_lines[3]);
 }

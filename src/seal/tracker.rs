@@ -94,8 +94,8 @@ impl SeqSet {
     }
 
     /// Numbers missing between the lowest and the highest seen. A hole later
-    /// filled by a late record is no longer a gap.
-    pub fn gaps(&self) -> u64 {
+    /// filled by a late record is no longer missing.
+    pub fn missing_records(&self) -> u64 {
         match self.bounds() {
             None => 0,
             Some((lo, hi)) => {
@@ -108,6 +108,13 @@ impl SeqSet {
     /// How many disjoint ranges are held (memory use is proportional).
     pub fn ranges(&self) -> usize {
         self.ranges.len()
+    }
+
+    /// How many runs of missing numbers lie between the lowest and the
+    /// highest seen (the ranges [`SeqSet::missing`] lists): `1, 2, 5, 9`
+    /// has 4 records missing in 2 gaps.
+    pub fn gaps(&self) -> u64 {
+        self.ranges.len().saturating_sub(1) as u64
     }
 
     /// The ranges of numbers missing between the lowest and the highest
@@ -266,6 +273,13 @@ impl SequenceTracker {
     }
 
     /// Missing numbers summed over all streams.
+    pub fn missing_records(&self) -> u64 {
+        self.streams
+            .values()
+            .fold(0u64, |acc, s| acc.saturating_add(s.missing_records()))
+    }
+
+    /// Runs of missing numbers summed over all streams.
     pub fn gaps(&self) -> u64 {
         self.streams
             .values()
@@ -475,7 +489,10 @@ mod tests {
         for seq in 1..=1000 {
             assert!(s.insert(seq));
         }
-        assert_eq!((s.len(), s.gaps(), s.ranges()), (1000, 0, 1));
+        assert_eq!(
+            (s.len(), s.missing_records(), s.gaps(), s.ranges()),
+            (1000, 0, 0, 1)
+        );
         assert!(!s.insert(500));
         assert_eq!(s.len(), 1000);
     }
@@ -486,11 +503,11 @@ mod tests {
         for seq in [1, 2, 5, 6] {
             s.insert(seq);
         }
-        assert_eq!(s.gaps(), 2);
+        assert_eq!((s.missing_records(), s.gaps()), (2, 1));
         assert!(s.insert(4));
-        assert_eq!(s.gaps(), 1);
+        assert_eq!((s.missing_records(), s.gaps()), (1, 1));
         assert!(s.insert(3));
-        assert_eq!((s.gaps(), s.ranges()), (0, 1));
+        assert_eq!((s.missing_records(), s.gaps(), s.ranges()), (0, 0, 1));
         assert_eq!(s.bounds(), Some((1, 6)));
     }
 
@@ -500,7 +517,7 @@ mod tests {
         assert!(s.insert(u64::MAX));
         assert!(s.insert(0));
         assert!(!s.insert(u64::MAX));
-        assert_eq!(s.gaps(), u64::MAX - 1);
+        assert_eq!((s.missing_records(), s.gaps()), (u64::MAX - 1, 1));
         assert!(s.insert(u64::MAX - 1));
         assert_eq!(s.ranges(), 2);
     }
@@ -513,7 +530,7 @@ mod tests {
         assert_eq!(t.observe("gw", "rower", "e1", 1), Seen::New);
         assert_eq!(t.observe("gw", "bike", "e1", 1), Seen::Duplicate);
         t.observe("gw", "bike", "e1", 4);
-        assert_eq!(t.gaps(), 2);
+        assert_eq!((t.missing_records(), t.gaps()), (2, 1));
         assert_eq!(t.streams(), 3);
         assert_eq!(t.stream("gw", "bike", "e1").unwrap().len(), 2);
     }
@@ -529,7 +546,7 @@ mod tests {
             s.insert(seq);
         }
         assert_eq!(s.missing().collect::<Vec<_>>(), [(3, 4), (6, 8)]);
-        assert_eq!(s.gaps(), 5);
+        assert_eq!((s.missing_records(), s.gaps()), (5, 2));
     }
 
     #[test]
@@ -580,8 +597,17 @@ mod tests {
 
         let back = SequenceTracker::load(&path).unwrap();
         let bike = back.stream("gw", "bike", "e1").unwrap();
-        assert_eq!((bike.len(), bike.gaps(), bike.ranges()), (111, 49, 2));
+        assert_eq!(
+            (
+                bike.len(),
+                bike.missing_records(),
+                bike.gaps(),
+                bike.ranges()
+            ),
+            (111, 49, 1, 2)
+        );
         assert!(bike.contains(155) && !bike.contains(120));
+        assert_eq!(back.missing_records(), t.missing_records());
         assert_eq!(back.gaps(), t.gaps());
         assert_eq!(
             back.check_range(&key("bike"), 1, 100, &[1; 32]),
@@ -624,11 +650,19 @@ mod tests {
                 prop_assert!(s.contains(seq));
             }
             prop_assert_eq!(s.len(), model.len() as u64);
-            let expected_gaps = match (model.first(), model.last()) {
+            let expected_missing = match (model.first(), model.last()) {
                 (Some(&lo), Some(&hi)) => hi - lo + 1 - model.len() as u64,
                 _ => 0,
             };
+            prop_assert_eq!(s.missing_records(), expected_missing);
+            // A gap starts wherever a number seen is not followed by the next.
+            let expected_gaps = model
+                .iter()
+                .zip(model.iter().skip(1))
+                .filter(|&(a, b)| b - a > 1)
+                .count() as u64;
             prop_assert_eq!(s.gaps(), expected_gaps);
+            prop_assert_eq!(s.missing().count() as u64, expected_gaps);
             let mut prev_end: Option<u64> = None;
             for (&start, &end) in &s.ranges {
                 prop_assert!(start <= end);

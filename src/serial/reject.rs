@@ -19,7 +19,8 @@ pub enum Reject {
     Cobs,
     /// A COBS frame whose CRC trailer does not match.
     Crc,
-    /// A text format got bytes that are not UTF-8.
+    /// A text format got bytes that are not UTF-8, or a text value (or a
+    /// key) holding a control character other than TAB.
     NotText,
     /// CSV: the number of values differs from the columns.
     Columns,

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::UplinkSettings;
+use super::refusal::{self, TlsFiles};
 
 /// rumqttc's own keepalive check (a ping still unanswered when the next
 /// is due) may notice a dead link before ours; both say the same.
@@ -68,7 +69,10 @@ impl Conn {
         });
         let (client, poller) = if settings.protocol == 5 {
             let (client, eventloop) = mqtt5::AsyncClient::new(options_v5(settings, transport), cap);
-            (Client::V5(client), tokio::spawn(poll_v5(eventloop, tx)))
+            (
+                Client::V5(client),
+                tokio::spawn(poll_v5(eventloop, tx, settings.tls_files.clone())),
+            )
         } else {
             let (client, mut eventloop) =
                 rumqttc::AsyncClient::new(options_v4(settings, transport), cap);
@@ -78,7 +82,10 @@ impl Conn {
             // back waiting for the broker's ack of the last.
             net.set_tcp_nodelay(true);
             eventloop.set_network_options(net);
-            (Client::V4(client), tokio::spawn(poll_v4(eventloop, tx)))
+            (
+                Client::V4(client),
+                tokio::spawn(poll_v4(eventloop, tx, settings.tls_files.clone())),
+            )
         };
         Conn {
             client,
@@ -184,8 +191,9 @@ fn options_v5(s: &UplinkSettings, transport: Option<rumqttc::Transport>) -> mqtt
 async fn poll_v4(
     mut eventloop: rumqttc::EventLoop,
     tx: mpsc::Sender<Result<ConnEvent, ConnError>>,
+    files: TlsFiles,
 ) {
-    use rumqttc::{ConnectReturnCode as Code, ConnectionError, Event, Outgoing, Packet};
+    use rumqttc::{Event, Outgoing, Packet};
     loop {
         let ev = match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => Ok(ConnEvent::Connected {
@@ -198,27 +206,7 @@ async fn poll_v4(
             Ok(Event::Incoming(_)) => Ok(ConnEvent::Heard),
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Ok(ConnEvent::Sent(pkid)),
             Ok(Event::Outgoing(_)) => continue,
-            Err(e) => Err(ConnError {
-                kind: match &e {
-                    ConnectionError::ConnectionRefused(_) => "refused",
-                    ConnectionError::NetworkTimeout | ConnectionError::FlushTimeout => "timeout",
-                    ConnectionError::MqttState(rumqttc::StateError::AwaitPingResp) => "timeout",
-                    ConnectionError::MqttState(_) | ConnectionError::NotConnAck(_) => "protocol",
-                    e => crate::telemetry::error_kind(e),
-                },
-                refused: matches!(
-                    e,
-                    ConnectionError::ConnectionRefused(
-                        Code::BadUserNamePassword | Code::NotAuthorized | Code::BadClientId
-                    )
-                ),
-                message: match e {
-                    ConnectionError::MqttState(rumqttc::StateError::AwaitPingResp) => {
-                        DEAD_LINK.to_string()
-                    }
-                    e => e.to_string(),
-                },
-            }),
+            Err(e) => Err(conn_error_v4(e, &files)),
         };
         let failed = ev.is_err();
         if tx.send(ev).await.is_err() || failed {
@@ -227,9 +215,13 @@ async fn poll_v4(
     }
 }
 
-async fn poll_v5(mut eventloop: mqtt5::EventLoop, tx: mpsc::Sender<Result<ConnEvent, ConnError>>) {
-    use mqtt5::mqttbytes::v5::{ConnectReturnCode as Code, Packet, PubAckReason};
-    use mqtt5::{ConnectionError, Event};
+async fn poll_v5(
+    mut eventloop: mqtt5::EventLoop,
+    tx: mpsc::Sender<Result<ConnEvent, ConnError>>,
+    files: TlsFiles,
+) {
+    use mqtt5::Event;
+    use mqtt5::mqttbytes::v5::{Packet, PubAckReason};
     use rumqttc::Outgoing;
     loop {
         let ev = match eventloop.poll().await {
@@ -249,36 +241,187 @@ async fn poll_v5(mut eventloop: mqtt5::EventLoop, tx: mpsc::Sender<Result<ConnEv
             Ok(Event::Incoming(_)) => Ok(ConnEvent::Heard),
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Ok(ConnEvent::Sent(pkid)),
             Ok(Event::Outgoing(_)) => continue,
-            Err(e) => Err(ConnError {
-                kind: match &e {
-                    ConnectionError::ConnectionRefused(_) => "refused",
-                    ConnectionError::Timeout(_) => "timeout",
-                    ConnectionError::MqttState(mqtt5::StateError::AwaitPingResp) => "timeout",
-                    ConnectionError::MqttState(_) | ConnectionError::NotConnAck(_) => "protocol",
-                    e => crate::telemetry::error_kind(e),
-                },
-                refused: matches!(
-                    e,
-                    ConnectionError::ConnectionRefused(
-                        Code::BadUserNamePassword
-                            | Code::NotAuthorized
-                            | Code::BadClientId
-                            | Code::ClientIdentifierNotValid
-                            | Code::Banned
-                            | Code::BadAuthenticationMethod
-                    )
-                ),
-                message: match e {
-                    ConnectionError::MqttState(mqtt5::StateError::AwaitPingResp) => {
-                        DEAD_LINK.to_string()
-                    }
-                    e => e.to_string(),
-                },
-            }),
+            Err(e) => Err(conn_error_v5(e, &files)),
         };
         let failed = ev.is_err();
         if tx.send(ev).await.is_err() || failed {
             return;
         }
+    }
+}
+
+/// A TLS failure anywhere in the sources of `cause` (the error `e`, or
+/// the part of it to look into), explained ([`refusal`]): whatever layer
+/// of rumqttc reports it, it is `tls`, and the text names the file to
+/// check; a TLS error without an explanation keeps `e`'s text.
+fn tls_failure(
+    e: &dyn std::fmt::Display,
+    cause: &(dyn std::error::Error + 'static),
+    files: &TlsFiles,
+) -> Option<ConnError> {
+    let tls = refusal::rustls_cause(cause)?;
+    Some(ConnError {
+        message: refusal::explain(tls, files).unwrap_or_else(|| e.to_string()),
+        refused: false,
+        kind: "tls",
+    })
+}
+
+/// What an MQTT 3.1.1 connection error means for the session and the log.
+fn conn_error_v4(e: rumqttc::ConnectionError, files: &TlsFiles) -> ConnError {
+    use rumqttc::{ConnectReturnCode as Code, ConnectionError};
+    if let Some(tls) = tls_failure(&e, &e, files) {
+        return tls;
+    }
+    ConnError {
+        kind: match &e {
+            ConnectionError::ConnectionRefused(_) => "refused",
+            ConnectionError::NetworkTimeout | ConnectionError::FlushTimeout => "timeout",
+            ConnectionError::MqttState(rumqttc::StateError::AwaitPingResp) => "timeout",
+            ConnectionError::MqttState(_) | ConnectionError::NotConnAck(_) => "protocol",
+            e => crate::telemetry::error_kind(e),
+        },
+        refused: matches!(
+            e,
+            ConnectionError::ConnectionRefused(
+                Code::BadUserNamePassword | Code::NotAuthorized | Code::BadClientId
+            )
+        ),
+        message: match e {
+            ConnectionError::MqttState(rumqttc::StateError::AwaitPingResp) => DEAD_LINK.to_string(),
+            e => e.to_string(),
+        },
+    }
+}
+
+/// What an MQTT 5 connection error means for the session and the log.
+fn conn_error_v5(e: mqtt5::ConnectionError, files: &TlsFiles) -> ConnError {
+    use mqtt5::ConnectionError;
+    use mqtt5::mqttbytes::v5::ConnectReturnCode as Code;
+    // rumqttc's MQTT 5 `StateError::Deserialization` does not give its
+    // error as a source: look into it by hand.
+    let cause: &(dyn std::error::Error + 'static) = match &e {
+        ConnectionError::MqttState(mqtt5::StateError::Deserialization(inner)) => inner,
+        e => e,
+    };
+    if let Some(tls) = tls_failure(&e, cause, files) {
+        return tls;
+    }
+    ConnError {
+        kind: match &e {
+            ConnectionError::ConnectionRefused(_) => "refused",
+            ConnectionError::Timeout(_) => "timeout",
+            ConnectionError::MqttState(mqtt5::StateError::AwaitPingResp) => "timeout",
+            ConnectionError::MqttState(_) | ConnectionError::NotConnAck(_) => "protocol",
+            e => crate::telemetry::error_kind(e),
+        },
+        refused: matches!(
+            e,
+            ConnectionError::ConnectionRefused(
+                Code::BadUserNamePassword
+                    | Code::NotAuthorized
+                    | Code::BadClientId
+                    | Code::ClientIdentifierNotValid
+                    | Code::Banned
+                    | Code::BadAuthenticationMethod
+            )
+        ),
+        message: match e {
+            ConnectionError::MqttState(mqtt5::StateError::AwaitPingResp) => DEAD_LINK.to_string(),
+            e => e.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+    use rustls::AlertDescription as Alert;
+
+    fn files() -> TlsFiles {
+        TlsFiles {
+            ca_file: Some("/etc/sensorgate/tls/ca.pem".into()),
+            cert_file: Some("/etc/sensorgate/tls/client.pem".into()),
+        }
+    }
+
+    fn alert(alert: Alert) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::AlertReceived(alert),
+        )
+    }
+
+    /// Issue 21: a client certificate from another CA was logged as
+    /// `Mqtt state: Mqtt serialization/deserialization error: IO: received
+    /// fatal alert: UnknownCA` with `error_kind="protocol"`.
+    #[test]
+    fn a_client_certificate_rejected_by_the_broker_is_tls_and_names_the_file() {
+        let want = "the broker rejected the client certificate /etc/sensorgate/tls/client.pem \
+                    (mqtt.cert_file): it does not trust the CA that issued it (TLS alert \
+                    UnknownCA); install a client certificate issued by a CA the broker trusts \
+                    for clients (and its key in mqtt.key_file), then send SIGHUP";
+        let v4 = conn_error_v4(
+            rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+                rumqttc::Error::Io(alert(Alert::UnknownCA)),
+            )),
+            &files(),
+        );
+        assert_eq!(
+            (v4.kind, v4.message.as_str(), v4.refused),
+            ("tls", want, false)
+        );
+        let v5 = conn_error_v5(
+            mqtt5::ConnectionError::MqttState(mqtt5::StateError::Deserialization(
+                mqtt5::mqttbytes::Error::Io(alert(Alert::UnknownCA)),
+            )),
+            &files(),
+        );
+        assert_eq!((v5.kind, v5.message.as_str()), ("tls", want));
+        // In the handshake itself (TLS 1.2), or as a plain I/O error.
+        for e in [
+            rumqttc::ConnectionError::Tls(rumqttc::TlsError::Io(alert(Alert::UnknownCA))),
+            rumqttc::ConnectionError::Io(alert(Alert::UnknownCA)),
+        ] {
+            let c = conn_error_v4(e, &files());
+            assert_eq!((c.kind, c.message.as_str()), ("tls", want));
+        }
+    }
+
+    #[test]
+    fn other_tls_errors_are_tls_and_keep_their_text() {
+        let e = rumqttc::ConnectionError::MqttState(rumqttc::StateError::Io(io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::DecryptError,
+        )));
+        let text = e.to_string();
+        let c = conn_error_v4(e, &files());
+        assert_eq!((c.kind, c.message), ("tls", text));
+    }
+
+    #[test]
+    fn errors_without_tls_keep_their_kind() {
+        let c = conn_error_v4(
+            rumqttc::ConnectionError::MqttState(rumqttc::StateError::AwaitPingResp),
+            &files(),
+        );
+        assert_eq!((c.kind, c.message.as_str()), ("timeout", DEAD_LINK));
+        let c = conn_error_v4(
+            rumqttc::ConnectionError::MqttState(rumqttc::StateError::ConnectionAborted),
+            &files(),
+        );
+        assert_eq!(c.kind, "protocol");
+        let c = conn_error_v4(
+            rumqttc::ConnectionError::Io(io::Error::from(io::ErrorKind::ConnectionRefused)),
+            &files(),
+        );
+        assert_eq!(c.kind, "network");
+        let c = conn_error_v4(
+            rumqttc::ConnectionError::ConnectionRefused(rumqttc::ConnectReturnCode::NotAuthorized),
+            &files(),
+        );
+        assert_eq!((c.kind, c.refused), ("refused", true));
     }
 }

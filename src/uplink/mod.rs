@@ -11,6 +11,7 @@
 
 pub mod conn;
 pub mod inflight;
+pub mod refusal;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -59,6 +60,9 @@ pub struct UplinkSettings {
     pub gateway: String,
     /// When this process started, in the status message.
     pub started: SystemTime,
+    /// The CA and client certificate files, named when the broker's TLS
+    /// refuses us.
+    pub tls_files: refusal::TlsFiles,
 }
 
 impl UplinkSettings {
@@ -93,6 +97,10 @@ impl UplinkSettings {
             status_topic: cfg.status_topic(),
             gateway: cfg.gateway.id.clone(),
             started: SystemTime::now(),
+            tls_files: refusal::TlsFiles {
+                ca_file: m.ca_file.clone(),
+                cert_file: m.cert_file.clone(),
+            },
         }
     }
 

@@ -292,6 +292,48 @@ mod tests {
         assert_eq!(values(&dec(), "1,,3")[1], Value::Str("".into()));
     }
 
+    /// Issue 21: a line with NUL bytes and the right column count became a
+    /// record with `"\u0000"` in a value.
+    #[test]
+    fn a_control_character_in_a_text_value_is_not_text() {
+        for (line, column, code) in [
+            ("1,2,a\0b", "note", "U+0000"),
+            ("1,2,\"a\u{1}b\"", "note", "U+0001"),
+            ("1,2,ok\u{7f}", "note", "U+007F"),
+            ("1,\"\u{1b}[2J\",ok", "cadence", "U+001B"),
+            // Inside quotes a line break is kept verbatim, so it counts.
+            ("1,2,\"a\nb\"", "note", "U+000A"),
+            ("\0,2,3", "speed", "U+0000"),
+        ] {
+            let e = dec().decode(line.as_bytes()).unwrap_err();
+            assert_eq!(e.reason, Reject::NotText, "{line:?}: {}", e.detail);
+            assert_eq!(
+                e.detail,
+                format!(
+                    "column \"{column}\": value holds the control character {code}; text may hold \
+                     no control character but TAB"
+                ),
+                "{line:?}"
+            );
+        }
+        // TAB is text; so is a line end and the spaces around a value,
+        // which are trimmed before the value is looked at.
+        assert_eq!(
+            values(&dec(), "1,2,\"a\tb\"\r")[2],
+            Value::Str("a\tb".into())
+        );
+        assert_eq!(values(&dec(), "1,2,x \u{b}\r\n")[2], Value::Str("x".into()));
+        // A declared number that is not one is still a type error.
+        let typed = CsvDecoder::new(
+            &[Column {
+                name: "n".into(),
+                ty: ColumnType::I64,
+            }],
+            ',',
+        );
+        assert_eq!(typed.decode(b"1\x002").unwrap_err().reason, Reject::Type);
+    }
+
     #[test]
     fn a_multibyte_delimiter_works() {
         let d = CsvDecoder::new(&[Column::auto("a"), Column::auto("b")], '§');
@@ -366,6 +408,20 @@ mod tests {
                     .map(|((_, value), c)| Field { name: Arc::from(c.name.as_str()), value })
                     .collect();
                 prop_assert_eq!(got, Decoded::Fields(want), "{:?}", line);
+            }
+
+            #[test]
+            fn a_text_value_with_a_control_character_is_not_text(
+                before in "\\PC{0,6}",
+                after in "\\PC{0,6}",
+                control in prop::sample::select(
+                    (0u8..0x20).filter(|b| *b != b'\t').chain([0x7f]).collect::<Vec<u8>>()
+                ),
+            ) {
+                let value = format!("{before}{}{after}", char::from(control));
+                let line = format!("1,2,\"{}\"\n", value.replace('"', "\"\""));
+                let e = dec().decode(line.as_bytes()).unwrap_err();
+                prop_assert_eq!(e.reason, Reject::NotText, "{:?}", line);
             }
 
             #[test]

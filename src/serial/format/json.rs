@@ -10,7 +10,7 @@ use std::fmt::{self, Write as _};
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use super::typed::{FrameNames, Names, Seen, coerce, in_column};
+use super::typed::{FrameNames, Names, Seen, coerce, control_char, in_column, not_text};
 use super::{DecodeError, Decoded, Reject};
 use crate::config::{Column, Nested};
 use crate::record::{Field, Value};
@@ -88,6 +88,10 @@ struct State<'a> {
 impl State<'_> {
     /// Adds the value at `path` as a field.
     fn leaf<E: de::Error>(&mut self, value: Value) -> Result<(), E> {
+        if let Some(c) = control_char(&self.path) {
+            self.error = Some(not_text(format_args!("key {:?}", self.path), c));
+            return Err(E::custom("not text"));
+        }
         let (name, ty) = self.names.get(&self.path);
         if self.seen.repeated(&self.fields, &name) {
             return Err(E::custom(format_args!("duplicate key \"{}\"", self.path)));
@@ -105,6 +109,12 @@ impl State<'_> {
             }
             None => value,
         };
+        if let Value::Str(text) = &value
+            && let Some(c) = control_char(text)
+        {
+            self.error = Some(in_column(&name, not_text("value", c)));
+            return Err(E::custom("not text"));
+        }
         self.fields.push(Field { name, value });
         Ok(())
     }
@@ -391,6 +401,53 @@ mod tests {
     }
 
     #[test]
+    fn a_control_character_in_a_string_or_a_key_is_not_text() {
+        let tail = "; text may hold no control character but TAB";
+        let typed = JsonDecoder::new(
+            &[Column {
+                name: "id".into(),
+                ty: ColumnType::String,
+            }],
+            Nested::Flatten,
+        );
+        for (d, frame, detail) in [
+            (
+                flat(),
+                r#"{"t":1,"msg":"a\u0000b"}"#,
+                "column \"msg\": value holds the control character U+0000",
+            ),
+            (
+                flat(),
+                r#"{"a":{"b":["x","\u001b[2J"]}}"#,
+                "column \"a.b.1\": value holds the control character U+001B",
+            ),
+            (
+                typed,
+                r#"{"id":"\n7"}"#,
+                "column \"id\": value holds the control character U+000A",
+            ),
+            (
+                flat(),
+                r#"{"t\u0001":1}"#,
+                "key \"t\\u{1}\" holds the control character U+0001",
+            ),
+            (
+                flat(),
+                "{\"t\":\"x\u{7f}\"}",
+                "column \"t\": value holds the control character U+007F",
+            ),
+        ] {
+            let e = d.decode(frame.as_bytes()).unwrap_err();
+            assert_eq!(e.reason, Reject::NotText, "{frame}: {}", e.detail);
+            assert_eq!(e.detail, format!("{detail}{tail}"), "{frame}");
+        }
+        assert_eq!(
+            pairs(&flat(), r#"{"msg":"a\tb"}"#),
+            [p("msg", Value::Str("a\tb".into()))]
+        );
+    }
+
+    #[test]
     fn declared_columns_must_be_present_and_typed() {
         let d = JsonDecoder::new(
             &[
@@ -442,14 +499,16 @@ mod tests {
                     .prop_filter("finite", |f| f.is_finite())
                     .prop_map(Value::Float),
                 any::<bool>().prop_map(Value::Bool),
-                "\\PC*|[\"\\\\\u{0}-\u{1f}]*".prop_map(Value::Str),
+                // Escaped in JSON, `"`, `\\` and TAB read back; other
+                // control characters are refused (see below).
+                "\\PC*|[\"\\\\\t]*".prop_map(Value::Str),
             ]
         }
 
         proptest! {
             #[test]
             fn written_objects_read_back_in_order(
-                fields in prop::collection::vec(("[^.]{0,8}", value()), 0..10),
+                fields in prop::collection::vec(("[^.\\x00-\\x08\\x0A-\\x1F\\x7F]{0,8}", value()), 0..10),
             ) {
                 let mut names = std::collections::HashSet::new();
                 let fields: Vec<(String, Value)> =
@@ -460,6 +519,22 @@ mod tests {
                     .collect();
                 let frame = format!("{{{}}}\n", body.join(","));
                 prop_assert_eq!(pairs(&flat(), &frame), fields);
+            }
+
+            #[test]
+            fn a_string_with_a_control_character_is_not_text(
+                before in "\\PC{0,6}",
+                after in "\\PC{0,6}",
+                control in prop::sample::select(
+                    (0u8..0x20).filter(|b| *b != b'\t').chain([0x7f]).collect::<Vec<u8>>()
+                ),
+                in_key in any::<bool>(),
+            ) {
+                let text = serde_json::to_string(&format!("{before}{}{after}", char::from(control)))
+                    .unwrap();
+                let frame = if in_key { format!("{{{text}:1}}") } else { format!("{{\"v\":{text}}}") };
+                let e = flat().decode(frame.as_bytes()).unwrap_err();
+                prop_assert_eq!(e.reason, Reject::NotText, "{:?}", frame);
             }
 
             #[test]

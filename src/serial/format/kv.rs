@@ -7,7 +7,7 @@
 
 use std::borrow::Cow;
 
-use super::typed::{Names, Seen, in_column, parse_quoted, parse_text};
+use super::typed::{Names, Seen, control_char, in_column, not_text, parse_quoted, parse_text};
 use super::{DecodeError, Decoded, Reject};
 use crate::config::{Column, ColumnType};
 use crate::record::Field;
@@ -87,6 +87,9 @@ impl KvDecoder {
             }
             if key.is_empty() {
                 return Err(bad(format!("a pair has no key, at byte {start}")));
+            }
+            if let Some(c) = control_char(key) {
+                return Err(not_text(format_args!("key {:?}", cut(key)), c));
             }
             i += 1;
             let raw = if b.get(i) == Some(&b'"') {
@@ -268,6 +271,41 @@ mod tests {
         assert_eq!(
             kv().decode(&[b'a', b'=', 0xff]).unwrap_err().reason,
             Reject::NotText
+        );
+    }
+
+    #[test]
+    fn a_control_character_in_a_value_or_a_key_is_not_text() {
+        let tail = "; text may hold no control character but TAB";
+        for (frame, detail) in [
+            (
+                "t=1 msg=a\0b",
+                "column \"msg\": value holds the control character U+0000",
+            ),
+            (
+                "msg=\"door\u{7}open\"",
+                "column \"msg\": value holds the control character U+0007",
+            ),
+            (
+                "msg=\"a\nb\"",
+                "column \"msg\": value holds the control character U+000A",
+            ),
+            (
+                "t=1 x=\u{7f}",
+                "column \"x\": value holds the control character U+007F",
+            ),
+            (
+                "t\u{1}x=1",
+                "key \"t\\u{1}x\" holds the control character U+0001",
+            ),
+        ] {
+            let e = kv().decode(frame.as_bytes()).unwrap_err();
+            assert_eq!(e.reason, Reject::NotText, "{frame:?}: {}", e.detail);
+            assert_eq!(e.detail, format!("{detail}{tail}"), "{frame:?}");
+        }
+        assert_eq!(
+            pairs(&kv(), "msg=\"a\tb\"\r\n"),
+            [p("msg", Value::Str("a\tb".into()))]
         );
     }
 

@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use super::typed::{control_char, not_text};
 use super::{DecodeError, Decoded, Reject};
 use crate::record::{Field, Value};
 use crate::serial::framing::nmea::verify;
@@ -156,6 +157,11 @@ impl NmeaDecoder {
             "VTG" => ("VTG", 8),
             _ => return Ok(Decoded::Skip),
         };
+        // NMEA 0183 sentences are printable ASCII; a control character is
+        // line noise, not part of a field (see `typed::control_char`).
+        if let Some(c) = control_char(body) {
+            return Err(not_text("sentence", c));
+        }
         let parts = Parts::new(sentence, split);
         if parts.count < min {
             return Err(DecodeError::new(
@@ -439,6 +445,37 @@ mod tests {
         NmeaDecoder::new()
             .decode(sentence(body).as_bytes())
             .unwrap_err()
+    }
+
+    #[test]
+    fn a_control_character_in_a_decoded_sentence_is_not_text() {
+        let tail = "; text may hold no control character but TAB";
+        for (body, code) in [
+            ("GPVTG,054.7,T,034.4,M,005.5,N,010.2,K,A\u{1}", "U+0001"),
+            // Even in a field the decoder does not keep.
+            (
+                "GPGGA,123519.00,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,\0,",
+                "U+0000",
+            ),
+            (
+                "GNRMC,123519.00,A,4807.038,S,01131.000,W,022.4,084.4,251126,003.1,W,A\u{7f}",
+                "U+007F",
+            ),
+        ] {
+            let e = reject(body);
+            assert_eq!(e.reason, Reject::NotText, "{body:?}: {}", e.detail);
+            assert_eq!(
+                e.detail,
+                format!("sentence holds the control character {code}{tail}")
+            );
+        }
+        // Sentences that are not decoded stay skipped.
+        assert_eq!(
+            NmeaDecoder::new()
+                .decode(sentence("GPGSV,1,1,\0").as_bytes())
+                .unwrap(),
+            Decoded::Skip
+        );
     }
 
     #[test]

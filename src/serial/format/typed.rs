@@ -19,12 +19,16 @@ const DETAIL_CHARS: usize = 32;
 
 /// Types the text of one value as its column declares. `auto` is
 /// [`Value::parse`]; the others parse the trimmed text and reject what does
-/// not fit. `string` keeps the (trimmed) text, so `007` stays `007`.
+/// not fit. `string` keeps the (trimmed) text, so `007` stays `007`. A text
+/// result holding a control character is rejected ([`control_char`]).
 pub fn parse_text(ty: ColumnType, raw: &str) -> Result<Value, DecodeError> {
     let t = raw.trim();
     match ty {
-        ColumnType::Auto => Ok(auto_scalar(t).unwrap_or_else(|| Value::Str(t.to_string()))),
-        ColumnType::String => Ok(Value::Str(t.to_string())),
+        ColumnType::Auto => match auto_scalar(t) {
+            Some(v) => Ok(v),
+            None => text_value(t.to_string()),
+        },
+        ColumnType::String => text_value(t.to_string()),
         _ => parse_scalar(ty, t).ok_or_else(|| type_error(ty, &Value::Str(t.to_string()))),
     }
 }
@@ -34,10 +38,46 @@ pub fn parse_text(ty: ColumnType, raw: &str) -> Result<Value, DecodeError> {
 /// spaces included; numbers and booleans are still read from it.
 pub(super) fn parse_quoted(ty: ColumnType, text: Cow<'_, str>) -> Result<Value, DecodeError> {
     match ty {
-        ColumnType::Auto => Ok(auto_scalar(text.trim()).unwrap_or(Value::Str(text.into_owned()))),
-        ColumnType::String => Ok(Value::Str(text.into_owned())),
+        ColumnType::Auto => match auto_scalar(text.trim()) {
+            Some(v) => Ok(v),
+            None => text_value(text.into_owned()),
+        },
+        ColumnType::String => text_value(text.into_owned()),
         _ => parse_text(ty, &text),
     }
+}
+
+/// `s` as a text value, if it is text ([`control_char`]).
+fn text_value(s: String) -> Result<Value, DecodeError> {
+    match control_char(&s) {
+        None => Ok(Value::Str(s)),
+        Some(c) => Err(not_text("value", c)),
+    }
+}
+
+/// The first control character that text may not hold: a C0 control other
+/// than TAB (U+0000–U+0008, U+000A–U+001F) or DEL (U+007F).
+///
+/// In a value (or in a name the frame gives a field) such a byte is line
+/// noise or a device fault, never part of a reading, and a record carrying
+/// it would hand it on to every consumer (a NUL ends a C string, an escape
+/// sequence reaches a terminal); the frame is rejected as
+/// [`Reject::NotText`] with [`not_text`].
+pub(super) fn control_char(s: &str) -> Option<u8> {
+    // Bytes below 0x80 are whole characters in UTF-8: no need to decode.
+    s.bytes().find(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+}
+
+/// The [`Reject::NotText`] error for `what` (`value`, `key "a"`) holding
+/// the control character `c`.
+pub(super) fn not_text(what: impl std::fmt::Display, c: u8) -> DecodeError {
+    DecodeError::new(
+        Reject::NotText,
+        format!(
+            "{what} holds the control character U+{c:04X}; text may hold no control character \
+             but TAB"
+        ),
+    )
 }
 
 /// Converts a value that already has a type (a JSON scalar) to its
