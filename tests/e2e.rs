@@ -148,6 +148,7 @@ fn records_read_while_the_broker_is_down_arrive_when_it_returns() {
     writer.join().unwrap().unwrap();
 
     let opened = wait_for_records(&rig, &sub, 400, WAIT);
+    support::sweep_delivery(&opened, &[("bike", 500)], "spooled, sent on reconnect");
     // Lines 0..100 again, since the writer restarts at line 0; what
     // matters is the sequence: 100 before the outage, 400 during it.
     assert_eq!(
@@ -157,6 +158,47 @@ fn records_read_while_the_broker_is_down_arrive_when_it_returns() {
         gw.log()
     );
     assert!(gw.log().contains("reconnected to broker"));
+    assert_eq!(gw.stop(), 0);
+}
+
+#[test]
+fn records_read_before_the_broker_was_ever_reachable_arrive_when_it_comes_up() {
+    let mut rig = Rig::new();
+    let sub = rig.subscriber();
+    let pty = Pty::open().unwrap();
+    let config = rig.gateway_config("gw.toml", &[("bike", pty.path())], "");
+    // The broker is away before the gateway starts: starting offline is
+    // normal, the spool keeps what is read.
+    rig.broker.stop();
+    let mut gw = GatewayProcess::start(&config);
+    let writer = SimSensor::spawn(pty.writer().unwrap(), 500, None);
+    assert!(
+        support::wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
+            gw.log().contains("records_sealed=500")
+        }),
+        "log:\n{}",
+        gw.log()
+    );
+    assert!(
+        gw.log().contains("cannot connect to broker"),
+        "{}",
+        gw.log()
+    );
+    rig.broker.restart();
+    writer.join().unwrap().unwrap();
+    let opened = wait_for_records(&rig, &sub, 500, WAIT);
+    support::sweep_delivery(
+        &opened,
+        &[("bike", 500)],
+        "spooled until the first connection",
+    );
+    assert_eq!(
+        opened.seqs("bike"),
+        (0..500).collect::<Vec<_>>(),
+        "log:\n{}",
+        gw.log()
+    );
+    assert!(gw.log().contains("connected to broker"));
     assert_eq!(gw.stop(), 0);
 }
 

@@ -150,6 +150,11 @@ fn nmea_cobs_and_csv_sensors_at_once_with_noise_between_frames() {
     let opened = wait_for_records(&rig, &sub, 3 * N as usize, WAIT);
     let log = gw.log();
     assert!(opened.rejected.is_empty(), "{:?}", opened.rejected);
+    support::sweep_delivery(
+        &opened,
+        &[("gps", N), ("soil", N), ("bike", N)],
+        "garbage rejected and counted",
+    );
     for sensor in ["gps", "soil", "bike"] {
         assert_all(&opened, sensor, N, &log);
     }
@@ -292,6 +297,11 @@ fn an_unplugged_device_is_found_again_through_its_symlink_and_others_go_on() {
     }
     let opened = wait_for_records(&rig, &sub, 300, WAIT);
     let log = gw.log();
+    support::sweep_delivery(
+        &opened,
+        &[("plugged", 200), ("steady", 100)],
+        "device found again",
+    );
     assert_all(&opened, "plugged", 200, &log);
     assert_all(&opened, "steady", 100, &log);
     let decoder = sim_decoder();

@@ -456,6 +456,7 @@ impl Tmpfs {
             eprintln!(
                 "SKIPPED: mounting a tmpfs as state_dir needs root (run the suite as root, as scripts/test does)"
             );
+            support::sweep_skipped("needs root to mount a tmpfs");
             return None;
         }
         fs::create_dir_all(path).unwrap();
@@ -557,6 +558,7 @@ fn records_survive_a_broker_outage_longer_than_memory_via_the_disk_spool() {
 
     rig.broker.restart();
     let opened = wait_for_records(&rig, &sub, TOTAL as usize, WAIT);
+    support::sweep_delivery(&opened, &[(SENSOR, TOTAL)], "memory overflowed to disk");
     assert!(
         opened.rejected.is_empty(),
         "rejected: {:?}",
@@ -841,6 +843,16 @@ fn check_kills(out: &RestartOutcome) -> Vec<(u64, u64)> {
         .filter(|l| l.contains(UNCLEAN))
         .filter_map(|l| field(l, "at_most"))
         .sum();
+    let arrived = out.lines.len() as u64;
+    sweep_report(&SweepCase {
+        sent: RESTART_LINES,
+        arrived,
+        lost: RESTART_LINES - arrived,
+        declared_lost: at_most,
+        duplicates: out.opened.duplicates,
+        note: "in-flight ranges reported at the next start (upper bounds)".into(),
+        ..SweepCase::default()
+    });
     eprintln!(
         "SIGKILL x10: {} records, {} duplicates; lines lost per kill (first, count): {lost:?}; \
          reported ranges {unclean:?} (at_most total {at_most})",
@@ -1423,6 +1435,7 @@ fn full_filesystem_is_survived(min_free: Option<&str>, reason: &str, env: &[(&st
     rig.broker.restart();
     assert_eq!(join_writer(writer, Duration::from_secs(120), &gw), more);
     let opened = wait_for_records(&rig, &sub, total as usize, WAIT);
+    support::sweep_delivery(&opened, &[(SENSOR, total)], "resumed once space came back");
     assert!(
         opened.rejected.is_empty(),
         "rejected: {:?}",
@@ -1568,6 +1581,7 @@ fn account(
         declared_lost: records_in(lost_ranges) + sent.saturating_sub(numbered),
         duplicates: opened.duplicates,
         note: note.to_string(),
+        skipped: false,
     };
     sweep_report(&case);
     assert!(

@@ -142,6 +142,7 @@ fn expect_all_records(rig: &Rig, sub: &Subscriber, gw: &GatewayProcess, total: u
         have.range(total..).take(5).collect::<Vec<_>>(),
         excerpt(&gw.log())
     );
+    support::sweep_delivery(&opened, &[(SENSOR, total)], "");
     opened
 }
 
@@ -671,6 +672,20 @@ fn a_client_certificate_from_another_ca_is_logged_as_tls_naming_the_certificate_
     assert!(line.contains(&said), "no {said:?} in\n{line}");
     assert_eq!(field(&line, "error_kind"), Some("\"tls\""), "{line}");
     assert!(!log.contains(CONNECTED), "{}", excerpt(&log));
+
+    // Readings taken meanwhile wait in the spool; once the operator puts
+    // the right certificate in place and sends SIGHUP, they all arrive.
+    const TOTAL: u64 = 300;
+    let sub = rig.subscriber();
+    let writer = SimSensor::spawn(pty.writer().unwrap(), TOTAL, None);
+    join_writer(writer, Duration::from_secs(30), &gw);
+    expect_stat(&gw, "records_sealed", TOTAL, Duration::from_secs(20));
+    fs::copy(&rig.tls.client_cert, &cert).unwrap();
+    fs::copy(&rig.tls.client_key, &key).unwrap();
+    gw.signal(Signal::SIGHUP);
+    expect_log(&gw, RELOADED, Duration::from_secs(10));
+    expect_log(&gw, CONNECTED, Duration::from_secs(20));
+    expect_all_records(&rig, &sub, &gw, TOTAL);
     assert_eq!(gw.stop(), 0, "{}", excerpt(&gw.log()));
     assert_no_panic(&gw.log());
 }

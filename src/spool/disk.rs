@@ -1120,6 +1120,82 @@ mod tests {
     }
 
     #[test]
+    fn segments_are_an_eighth_of_the_room_so_a_small_spool_holds_several() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = 400 * 1024;
+        let mut settings = settings(dir.path(), budget);
+        settings.segment_size = 8 << 20;
+        let (mut log, _) = DiskLog::open(settings).unwrap();
+        let mut seq = 0;
+        while append(&mut log, seq).is_ok() {
+            seq += 1;
+        }
+        let sizes: Vec<u64> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .collect();
+        assert!(sizes.len() >= 6, "{sizes:?}");
+        let limit = budget / 8;
+        assert!(
+            sizes.iter().all(|&len| len <= limit),
+            "a segment over {limit} bytes: {sizes:?}"
+        );
+    }
+
+    #[test]
+    fn an_acknowledged_segment_being_written_is_released_once_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = DiskLog::open(settings(dir.path(), 10 << 20)).unwrap();
+        for seq in 0..3 {
+            append(&mut log, seq).unwrap();
+        }
+        log.release_acked(3, false);
+        log.sync(false);
+        assert_eq!(log.segments(), 1, "kept at the tick it was appended to");
+        log.sync(false);
+        assert_eq!(log.segments(), 0, "released at the next, idle tick");
+        assert_eq!(log.bytes(), ACK_FILE_BUDGET);
+        assert_eq!(append(&mut log, 3).unwrap(), 3, "ids go on");
+        drop(log);
+        let (_, rec) = DiskLog::open(settings(dir.path(), 10 << 20)).unwrap();
+        assert_eq!((rec.resend_from, rec.messages), (3, 1));
+        assert_eq!(rec.last_seq["bike"], 3);
+    }
+
+    #[test]
+    fn ids_lost_to_damage_are_found_with_what_they_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = DiskLog::open(settings(dir.path(), 10 << 20)).unwrap();
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        for i in 0..20u64 {
+            let sensor = if i % 2 == 0 { &a } else { &b };
+            let seq = i / 2 * 10;
+            log.append(sensor, seq, seq + 9, 10, &vec![b'x'; 10_000])
+                .unwrap();
+        }
+        log.sync(false);
+        drop(log);
+        // Cut the first segment in the middle: ids after the cut are lost.
+        let seg = dir.path().join(format!("{:020}.seg", 0));
+        let len = fs::metadata(&seg).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(len / 2)
+            .unwrap();
+        let (_, rec) = DiskLog::open(settings(dir.path(), 10 << 20)).unwrap();
+        assert_eq!(rec.lost_ids.len(), 1, "{rec:?}");
+        let lost = rec.lost_ids[0].clone();
+        assert!(lost.start > 0 && lost.end < 20, "{lost:?}");
+        let want: u64 = lost.clone().count() as u64 * 10;
+        let got: u64 = rec.seq_losses.iter().map(|l| l.records).sum();
+        assert_eq!(got, want, "{:?}", rec.seq_losses);
+        assert!(rec.seq_losses.iter().all(|l| l.exact));
+        assert_eq!(rec.intact_after_loss, Some(["a".into(), "b".into()].into()));
+    }
+
+    #[test]
     fn a_torn_tail_is_truncated_and_appending_goes_on() {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _) = DiskLog::open(settings(dir.path(), 10 << 20)).unwrap();

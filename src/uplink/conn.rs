@@ -338,14 +338,8 @@ mod tests {
     use std::io;
 
     use super::*;
+    use crate::uplink::refusal::tests::files;
     use rustls::AlertDescription as Alert;
-
-    fn files() -> TlsFiles {
-        TlsFiles {
-            ca_file: Some("/etc/sensorgate/tls/ca.pem".into()),
-            cert_file: Some("/etc/sensorgate/tls/client.pem".into()),
-        }
-    }
 
     fn alert(alert: Alert) -> io::Error {
         io::Error::new(

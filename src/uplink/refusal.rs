@@ -179,10 +179,11 @@ fn broker_certificate(c: &CertificateError, e: &rustls::Error, files: &TlsFiles)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn files() -> TlsFiles {
+    /// The files a refusal names, as the tests of the uplink give them.
+    pub(crate) fn files() -> TlsFiles {
         TlsFiles {
             ca_file: Some("/etc/sensorgate/tls/ca.pem".into()),
             cert_file: Some("/etc/sensorgate/tls/client.pem".into()),

@@ -1129,6 +1129,8 @@ pub struct SweepCase {
     pub duplicates: u64,
     /// One short phrase: what the gateway did about the fault.
     pub note: String,
+    /// The case could not run here (`note` says why).
+    pub skipped: bool,
 }
 
 /// Appends `case` as one JSON line to the file named by
@@ -1154,6 +1156,7 @@ pub fn sweep_report(case: &SweepCase) {
         "declared_lost": case.declared_lost,
         "duplicates": case.duplicates,
         "note": case.note,
+        "skipped": case.skipped,
     });
     let mut f = fs::OpenOptions::new()
         .create(true)
@@ -1162,4 +1165,31 @@ pub fn sweep_report(case: &SweepCase) {
         .expect("open the sweep report");
     use std::io::Write as _;
     writeln!(f, "{line}").expect("write the sweep report");
+}
+
+/// [`sweep_report`] for a case where every record must arrive: `sent` is
+/// what each sensor wrote (its sequence numbers `0..sent`).
+pub fn sweep_delivery(opened: &Opened, sent: &[(&str, u64)], note: &str) {
+    let arrived: u64 = sent
+        .iter()
+        .map(|&(sensor, n)| opened.seqs(sensor).iter().filter(|&&s| s < n).count() as u64)
+        .sum();
+    let total: u64 = sent.iter().map(|(_, n)| n).sum();
+    sweep_report(&SweepCase {
+        sent: total,
+        arrived,
+        lost: total - arrived,
+        duplicates: opened.duplicates,
+        note: note.to_string(),
+        ..SweepCase::default()
+    });
+}
+
+/// [`sweep_report`] for a case that cannot run here.
+pub fn sweep_skipped(why: &str) {
+    sweep_report(&SweepCase {
+        note: why.to_string(),
+        skipped: true,
+        ..SweepCase::default()
+    });
 }
