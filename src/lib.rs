@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod notify;
 pub mod pipeline;
 pub mod record;
+pub mod rfc3339;
 pub mod seal;
 pub mod secret_file;
 pub mod serial;

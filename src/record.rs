@@ -89,9 +89,10 @@ pub fn format_ts(ts: SystemTime) -> String {
     humantime::format_rfc3339_nanos(ts).to_string()
 }
 
-/// Parses a timestamp written by [`format_ts`].
+/// Parses a timestamp written by [`format_ts`] (on every word size: see
+/// [`crate::rfc3339`]).
 pub fn parse_ts(s: &str) -> Option<SystemTime> {
-    humantime::parse_rfc3339(s).ok()
+    crate::rfc3339::parse(s, crate::rfc3339::Strictness::Utc)
 }
 
 #[cfg(test)]

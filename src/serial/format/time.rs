@@ -75,35 +75,10 @@ fn from_unix(v: &Value, per_second: f64) -> Option<SystemTime> {
     }
 }
 
-/// RFC 3339 with `Z`, a numeric offset, or (read as UTC) none.
+/// RFC 3339 with `Z`, a numeric offset, or (read as UTC) none; a space
+/// may stand for the `T`.
 fn parse_rfc3339(s: &str) -> Option<SystemTime> {
-    let s = s.trim();
-    if let Ok(t) = humantime::parse_rfc3339_weak(s.strip_suffix(['Z', 'z']).unwrap_or(s)) {
-        return Some(t);
-    }
-    // `...+02:00` / `...-0530`: the local time minus its offset.
-    let split = s.len().checked_sub(6)?;
-    let (local, offset) = s.split_at_checked(split)?;
-    let (sign, hh, mm) = match offset.as_bytes() {
-        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
-            (*sign, digits(*h1, *h2)?, digits(*m1, *m2)?)
-        }
-        _ => return None,
-    };
-    if hh > 23 || mm > 59 {
-        return None;
-    }
-    let t = humantime::parse_rfc3339_weak(local).ok()?;
-    let off = Duration::from_secs(u64::from(hh) * 3600 + u64::from(mm) * 60);
-    if sign == b'+' {
-        t.checked_sub(off)
-    } else {
-        t.checked_add(off)
-    }
-}
-
-fn digits(a: u8, b: u8) -> Option<u8> {
-    (a.is_ascii_digit() && b.is_ascii_digit()).then(|| (a - b'0') * 10 + (b - b'0'))
+    crate::rfc3339::parse(s.trim(), crate::rfc3339::Strictness::Lenient)
 }
 
 #[cfg(test)]
