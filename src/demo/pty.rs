@@ -163,7 +163,17 @@ impl SimSensor {
     ///
     /// The thread blocks while nobody drains the slave: join it only once a
     /// reader has consumed the lines (or drop the handle).
-    pub fn spawn(mut writer: File, count: u64, rate: Option<f64>) -> JoinHandle<io::Result<u64>> {
+    pub fn spawn(writer: File, count: u64, rate: Option<f64>) -> JoinHandle<io::Result<u64>> {
+        SimSensor::spawn_from(writer, 0, count, rate)
+    }
+
+    /// Like [`SimSensor::spawn`], writing lines `first..first + count`.
+    pub fn spawn_from(
+        mut writer: File,
+        first: u64,
+        count: u64,
+        rate: Option<f64>,
+    ) -> JoinHandle<io::Result<u64>> {
         thread::Builder::new()
             .name("sim-sensor".into())
             .spawn(move || {
@@ -186,7 +196,7 @@ impl SimSensor {
                             thread::sleep(due - now);
                         }
                     }
-                    let mut line = sim_line(i);
+                    let mut line = sim_line(first + i);
                     line.push('\n');
                     writer.write_all(line.as_bytes())?;
                 }

@@ -786,8 +786,10 @@ mod tests {
             SpoolSettings {
                 dir: dir.to_path_buf(),
                 memory: 16 * 1024,
-                // 32 KiB segments: a few dozen messages each.
-                disk: 256 * 1024,
+                // Room for the most the test pushes (160 messages of up to
+                // 3 KB), so that a push never blocks; 80 KiB segments, a
+                // few dozen messages each.
+                disk: 640 * 1024,
                 when_full: WhenFull::Block,
                 fsync: Fsync::Never,
                 min_free: 0.0,
@@ -903,8 +905,8 @@ mod tests {
                 let acked_ids: BTreeSet<u64> = {
                     let (_, rec) = DiskLog::open(crate::spool::disk::DiskSettings {
                         dir: dir.path().to_path_buf(),
-                        budget: 256 * 1024,
-                        segment_size: 64 * 1024,
+                        budget: 640 * 1024,
+                        segment_size: 80 * 1024,
                         min_free: 0.0,
                         fsync: Fsync::Never,
                     }).unwrap();

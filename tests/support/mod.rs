@@ -836,9 +836,28 @@ impl GatewayProcess {
     /// [`GatewayProcess::start`] with extra environment variables (such as
     /// `NOTIFY_SOCKET`).
     pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> GatewayProcess {
+        GatewayProcess::start_binary(&gateway_binary(), None, config, env)
+    }
+
+    /// Starts `binary` as the gateway, through `runner` when given (an
+    /// emulator such as `qemu-aarch64`, for a Pi build).
+    pub fn start_binary(
+        binary: &Path,
+        runner: Option<&Path>,
+        config: &Path,
+        env: &[(&str, &str)],
+    ) -> GatewayProcess {
         let log = config.with_extension("log");
         let file = fs::File::create(&log).expect("gateway log file");
-        let child = Command::new(gateway_binary())
+        let mut cmd = match runner {
+            Some(runner) => {
+                let mut c = Command::new(runner);
+                c.arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        let child = cmd
             .args(["run", "--config"])
             .arg(config)
             .envs(env.iter().copied())
