@@ -1,0 +1,154 @@
+//! The gateway's work for one record, without sockets or threads, so that
+//! `scripts/pi-cost` can count its instructions on the Pi's instruction
+//! sets under qemu-user (a whole daemon under qemu's instruction logging
+//! misses its own timeouts).
+//!
+//! The path is the daemon's: frames of the simulated bike sensor's CSV
+//! lines cut by the `lines` framing, decoded by the `csv` format, numbered
+//! by the sequence allocator (reserving blocks in the state file), grouped
+//! by the batcher, sealed (three of six columns encrypted, every message
+//! signed) and stored in the disk spool (`fsync = "interval"`, whose tick
+//! is not run here). What it leaves out is the MQTT publish and its
+//! acknowledgement, which a bare publisher pays too.
+//!
+//! Usage: `record_cost N BATCH [DIR]` — N records in batches of BATCH,
+//! with keys, state and spool under DIR (default: a new folder in the
+//! temporary directory, removed at the end). Run it with N = 0 too: the
+//! difference is the cost of N records, set-up excluded.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::BytesMut;
+use sensorgate::batch::Batcher;
+use sensorgate::config::{self, Column};
+use sensorgate::demo::pty::{sim_columns, sim_line};
+use sensorgate::record::Record;
+use sensorgate::seal::{self, Sealer};
+use sensorgate::serial::format::{Decoded, FormatDecoder};
+use sensorgate::serial::framing::{Frame, Framer};
+use sensorgate::spool::sequences::StateDir;
+use sensorgate::spool::{Fsync, Spool, SpoolSettings};
+use tokio_util::codec::Decoder;
+
+fn sensor() -> config::Sensor {
+    config::Sensor {
+        name: "bike".into(),
+        device: "/dev/null".into(),
+        baud: 921_600,
+        data_bits: 8,
+        parity: config::Parity::None,
+        stop_bits: 1,
+        flow_control: config::FlowControl::None,
+        required: false,
+        framing: config::Framing::Lines,
+        format: config::Format::Csv,
+        columns: sim_columns().iter().map(|c| Column::auto(c)).collect(),
+        delimiter: ',',
+        max_frame: 1024,
+        nested: config::Nested::Flatten,
+        crc: config::Crc::None,
+        endian: config::Endian::Little,
+        layout: Vec::new(),
+        time_field: None,
+        time_format: config::TimeFormat::Rfc3339,
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(n), Some(batch)) = (
+        args.get(1).and_then(|a| a.parse::<u64>().ok()),
+        args.get(2).and_then(|a| a.parse::<usize>().ok()),
+    ) else {
+        anyhow::bail!("usage: record_cost N BATCH [DIR]");
+    };
+    anyhow::ensure!(batch > 0, "BATCH must be at least 1");
+    let (dir, remove) = match args.get(3) {
+        Some(d) => (PathBuf::from(d), false),
+        None => (
+            std::env::temp_dir().join(format!("record-cost-{}", std::process::id())),
+            true,
+        ),
+    };
+    std::fs::create_dir_all(&dir)?;
+
+    let keys = dir.join("keys");
+    let gateway = seal::keygen(&keys, "gateway")?;
+    let recipient = seal::keygen(&keys, "recipient")?;
+    let state = StateDir::open(&dir.join("state"))?;
+    let mut sealer = Sealer::new(
+        "pi-cost",
+        state.epoch(),
+        seal::load_signing_key(&gateway.key_path)?,
+        seal::load_public_key(&recipient.pub_path)?,
+        &["heart_rate".into(), "incline".into(), "resistance".into()],
+    );
+    let (spool, _) = Spool::open(
+        SpoolSettings {
+            dir: dir.join("state").join("spool"),
+            memory: 8 << 20,
+            disk: 256 << 20,
+            when_full: config::WhenFull::Block,
+            fsync: Fsync::Interval,
+            min_free: 0.0,
+            stop_reserve: sensorgate::pipeline::messages_in_flight_bound(1),
+        },
+        Arc::default(),
+    )?;
+
+    let sensor = sensor();
+    let name: Arc<str> = Arc::from(sensor.name.as_str());
+    let mut framer = Framer::new(&sensor);
+    let format = FormatDecoder::new(&sensor);
+    let mut seq = state.allocator(&sensor.name);
+    let mut batcher = Batcher::new(batch, Duration::from_secs(3600));
+    let mut input = BytesMut::new();
+    for i in 0..n {
+        input.extend_from_slice(sim_line(i).as_bytes());
+        input.extend_from_slice(b"\n");
+    }
+
+    let (mut records, mut messages, mut bytes) = (0u64, 0u64, 0u64);
+    let mut store = |sealer: &mut Sealer, batch: Vec<Record>| -> anyhow::Result<()> {
+        let msg = sealer.seal(&batch)?;
+        messages += 1;
+        bytes += msg.bytes.len() as u64;
+        anyhow::ensure!(spool.push(msg), "the spool refused a message");
+        Ok(())
+    };
+    while let Some(frame) = framer.decode(&mut input)? {
+        let Frame::Data(frame) = frame else {
+            anyhow::bail!("a bad frame in the simulated lines");
+        };
+        let Decoded::Fields(fields) = format
+            .decode(&frame)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?
+        else {
+            continue;
+        };
+        let (number, _) = seq.allocate();
+        let record = Record {
+            sensor: name.clone(),
+            seq: number,
+            ts: SystemTime::now(),
+            fields,
+        };
+        records += 1;
+        if let Some(full) = batcher.push(record, tokio::time::Instant::now) {
+            store(&mut sealer, full)?;
+        }
+    }
+    if let Some(rest) = batcher.take() {
+        store(&mut sealer, rest)?;
+    }
+    seq.close()?;
+    spool.close();
+    spool.sync();
+    println!("records {records} batch {batch} messages {messages} bytes {bytes}");
+    if remove {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    Ok(())
+}
