@@ -425,6 +425,14 @@ fn in_root_ok(root: &Path, args: &[&str]) -> support::Outcome {
     out
 }
 
+/// `sensorgate ARGS` inside the root, as the service user (what systemd
+/// would run it as).
+fn as_service_user(root: &Path, args: &[&str]) -> support::Outcome {
+    let mut all = vec!["runuser", "-u", "sensorgate", "--", "sensorgate"];
+    all.extend_from_slice(args);
+    in_root(root, &all)
+}
+
 /// `name`'s line in the root's `/etc/passwd` or `/etc/group`, split.
 fn db_entry(root: &Path, db: &str, name: &str) -> Option<Vec<String>> {
     fs::read_to_string(root.join("etc").join(db))
@@ -507,14 +515,9 @@ fn the_arm64_package_installs_in_an_arm64_root_passes_check_config_and_purges_ev
     assert!(dialout[3].split(',').any(|m| m == user), "{dialout:?}");
 
     // What an operator does next (README), there.
-    let keygen = in_root_ok(
+    let keygen = as_service_user(
         &root,
         &[
-            "runuser",
-            "-u",
-            user,
-            "--",
-            "sensorgate",
             "keygen",
             "--out",
             "/etc/sensorgate/keys",
@@ -522,6 +525,7 @@ fn the_arm64_package_installs_in_an_arm64_root_passes_check_config_and_purges_ev
             "gateway",
         ],
     );
+    assert_eq!(keygen.code, 0, "keygen as {user}\n{}", keygen.shown());
     assert!(!keygen.stdout.trim().is_empty(), "keygen prints the kid");
     in_root_ok(
         &root,
@@ -562,14 +566,9 @@ fn the_arm64_package_installs_in_an_arm64_root_passes_check_config_and_purges_ev
             &["install", "-o", user, "-g", user, "-m", mode, &inside, &to],
         );
     }
-    let check = in_root(
+    let check = as_service_user(
         &root,
         &[
-            "runuser",
-            "-u",
-            user,
-            "--",
-            "sensorgate",
             "check-config",
             "--config",
             "/etc/sensorgate/sensorgate.toml",

@@ -478,7 +478,9 @@ impl DiskLog {
         let needed = len + if rotate { SEGMENT_HEADER_LEN } else { 0 };
         // What is kept for a stop never takes more than a quarter of the
         // spool's room, so it cannot stop the spool from taking anything.
-        let keep = room.keep.min(self.capacity() / 4);
+        // One statvfs per message, for both checks.
+        let fs = self.fs_space();
+        let keep = room.keep.min(self.capacity_with(fs) / 4);
         if self.bytes + needed + keep > self.settings.budget {
             return Err(AppendError::Budget {
                 used: self.bytes,
@@ -486,7 +488,7 @@ impl DiskLog {
                 kept: keep,
             });
         }
-        if let Some(fs) = self.fs_space() {
+        if let Some(fs) = fs {
             // With no floor and nothing to keep, the write itself finds
             // out (ENOSPC).
             let floor = (fs.total as f64 * room.min_free) as u64;
@@ -553,8 +555,13 @@ impl DiskLog {
     /// what it holds plus what the filesystem can still give it above the
     /// `min_free` floor.
     fn capacity(&self) -> u64 {
+        self.capacity_with(self.fs_space())
+    }
+
+    /// [`Self::capacity`] with the filesystem's space already asked.
+    fn capacity_with(&self, fs: Option<FsSpace>) -> u64 {
         let budget = self.settings.budget;
-        self.fs_space().map_or(budget, |fs| {
+        fs.map_or(budget, |fs| {
             let floor = (fs.total as f64 * self.settings.min_free) as u64;
             self.bytes
                 .saturating_add(fs.avail.saturating_sub(floor))
