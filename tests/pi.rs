@@ -79,10 +79,6 @@ fn pi_packages() -> Option<Vec<Package>> {
     Some(pi)
 }
 
-fn command(program: &str) -> Command {
-    Command::new(program)
-}
-
 /// Runs `cmd`, panics with its output unless it succeeds; returns stdout.
 fn output(mut cmd: Command) -> String {
     let shown = format!("{cmd:?}");
@@ -98,14 +94,14 @@ fn output(mut cmd: Command) -> String {
 
 /// A control field of a `.deb`.
 fn field(deb: &Path, name: &str) -> String {
-    let mut cmd = command("dpkg-deb");
+    let mut cmd = Command::new("dpkg-deb");
     cmd.arg("-f").arg(deb).arg(name);
     output(cmd).trim().to_string()
 }
 
 /// Unpacks `deb` into `dir`; returns the path of its binary.
 fn unpack(deb: &Path, dir: &Path) -> PathBuf {
-    let mut cmd = command("dpkg-deb");
+    let mut cmd = Command::new("dpkg-deb");
     cmd.arg("-x").arg(deb).arg(dir);
     output(cmd);
     dir.join("usr/bin/sensorgate")
@@ -156,7 +152,7 @@ fn qemu(name: &str) -> PathBuf {
 
 /// The highest `GLIBC_x.y` symbol version `binary` needs.
 fn glibc_needed(binary: &Path) -> (u32, u32) {
-    let mut cmd = command("objdump");
+    let mut cmd = Command::new("objdump");
     cmd.arg("-T").arg(binary);
     let table = output(cmd);
     table
@@ -191,7 +187,7 @@ fn each_package_is_built_for_its_architecture_and_depends_on_the_glibc_it_needs(
             "{what}: the file name does not end in the architecture"
         );
 
-        let mut cmd = command("dpkg-deb");
+        let mut cmd = Command::new("dpkg-deb");
         cmd.arg("-c").arg(&pkg.path);
         let contents = output(cmd);
         for path in [
@@ -209,7 +205,7 @@ fn each_package_is_built_for_its_architecture_and_depends_on_the_glibc_it_needs(
 
         let dir = TempDir::new();
         let binary = unpack(&pkg.path, dir.path());
-        let mut cmd = command("readelf");
+        let mut cmd = Command::new("readelf");
         cmd.args(["-h", "-S", "--wide"]).arg(&binary);
         let elf = output(cmd);
         let header = |name: &str| {

@@ -190,9 +190,6 @@ pub struct Recovery {
     pub corrupt_entries: u64,
     pub torn_tail_bytes: u64,
     pub moved_aside: Vec<PathBuf>,
-    /// Segments whose header was damaged: their entries were read all the
-    /// same and the header rewritten.
-    pub salvaged: Vec<PathBuf>,
     /// The lowest id not acknowledged before the stop: sending resumes here.
     pub resend_from: u64,
     /// Per sensor, the highest sequence number ever spooled (on disk now,
@@ -423,30 +420,13 @@ impl DiskLog {
         Ok((log, recovery))
     }
 
-    /// Appends a message and returns its id. When the spool is full (the
-    /// budget, the filesystem's floor, or a failed write), acknowledged
-    /// data is freed first, the segment being written included, and the
-    /// append tried once more.
+    /// Appends a message and returns its id, leaving `room`: the spool
+    /// keeps some for what a stop has to store, and a stop may use it and
+    /// the filesystem's `min_free` floor too; the budget holds whatever
+    /// `room` says. When the spool is full (the budget, the floor, or a
+    /// failed write), acknowledged data is freed first, the segment being
+    /// written included, and the append tried once more.
     pub fn append(
-        &mut self,
-        sensor: &Arc<str>,
-        first_seq: u64,
-        last_seq: u64,
-        records: u32,
-        message: &[u8],
-    ) -> Result<u64, AppendError> {
-        let room = Room {
-            min_free: self.settings.min_free,
-            keep: 0,
-        };
-        self.append_with(sensor, first_seq, last_seq, records, message, room)
-    }
-
-    /// Like [`append`](Self::append), with the room it must leave: the
-    /// spool keeps some for what a stop has to store, and a stop may use
-    /// it, and the filesystem's `min_free` floor too. The budget holds
-    /// whatever `room` says.
-    pub fn append_with(
         &mut self,
         sensor: &Arc<str>,
         first_seq: u64,
@@ -932,7 +912,6 @@ fn scan_or_salvage(dir: &Path, path: &Path, recovery: &mut Recovery) -> Scanned 
                     error!(segment = %path.display(), error = %err, entries = metas.len(),
                         error_kind = "corrupt",
                         "spool segment header damaged; the entries behind it were read and the header rewritten");
-                    recovery.salvaged.push(path.to_path_buf());
                     return Scanned::Read(metas, report);
                 }
                 Err(e) => {
@@ -1038,9 +1017,15 @@ mod tests {
         }
     }
 
+    /// No floor, nothing kept (the settings' min_free is 0 too).
+    const ROOM: Room = Room {
+        min_free: 0.0,
+        keep: 0,
+    };
+
     fn append(log: &mut DiskLog, seq: u64) -> Result<u64, AppendError> {
         let sensor: Arc<str> = Arc::from("bike");
-        log.append(&sensor, seq, seq, 1, &vec![b'x'; 10_000])
+        log.append(&sensor, seq, seq, 1, &vec![b'x'; 10_000], ROOM)
     }
 
     fn ids_from(log: &mut DiskLog, start: u64) -> Vec<u64> {
@@ -1177,7 +1162,7 @@ mod tests {
         for i in 0..20u64 {
             let sensor = if i % 2 == 0 { &a } else { &b };
             let seq = i / 2 * 10;
-            log.append(sensor, seq, seq + 9, 10, &vec![b'x'; 10_000])
+            log.append(sensor, seq, seq + 9, 10, &vec![b'x'; 10_000], ROOM)
                 .unwrap();
         }
         log.sync(false);

@@ -308,7 +308,7 @@ impl Spool {
                     keep: self.settings.stop_reserve.saturating_mul(s.largest),
                 }
             };
-            match s.log.append_with(
+            match s.log.append(
                 &msg.sensor,
                 msg.first_seq,
                 msg.last_seq,
