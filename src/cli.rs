@@ -199,7 +199,8 @@ pub fn keygen(out: &Path, name: &str, recipient: bool) -> u8 {
 /// Where `open` reads sealed messages from.
 #[derive(Debug, Clone)]
 pub enum OpenSource {
-    /// One message per line on stdin, until EOF.
+    /// Messages on stdin until EOF: binary COSE (version 2) back to back or
+    /// between newlines, hexadecimal lines, or version 1 JSON lines.
     Stdin,
     /// `--mqtt --config FILE`: subscribe until SIGINT/SIGTERM, or until
     /// `count` messages were handled.

@@ -48,8 +48,9 @@ enum Command {
         #[arg(long)]
         recipient: bool,
     },
-    /// Verify and decrypt sealed messages read from stdin, one per line;
-    /// print one JSON record per line.
+    /// Verify and decrypt sealed messages read from stdin (binary COSE
+    /// messages back to back or one per line, hex lines, or version 1 JSON
+    /// lines); print one JSON record per line.
     Open {
         /// The recipient's private key (PKCS#8 PEM, mode 0600).
         #[arg(long)]

@@ -133,6 +133,11 @@ pub async fn run(
     .with_options(seal::SealerOptions {
         rotate_after_messages: cfg.seal.rotate_after_messages,
         rotate_after: cfg.seal.rotate_after,
+        format: if cfg.seal.format == 1 {
+            seal::WireFormat::V1
+        } else {
+            seal::WireFormat::V2
+        },
     });
     let tls = if cfg.mqtt.tls {
         let config = uplink::tls::load_client_config(&cfg.mqtt)?;
@@ -158,12 +163,32 @@ pub async fn run(
             "messages from before the stop wait in the spool; they are sent first"
         );
     }
+    // Every range known to be lost (or possibly lost) is logged here and
+    // said in band too: a signed gap notice per range, sent ahead of the
+    // new records (docs/FORMAT.md, "Gap notices").
+    let mut notices: Vec<seal::GapNotice> = recovery
+        .seq_losses
+        .iter()
+        .map(|loss| seal::GapNotice {
+            sensor: Arc::clone(&loss.sensor),
+            first: loss.first_seq,
+            last: loss.last_seq,
+            lost: loss.records,
+            exact: loss.exact,
+            cause: seal::GapCause::SpoolDamage,
+        })
+        .collect();
     if let Some(reserved) = state.unclean_previous_run() {
-        report_unclean_stop(reserved, &recovery.last_seq);
+        notices.extend(report_unclean_stop(reserved, &recovery.last_seq));
     } else if let (Some(next), Some(intact)) =
         (state.clean_previous_run(), &recovery.intact_after_loss)
     {
-        report_damage_beyond_spool(next, &recovery.last_seq, intact, &stats);
+        notices.extend(report_damage_beyond_spool(
+            next,
+            &recovery.last_seq,
+            intact,
+            &stats,
+        ));
     }
     let stop_reading = CancellationToken::new();
     let abort = CancellationToken::new();
@@ -176,6 +201,7 @@ pub async fn run(
     let counters: Vec<_> = sensors.iter().map(|s| s.counters().clone()).collect();
     let mut sealing = spawn_seal_stage(
         sealer,
+        notices,
         batch_rx,
         publish_limit(&cfg),
         spool.clone(),
@@ -408,15 +434,25 @@ fn stop_reserve(sensors: usize) -> u64 {
 fn report_unclean_stop(
     reserved: &std::collections::BTreeMap<String, u64>,
     spooled: &std::collections::BTreeMap<String, u64>,
-) {
+) -> Vec<seal::GapNotice> {
+    let mut notices = Vec::new();
     for (sensor, &next) in reserved {
         let first_maybe_lost = spooled.get(sensor).map_or(0, |s| s + 1);
         if next > first_maybe_lost {
             warn!(sensor = %sensor, seq_first = first_maybe_lost, seq_last = next - 1,
                 at_most = next - first_maybe_lost,
                 "the last run did not stop cleanly: records in this range may have been read and lost before reaching the spool (some numbers may never have been used)");
+            notices.push(seal::GapNotice {
+                sensor: Arc::from(sensor.as_str()),
+                first: first_maybe_lost,
+                last: next - 1,
+                lost: next - first_maybe_lost,
+                exact: false,
+                cause: seal::GapCause::UncleanStop,
+            });
         }
     }
+    notices
 }
 
 /// After spool damage that left no intact message of a sensor after it
@@ -429,7 +465,8 @@ fn report_damage_beyond_spool(
     spooled: &std::collections::BTreeMap<String, u64>,
     intact_after: &std::collections::BTreeSet<String>,
     stats: &Stats,
-) {
+) -> Vec<seal::GapNotice> {
+    let mut notices = Vec::new();
     for (sensor, &next) in next {
         if intact_after.contains(sensor) {
             continue;
@@ -440,8 +477,17 @@ fn report_damage_beyond_spool(
             error!(sensor = %sensor, seq_first = first, seq_last = next - 1, records = next - first,
                 exact = false, error_kind = "corrupt",
                 "records lost to spool damage; they will not be sent");
+            notices.push(seal::GapNotice {
+                sensor: Arc::from(sensor.as_str()),
+                first,
+                last: next - 1,
+                lost: next - first,
+                exact: false,
+                cause: seal::GapCause::SpoolDamage,
+            });
         }
     }
+    notices
 }
 
 /// Forces the spool to disk every `interval` (the `interval` policy) and
@@ -598,6 +644,7 @@ const SEAL_LOG_PERIOD: Duration = Duration::from_secs(60);
 /// thread panicked.
 fn spawn_seal_stage(
     sealer: Sealer,
+    notices: Vec<seal::GapNotice>,
     batches: mpsc::Receiver<Vec<Record>>,
     limit: usize,
     spool: Arc<Spool>,
@@ -608,22 +655,36 @@ fn spawn_seal_stage(
     std::thread::Builder::new()
         .name("seal".into())
         .spawn(move || {
-            seal_stage(sealer, batches, limit, &spool, &stats, &stage);
+            seal_stage(sealer, &notices, batches, limit, &spool, &stats, &stage);
             let _ = done.send(());
         })?;
     Ok(finished)
 }
 
-/// Seals every batch and stores the sealed messages, until every reader
+/// Seals and stores the gap notices, then every batch, until every reader
 /// has closed its end of `batches`.
 fn seal_stage(
     mut sealer: Sealer,
+    notices: &[seal::GapNotice],
     mut batches: mpsc::Receiver<Vec<Record>>,
     limit: usize,
     spool: &Spool,
     stats: &Stats,
     stage: &Stage,
 ) {
+    for notice in notices {
+        match sealer.seal_notice(notice) {
+            Some(msg) => {
+                info!(sensor = %notice.sensor, seq_first = notice.first, seq_last = notice.last,
+                    cause = notice.cause.as_str(), "gap notice sealed: the cloud side will see this range declared");
+                spool.push(msg);
+            }
+            None => {
+                info!(sensor = %notice.sensor, seq_first = notice.first, seq_last = notice.last,
+                    "no gap notice for this range: [seal] format = 1 has none (format 2 does)");
+            }
+        }
+    }
     let mut sealed = Vec::new();
     let mut logs = RateLimits::new(SEAL_LOG_PERIOD);
     while let Some(batch) = batches.blocking_recv() {

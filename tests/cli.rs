@@ -688,35 +688,15 @@ fn readings(seqs: std::ops::RangeInclusive<u64>) -> Vec<Record> {
     seqs.map(reading).collect()
 }
 
-/// Seals `records` as one message and checks that the encrypted fields
-/// really are not readable in it.
+/// Seals `records` as one message (format version 2, binary CBOR) and
+/// checks that the encrypted fields really are not readable in it.
 fn seal_batch(sealer: &mut Sealer, records: &[Record]) -> Vec<u8> {
     let sealed = sealer.seal(records).expect("seal a batch");
-    let text = String::from_utf8(sealed.bytes.clone()).expect("a sealed message is UTF-8");
-    let payload = payload_text(&text);
-    assert!(
-        !payload.contains("confidential-"),
-        "note travelled in clear"
-    );
+    assert_eq!(sealed.bytes[0], 0xd2, "a COSE_Sign1");
+    let text = String::from_utf8_lossy(&sealed.bytes);
+    assert!(!text.contains("confidential-"), "note travelled in clear");
+    assert!(text.contains("cadence"), "the clear columns are named");
     sealed.bytes
-}
-
-/// The value of the JWS member `payload` of a sealed message.
-fn payload_b64(message: &str) -> (usize, usize) {
-    let key = "\"payload\":\"";
-    let start = message.find(key).expect("a payload member") + key.len();
-    let len = message[start..].find('"').expect("the payload's end");
-    (start, start + len)
-}
-
-/// The JWS payload, decoded (JSON text).
-fn payload_text(message: &str) -> String {
-    use base64::Engine as _;
-    let (start, end) = payload_b64(message);
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(&message[start..end])
-        .expect("the payload is base64url");
-    String::from_utf8(bytes).expect("the payload is JSON text")
 }
 
 /// One line of `open`'s output.
@@ -801,13 +781,15 @@ fn open_rejects_a_message_changed_by_one_byte() {
     let batches = [readings(0..=2), readings(3..=4), readings(5..=7)];
     let mut messages: Vec<Vec<u8>> = batches.iter().map(|b| seal_batch(&mut sealer, b)).collect();
 
-    // One base64url character in the middle of the second payload becomes
-    // another valid one: still well-formed, no longer what was signed.
-    let text = String::from_utf8(messages[1].clone()).unwrap();
-    let (start, end) = payload_b64(&text);
-    let at = start + (end - start) / 2;
-    messages[1][at] = if messages[1][at] == b'A' { b'B' } else { b'A' };
-    assert_ne!(messages[1], text.as_bytes());
+    // One letter of a column name in the second payload becomes another:
+    // still well-formed CBOR, no longer what was signed.
+    let original = messages[1].clone();
+    let at = original
+        .windows(7)
+        .position(|w| w == b"cadence")
+        .expect("a clear column name");
+    messages[1][at] = b'k';
+    assert_ne!(messages[1], original);
 
     let out = consumer.open(&messages);
     // 65 is EX_DATAERR.
@@ -819,8 +801,12 @@ fn open_rejects_a_message_changed_by_one_byte() {
         assert_same(g, w);
     }
     assert!(
-        out.stderr
-            .contains("rejected message at line 2: signature does not verify"),
+        out.stderr.contains("rejected message #2 at byte "),
+        "{}",
+        out.shown()
+    );
+    assert!(
+        out.stderr.contains("signature does not verify"),
         "{}",
         out.shown()
     );
@@ -859,7 +845,7 @@ fn open_rejects_a_message_signed_by_an_untrusted_key() {
     let reason = out
         .stderr
         .lines()
-        .find(|l| l.starts_with("rejected message at line 2:"))
+        .find(|l| l.starts_with("rejected message #2 at byte "))
         .unwrap_or_else(|| panic!("no rejection line\n{}", out.shown()));
     assert!(
         reason.contains(&stranger.kid) && reason.contains("not a trusted gateway key"),
@@ -917,7 +903,7 @@ fn open_trusts_every_pub_in_a_directory_so_a_rotated_gateway_key_is_accepted() {
     let reason = out
         .stderr
         .lines()
-        .find(|l| l.starts_with("rejected message at line 3:"))
+        .find(|l| l.starts_with("rejected message #3 at byte "))
         .unwrap_or_else(|| panic!("no rejection line\n{}", out.shown()));
     assert!(
         reason.contains(&stranger.kid) && reason.contains("not a trusted gateway key"),
@@ -1002,7 +988,7 @@ fn open_with_state_rejects_a_range_replayed_with_other_content_across_runs() {
     assert!(second.stdout.is_empty(), "{}", second.shown());
     assert!(
         second.stderr.contains(&format!(
-            "rejected message at line 1: conflict: seq 0..2 of {GATEWAY}/{SENSOR}/{EPOCH} seen before with different content"
+            "rejected message #1 at byte 0: conflict: seq 0..2 of {GATEWAY}/{SENSOR}/{EPOCH} seen before with different content"
         )),
         "{}",
         second.shown()
@@ -1184,9 +1170,10 @@ fn open_strict_order_rejects_an_old_range_after_a_newer_one() {
         strict.shown()
     );
     assert!(
-        strict.stderr.contains(&format!(
-            "rejected message at line 2: replay: seq 0..2 is older than seq 7 already seen on {GATEWAY}/{SENSOR}/{EPOCH}"
-        )),
+        strict.stderr.contains("rejected message #2 at byte ")
+            && strict.stderr.contains(&format!(
+                ": replay: seq 0..2 is older than seq 7 already seen on {GATEWAY}/{SENSOR}/{EPOCH}"
+            )),
         "{}",
         strict.shown()
     );

@@ -1,6 +1,6 @@
-//! Interop: sealed messages are standard JOSE, and docs/FORMAT.md alone is
+//! Interop: sealed messages are standard JOSE, and docs/FORMAT-v1.md alone is
 //! enough to speak them. `tests/interop/jose_interop.py`, written from
-//! FORMAT.md on a stock JOSE library (jwcrypto, pinned in
+//! FORMAT-v1.md on a stock JOSE library (jwcrypto, pinned in
 //! `tests/interop/requirements.txt`), opens what the library's `Sealer`
 //! seals, and seals what the `sensorgate open` binary accepts; each side
 //! rejects a message with one byte changed by the other.
@@ -129,6 +129,12 @@ impl Keys {
             seal::load_public_key(&self.recipient_pub).expect("load the recipient key"),
             &ENCRYPT.map(String::from),
         )
+        // This file is about format version 1 (JOSE); interop_v2.rs is
+        // about version 2.
+        .with_options(seal::SealerOptions {
+            format: seal::WireFormat::V1,
+            ..seal::SealerOptions::default()
+        })
     }
 
     /// The Python side opening `messages`.

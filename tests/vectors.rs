@@ -1,7 +1,8 @@
-//! The sealing test vectors of `docs/FORMAT.md` ("Test vectors"), checked in
-//! both directions: sealing each vector's records with its keys and fixed
-//! randomness reproduces its messages byte for byte, and opening the
-//! messages yields exactly its records.
+//! The sealing test vectors of `docs/FORMAT.md` (version 2, `v2-*.json`)
+//! and `docs/FORMAT-v1.md` (version 1), checked in both directions:
+//! sealing each vector's records with its keys and fixed randomness
+//! reproduces its messages byte for byte, and opening the messages yields
+//! exactly its records.
 //!
 //! The vectors are a contract: they change only with the format version.
 //! After such a change, `SENSORGATE_WRITE_VECTORS=1 cargo test --test
@@ -18,6 +19,7 @@ use serde_json::Value as Json;
 use sensorgate::record::{Field, Record, Value, parse_ts};
 use sensorgate::seal::{
     FixedRandomness, GatewayKey, Opener, RecipientKey, SealedMessage, Sealer, SealerOptions,
+    WireFormat,
 };
 
 /// One `tests/vectors/*.json` file. Binary inputs are lowercase hex.
@@ -25,6 +27,9 @@ use sensorgate::seal::{
 #[serde(deny_unknown_fields)]
 struct Vector {
     description: String,
+    /// The format version; 1 when absent (the files from before version 2).
+    #[serde(default = "version_1", skip_serializing_if = "is_version_1")]
+    format: u8,
     gateway: String,
     epoch: String,
     encrypt: Vec<String>,
@@ -45,14 +50,24 @@ struct Vector {
     messages: Vec<Message>,
 }
 
+fn version_1() -> u8 {
+    1
+}
+
+fn is_version_1(v: &u8) -> bool {
+    *v == 1
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Message {
     records: Vec<InputRecord>,
-    /// The JWE `iv` of this message (hex), absent without a JWE.
+    /// The `iv` of this message's JWE (version 1) or COSE_Encrypt (version
+    /// 2), hex; absent when nothing is encrypted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iv: Option<String>,
-    /// The sealed message, exactly.
+    /// The sealed message, exactly: JSON text (version 1) or the CBOR bytes
+    /// in lowercase hex (version 2).
     message: String,
     /// What `sensorgate open` prints for it, one line per record.
     opened: Vec<String>,
@@ -165,6 +180,11 @@ fn seal_all(v: &Vector) -> Vec<SealedMessage> {
         .with_options(SealerOptions {
             rotate_after_messages: v.rotate_after_messages,
             rotate_after: Duration::from_secs(3600),
+            format: if v.format == 2 {
+                WireFormat::V2
+            } else {
+                WireFormat::V1
+            },
         });
     let fixed = fixed(v);
     v.messages
@@ -181,11 +201,70 @@ fn seal_all(v: &Vector) -> Vec<SealedMessage> {
         .collect()
 }
 
-/// The payload's `jwe` member of a sealed message, if any.
+/// The payload's `jwe` member of a version 1 message, if any.
 fn jwe_of(message: &str) -> Option<Json> {
-    let outer: Json = serde_json::from_str(message).unwrap();
+    let outer: Json = serde_json::from_str(message).ok()?;
     let payload: Json = serde_json::from_slice(&b64u(outer["payload"].as_str().unwrap())).unwrap();
     payload.get("jwe").cloned()
+}
+
+/// The message as the bytes on the wire.
+fn wire(v: &Vector, m: &Message) -> Vec<u8> {
+    if v.format == 2 {
+        hex(&m.message)
+    } else {
+        m.message.as_bytes().to_vec()
+    }
+}
+
+/// The message as the vector file writes it.
+fn written(v: &Vector, bytes: &[u8]) -> String {
+    if v.format == 2 {
+        to_hex(bytes)
+    } else {
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+}
+
+/// A version 2 message's COSE_Encrypt, decoded: `(iv, recipient)` with the
+/// recipient structure (ephemeral key, kid, wrapped key) as CBOR values.
+fn cose_encrypt_of(bytes: &[u8]) -> Option<(Vec<u8>, ciborium::Value)> {
+    use ciborium::Value as V;
+    let message: V = ciborium::from_reader(bytes).unwrap();
+    let V::Tag(18, sign1) = message else {
+        panic!("not a COSE_Sign1")
+    };
+    let payload = sign1.as_array().unwrap()[2].as_bytes().unwrap().clone();
+    let payload: V = ciborium::from_reader(payload.as_slice()).unwrap();
+    let enc = payload
+        .as_map()
+        .unwrap()
+        .iter()
+        .find(|(k, _)| k.as_text() == Some("enc"))?
+        .1
+        .as_bytes()
+        .unwrap()
+        .clone();
+    let V::Tag(96, encrypt) = ciborium::from_reader(enc.as_slice()).unwrap() else {
+        panic!("not a COSE_Encrypt")
+    };
+    let encrypt = encrypt.as_array().unwrap();
+    let iv = encrypt[1].as_map().unwrap()[0]
+        .1
+        .as_bytes()
+        .unwrap()
+        .clone();
+    Some((iv, encrypt[3].clone()))
+}
+
+/// The message's IV (hex), whatever its version.
+fn iv_of(v: &Vector, bytes: &[u8]) -> Option<String> {
+    if v.format == 2 {
+        cose_encrypt_of(bytes).map(|(iv, _)| to_hex(&iv))
+    } else {
+        jwe_of(std::str::from_utf8(bytes).unwrap())
+            .map(|j| to_hex(&b64u(j["iv"].as_str().unwrap())))
+    }
 }
 
 fn open_all(v: &Vector) -> Vec<Vec<String>> {
@@ -195,7 +274,7 @@ fn open_all(v: &Vector) -> Vec<Vec<String>> {
     v.messages
         .iter()
         .map(|m| {
-            let opened = opener.open(m.message.as_bytes()).unwrap();
+            let opened = opener.open(&wire(v, m)).unwrap();
             opened
                 .records
                 .iter()
@@ -221,9 +300,10 @@ fn sealing_the_vectors_reproduces_their_messages_byte_for_byte() {
                 .unwrap()
                 .kid()
                 .to_string();
-            for (m, s) in v.messages.iter_mut().zip(&sealed) {
-                m.message = String::from_utf8(s.bytes.clone()).unwrap();
-                m.iv = jwe_of(&m.message).map(|j| to_hex(&b64u(j["iv"].as_str().unwrap())));
+            for (i, s) in sealed.iter().enumerate() {
+                let (message, iv) = (written(&v, &s.bytes), iv_of(&v, &s.bytes));
+                v.messages[i].message = message;
+                v.messages[i].iv = iv;
             }
             let opened = open_all(&v);
             for (m, lines) in v.messages.iter_mut().zip(opened) {
@@ -247,13 +327,27 @@ fn sealing_the_vectors_reproduces_their_messages_byte_for_byte() {
             "{name}"
         );
         for (i, (m, s)) in v.messages.iter().zip(&sealed).enumerate() {
-            assert_eq!(
-                String::from_utf8(s.bytes.clone()).unwrap(),
-                m.message,
-                "{name}: message {i}"
-            );
-            let iv = jwe_of(&m.message).map(|j| to_hex(&b64u(j["iv"].as_str().unwrap())));
-            assert_eq!(iv, m.iv, "{name}: message {i} iv");
+            assert_eq!(written(&v, &s.bytes), m.message, "{name}: message {i}");
+            assert_eq!(iv_of(&v, &s.bytes), m.iv, "{name}: message {i} iv");
+        }
+        if let Some(first) = v.messages.iter().find_map(|m| m.iv.as_deref()) {
+            assert_eq!(first, v.iv, "{name}");
+        }
+        if v.format == 2 {
+            // Under one data key: the same recipient (ephemeral key,
+            // wrapped key), the IV counter up by one.
+            let encrypts: Vec<(Vec<u8>, ciborium::Value)> = v
+                .messages
+                .iter()
+                .filter_map(|m| cose_encrypt_of(&wire(&v, m)))
+                .collect();
+            for pair in encrypts.windows(2) {
+                assert_eq!(pair[0].1, pair[1].1, "{name}: one data key");
+                assert_eq!(pair[0].0[..4], pair[1].0[..4], "{name}: IV prefix");
+                let counter = |iv: &[u8]| u64::from_be_bytes(iv[4..].try_into().unwrap());
+                assert_eq!(counter(&pair[0].0) + 1, counter(&pair[1].0), "{name}");
+            }
+            continue;
         }
         // The first JWE uses the vector's IV; messages under one data key
         // share epk and encrypted_key and count the IV up by one.
@@ -262,9 +356,6 @@ fn sealing_the_vectors_reproduces_their_messages_byte_for_byte() {
             .iter()
             .filter_map(|m| jwe_of(&m.message))
             .collect();
-        if let Some(first) = v.messages.iter().find_map(|m| m.iv.as_deref()) {
-            assert_eq!(first, v.iv, "{name}");
-        }
         if (v.messages.len() as u64) <= v.rotate_after_messages {
             for pair in jwes.windows(2) {
                 assert_eq!(pair[0]["encrypted_key"], pair[1]["encrypted_key"], "{name}");
@@ -312,25 +403,23 @@ fn opening_the_vectors_yields_their_records() {
 #[test]
 fn the_vectors_cover_the_documented_cases() {
     let vectors: Vec<Vector> = vector_files().iter().map(|p| load(p)).collect();
-    let jwes = |v: &Vector| {
-        v.messages
-            .iter()
-            .filter(|m| jwe_of(&m.message).is_some())
-            .count()
-    };
-    assert!(
-        vectors.iter().any(|v| jwes(v) == 0),
-        "a vector without a JWE"
-    );
-    assert!(
-        vectors.iter().any(|v| v.messages.len() == 1
-            && v.messages[0].records.len() == 2
-            && v.encrypt.len() == 3
-            && jwes(v) == 1),
-        "a batch of 2 records with 3 encrypted fields"
-    );
-    assert!(
-        vectors.iter().any(|v| jwes(v) >= 2),
-        "two messages under one data key"
-    );
+    let encrypted = |v: &Vector| v.messages.iter().filter(|m| m.iv.is_some()).count();
+    for format in [1, 2] {
+        let of = || vectors.iter().filter(|v| v.format == format);
+        assert!(
+            of().any(|v| encrypted(v) == 0),
+            "version {format}: a vector without encrypted fields"
+        );
+        assert!(
+            of().any(|v| v.messages.len() == 1
+                && v.messages[0].records.len() == 2
+                && v.encrypt.len() == 3
+                && encrypted(v) == 1),
+            "version {format}: a batch of 2 records with 3 encrypted fields"
+        );
+        assert!(
+            of().any(|v| encrypted(v) >= 2),
+            "version {format}: two messages under one data key"
+        );
+    }
 }

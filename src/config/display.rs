@@ -90,6 +90,7 @@ impl fmt::Display for Config {
         w.strings("encrypt", &self.seal.encrypt)?;
         w.value("rotate_after_messages", self.seal.rotate_after_messages)?;
         w.string("rotate_after", &duration(self.seal.rotate_after))?;
+        w.value("format", self.seal.format)?;
         w.table("[log]")?;
         w.string("level", &self.log.level)?;
         w.string("format", self.log.format.as_str())?;

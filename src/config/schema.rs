@@ -307,6 +307,10 @@ pub struct Seal {
     /// How long one data key is reused at most, 1s ..= 30d.
     #[serde(default = "default_rotate_after", deserialize_with = "de_duration")]
     pub rotate_after: Duration,
+    /// The sealed message format version written: 2 (COSE, by column), or
+    /// 1 (JOSE, by record) for consumers not yet moved to version 2.
+    #[serde(default = "default_seal_format")]
+    pub format: u64,
 }
 
 /// Logging.
@@ -381,6 +385,9 @@ fn default_qos() -> u8 {
 }
 fn default_true() -> bool {
     true
+}
+fn default_seal_format() -> u64 {
+    2
 }
 fn default_rotate_after_messages() -> u64 {
     1000

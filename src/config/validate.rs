@@ -584,6 +584,15 @@ impl Found<'_> {
                 );
             }
         }
+        if !(1..=2).contains(&cfg.seal.format) {
+            self.fail(
+                "seal.format",
+                format!(
+                    "{} is out of range: it is not a sealed message format; use 2 (COSE, the default: docs/FORMAT.md) or 1 (JOSE, for consumers that read only version 1: docs/FORMAT-v1.md)",
+                    cfg.seal.format
+                ),
+            );
+        }
         if !(1..=1u64 << 32).contains(&cfg.seal.rotate_after_messages) {
             self.fail(
                 "seal.rotate_after_messages",
@@ -912,7 +921,11 @@ stats_interval = "500ms"
         let cfg = Dir::new(MINIMAL).load().unwrap();
         assert_eq!(cfg.seal.rotate_after_messages, 1000);
         assert_eq!(cfg.seal.rotate_after, Duration::from_secs(3600));
+        assert_eq!(cfg.seal.format, 2);
+        assert_eq!(Dir::new(&with("format = 1")).load().unwrap().seal.format, 1);
         for (extra, key) in [
+            ("format = 3", "seal.format"),
+            ("format = 0", "seal.format"),
             ("rotate_after_messages = 0", "seal.rotate_after_messages"),
             (
                 "rotate_after_messages = 4294967297",

@@ -1,5 +1,5 @@
 //! The JSON shapes inside a sealed message: the JWS protected header, the
-//! payload (the batch) and the JWE plaintext. `docs/FORMAT.md` is the
+//! payload (the batch) and the JWE plaintext. `docs/FORMAT-v1.md` is the
 //! contract; this file is its one implementation. Sealing serializes
 //! straight from borrowed [`Record`]s (no intermediate JSON tree); opening
 //! parses into owned-or-borrowed structs with strict member checks.

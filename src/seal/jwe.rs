@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::b64;
-use super::keys::{PublicKey, RecipientKey, coordinates};
+use super::keys::{PublicKey, RecipientKey, raw_coordinates};
 use super::opener::OpenError;
 use super::sealer::SealError;
 
@@ -35,10 +35,10 @@ pub const JWE_ALG: &str = "ECDH-ES+A256KW";
 /// Content encryption algorithm (RFC 7518 §5.3).
 pub const JWE_ENC: &str = "A256GCM";
 
-const CEK_LEN: usize = 32;
-const WRAPPED_CEK_LEN: usize = CEK_LEN + 8;
-const IV_LEN: usize = 12;
-const TAG_LEN: usize = 16;
+pub(crate) const CEK_LEN: usize = 32;
+pub(crate) const WRAPPED_CEK_LEN: usize = CEK_LEN + 8;
+pub(crate) const IV_LEN: usize = 12;
+pub(crate) const TAG_LEN: usize = 16;
 
 /// The context a JWE is bound to; equal to the enclosing payload's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,16 +119,21 @@ pub(crate) fn concat_kdf(z: &[u8], algorithm_id: &str, apu: &[u8], apv: &[u8], o
         .expect("a non-empty secret and output of at most one hash block per counter");
 }
 
-/// The key-encryption key for ECDH-ES+A256KW from the shared secret Z.
-/// `apu`/`apv` are not used (empty), as RFC 7518 allows.
-fn derive_kek(z: &[u8]) -> Zeroizing<[u8; 32]> {
+/// The key-encryption key for JOSE ECDH-ES+A256KW (format version 1)
+/// from the shared secret Z. `apu`/`apv` are not used (empty), as RFC 7518
+/// allows.
+pub(crate) fn derive_kek(z: &[u8]) -> Zeroizing<[u8; 32]> {
     let mut kek = Zeroizing::new([0u8; 32]);
     concat_kdf(z, JWE_ALG, b"", b"", kek.as_mut());
     kek
 }
 
+/// How a data key's KEK is derived from the ECDH secret: the JOSE Concat
+/// KDF (version 1) or the COSE HKDF (version 2).
+pub(crate) type Kdf = fn(&[u8]) -> Zeroizing<[u8; 32]>;
+
 /// A data key: a CEK wrapped once for the recipient, reused for several
-/// sealed messages (see `docs/FORMAT.md`, "Data-key reuse"). Every message
+/// sealed messages (see `docs/FORMAT-v1.md`, "Data-key reuse"). Every message
 /// still carries `epk` and `encrypted_key`, so it opens alone.
 ///
 /// The IV of each message is `iv_prefix (4 bytes) || counter (8 bytes,
@@ -136,10 +141,11 @@ fn derive_kek(z: &[u8]) -> Zeroizing<[u8; 32]> {
 /// an IV once the counter would wrap, so an IV never repeats under one CEK.
 pub(crate) struct DataKey {
     cek: Zeroizing<[u8; CEK_LEN]>,
-    epk_x: String,
-    epk_y: String,
-    /// base64url of the wrapped CEK, as in every message's `encrypted_key`.
-    encrypted_key: String,
+    /// The ephemeral public key's coordinates.
+    pub(crate) epk_x: [u8; 32],
+    pub(crate) epk_y: [u8; 32],
+    /// The wrapped CEK, as in every message.
+    pub(crate) wrapped: [u8; WRAPPED_CEK_LEN],
     iv_prefix: [u8; 4],
     /// The counter half of the next IV; `None` once it has wrapped.
     next_counter: Option<u64>,
@@ -151,7 +157,7 @@ pub(crate) struct DataKey {
 impl std::fmt::Debug for DataKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DataKey")
-            .field("encrypted_key", &self.encrypted_key)
+            .field("wrapped", &b64::encode(self.wrapped))
             .field("used", &self.used)
             .finish_non_exhaustive()
     }
@@ -160,11 +166,15 @@ impl std::fmt::Debug for DataKey {
 impl DataKey {
     /// A fresh data key: a new ephemeral key pair (one ECDH), a random CEK
     /// and a random 4-byte IV prefix; the counter starts at 0.
-    pub(crate) fn generate(recipient: &PublicKey, now: Instant) -> Result<DataKey, SealError> {
+    pub(crate) fn generate(
+        recipient: &PublicKey,
+        kdf: Kdf,
+        now: Instant,
+    ) -> Result<DataKey, SealError> {
         let random = |e: rand::rngs::SysError| SealError::Random(e.to_string());
         let ephemeral =
             p256::ecdh::EphemeralSecret::try_generate_from_rng(&mut SysRng).map_err(random)?;
-        let (epk_x, epk_y) = coordinates(&ephemeral.public_key());
+        let epk = raw_coordinates(&ephemeral.public_key());
         let shared = ephemeral.diffie_hellman(recipient.p256());
         drop(ephemeral);
         let mut cek = Zeroizing::new([0u8; CEK_LEN]);
@@ -172,8 +182,8 @@ impl DataKey {
         let mut iv_prefix = [0u8; 4];
         SysRng.try_fill_bytes(&mut iv_prefix).map_err(random)?;
         Ok(DataKey::assemble(
-            shared.raw_secret_bytes(),
-            (epk_x, epk_y),
+            kdf(shared.raw_secret_bytes()),
+            epk,
             cek,
             iv_prefix,
             0,
@@ -185,6 +195,7 @@ impl DataKey {
     /// private key, the CEK, and the first IV (prefix and counter start).
     pub(crate) fn from_fixed(
         recipient: &PublicKey,
+        kdf: Kdf,
         epk: &p256::SecretKey,
         cek: &[u8; CEK_LEN],
         first_iv: &[u8; IV_LEN],
@@ -196,8 +207,8 @@ impl DataKey {
         prefix.copy_from_slice(&first_iv[..4]);
         let counter = u64::from_be_bytes(first_iv[4..].try_into().expect("8 bytes"));
         DataKey::assemble(
-            shared.raw_secret_bytes(),
-            coordinates(&epk.public_key()),
+            kdf(shared.raw_secret_bytes()),
+            raw_coordinates(&epk.public_key()),
             Zeroizing::new(*cek),
             prefix,
             counter,
@@ -206,14 +217,13 @@ impl DataKey {
     }
 
     fn assemble(
-        z: &[u8],
-        (epk_x, epk_y): (String, String),
+        kek: Zeroizing<[u8; 32]>,
+        (epk_x, epk_y): ([u8; 32], [u8; 32]),
         cek: Zeroizing<[u8; CEK_LEN]>,
         iv_prefix: [u8; 4],
         counter: u64,
         now: Instant,
     ) -> DataKey {
-        let kek = derive_kek(z);
         let mut wrapped = [0u8; WRAPPED_CEK_LEN];
         KwAes256::new_from_slice(kek.as_ref())
             .expect("32-byte KEK")
@@ -223,7 +233,7 @@ impl DataKey {
             cek,
             epk_x,
             epk_y,
-            encrypted_key: b64::encode(wrapped),
+            wrapped,
             iv_prefix,
             next_counter: Some(counter),
             used: 0,
@@ -241,10 +251,23 @@ impl DataKey {
         self.created
     }
 
-    /// The wrapped CEK (base64url), as in `encrypted_key`; public data.
+    /// The wrapped CEK, base64url; public data.
     #[cfg(test)]
-    pub(crate) fn debug_encrypted_key(&self) -> &str {
-        &self.encrypted_key
+    pub(crate) fn debug_encrypted_key(&self) -> String {
+        b64::encode(self.wrapped)
+    }
+
+    /// The content encryption key.
+    pub(crate) fn cek(&self) -> &[u8; CEK_LEN] {
+        &self.cek
+    }
+
+    /// Counts one more message encrypted under this key and returns its IV;
+    /// `None` once the counter is used up.
+    pub(crate) fn next_iv(&mut self) -> Option<[u8; IV_LEN]> {
+        let iv = self.take_iv()?;
+        self.used += 1;
+        Some(iv)
     }
 
     /// Whether the IV counter is used up (the key must be replaced).
@@ -273,8 +296,7 @@ pub(crate) fn encrypt(
     binding: &Binding<'_>,
     plaintext: &mut [u8],
 ) -> Result<Jwe<'static>, SealError> {
-    let iv = key.take_iv().ok_or(SealError::KeyExhausted)?;
-    key.used += 1;
+    let iv = key.next_iv().ok_or(SealError::KeyExhausted)?;
 
     let header = JweHeader {
         alg: JWE_ALG.into(),
@@ -283,8 +305,8 @@ pub(crate) fn encrypt(
         epk: Epk {
             kty: "EC".into(),
             crv: "P-256".into(),
-            x: key.epk_x.as_str().into(),
-            y: key.epk_y.as_str().into(),
+            x: b64::encode(key.epk_x).into(),
+            y: b64::encode(key.epk_y).into(),
         },
         gateway: binding.gateway.into(),
         sensor: binding.sensor.into(),
@@ -302,7 +324,7 @@ pub(crate) fn encrypt(
 
     Ok(Jwe {
         protected: protected.into(),
-        encrypted_key: key.encrypted_key.clone().into(),
+        encrypted_key: b64::encode(key.wrapped).into(),
         iv: b64::encode(iv).into(),
         ciphertext: b64::encode(&*plaintext).into(),
         tag: b64::encode(tag).into(),
@@ -407,11 +429,11 @@ impl fmt::Debug for CekCache {
 }
 
 impl CekCache {
-    fn get(&self, id: &[u8]) -> Option<&Zeroizing<[u8; CEK_LEN]>> {
+    pub(crate) fn get(&self, id: &[u8]) -> Option<&Zeroizing<[u8; CEK_LEN]>> {
         self.entries.iter().find(|(k, _)| k == id).map(|(_, v)| v)
     }
 
-    fn put(&mut self, id: Vec<u8>, cek: Zeroizing<[u8; CEK_LEN]>) {
+    pub(crate) fn put(&mut self, id: Vec<u8>, cek: Zeroizing<[u8; CEK_LEN]>) {
         if self.entries.len() == CEK_CACHE_ENTRIES {
             self.entries.pop_front();
         }
@@ -608,7 +630,7 @@ mod tests {
     #[test]
     fn encrypt_then_decrypt_round_trips_and_binds_the_header() {
         let recipient = RecipientKey::generate();
-        let mut key = DataKey::generate(&recipient.public(), Instant::now()).unwrap();
+        let mut key = DataKey::generate(&recipient.public(), derive_kek, Instant::now()).unwrap();
         let mut buf = br#"[{"heart_rate":140}]"#.to_vec();
         let jwe = encrypt(&mut key, recipient.kid(), &binding(), &mut buf).unwrap();
         assert_ne!(buf, br#"[{"heart_rate":140}]"#);
@@ -648,7 +670,7 @@ mod tests {
     #[test]
     fn a_reused_data_key_does_not_let_ciphertext_move_between_messages() {
         let recipient = RecipientKey::generate();
-        let mut key = DataKey::generate(&recipient.public(), Instant::now()).unwrap();
+        let mut key = DataKey::generate(&recipient.public(), derive_kek, Instant::now()).unwrap();
         let first_binding = binding();
         let second_binding = Binding {
             seq: [3, 4],
@@ -708,6 +730,7 @@ mod tests {
         first_iv[4..].copy_from_slice(&(u64::MAX - 1).to_be_bytes());
         let mut key = DataKey::from_fixed(
             &recipient.public(),
+            derive_kek,
             &epk,
             &[5u8; 32],
             &first_iv,

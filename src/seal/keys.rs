@@ -226,6 +226,14 @@ impl PublicKey {
         &self.key
     }
 
+    /// The kid as the 32 bytes of the thumbprint (format version 2).
+    pub(crate) fn kid_bytes(&self) -> [u8; 32] {
+        b64::decode(self.kid.as_bytes())
+            .ok()
+            .and_then(|raw| raw.try_into().ok())
+            .expect("a kid is the base64url of a SHA-256 hash")
+    }
+
     pub(crate) fn verifying_key(&self) -> VerifyingKey {
         VerifyingKey::from(&self.key)
     }
@@ -338,10 +346,23 @@ impl fmt::Debug for RecipientKey {
 
 /// The affine coordinates as base64url (the JWK `x` and `y`).
 pub(crate) fn coordinates(key: &p256::PublicKey) -> (String, String) {
+    let (x, y) = raw_coordinates(key);
+    (b64::encode(x), b64::encode(y))
+}
+
+/// The affine coordinates, 32 bytes each, big-endian.
+pub(crate) fn raw_coordinates(key: &p256::PublicKey) -> ([u8; 32], [u8; 32]) {
     let point = key.to_sec1_point(false);
     let x = point.x().expect("an uncompressed point has x");
     let y = point.y().expect("an uncompressed point has y");
-    (b64::encode(x), b64::encode(y))
+    (
+        x.as_slice()
+            .try_into()
+            .expect("P-256 coordinates are 32 bytes"),
+        y.as_slice()
+            .try_into()
+            .expect("P-256 coordinates are 32 bytes"),
+    )
 }
 
 /// RFC 7638 thumbprint of an EC public JWK: SHA-256 over the required

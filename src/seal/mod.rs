@@ -2,24 +2,32 @@
 //! encrypts the configured fields for the recipient's P-256 key; `open`
 //! verifies, decrypts and drops duplicates.
 //!
-//! The sealed message is standard JOSE — a JWS (RFC 7515, flattened JSON
-//! serialization) whose payload embeds a JWE (RFC 7516, ECDH-ES+A256KW with
-//! A256GCM, RFC 7518) — so a consumer in any language can open it with a
-//! stock JOSE library. `docs/FORMAT.md` is the contract.
+//! The sealed message is standard COSE (format version 2, the default) — a
+//! COSE_Sign1 (RFC 9052, ES256) whose CBOR payload holds the batch by
+//! column and embeds a COSE_Encrypt (ECDH-ES + A256KW, A256GCM, RFC 9053)
+//! for the encrypted columns — or, with `[seal] format = 1`, standard JOSE
+//! — a JWS whose JSON payload embeds a JWE. Either way a consumer in any
+//! language opens it with a stock library. `docs/FORMAT.md` (version 2) and
+//! `docs/FORMAT-v1.md` are the contracts; `open` reads both.
 //!
 //! This module knows about key files and bytes, never sockets or the spool.
 
 mod b64;
+mod cbor;
+mod columns;
+mod cose;
 mod format;
 mod jwe;
 mod keys;
 mod opener;
 mod sealer;
 mod tracker;
+mod v2;
 
 #[cfg(test)]
 mod tests;
 
+pub use cose::COSE_TYP;
 pub use format::{FORMAT_VERSION, FieldMap, JWS_ALG, JWS_TYP};
 pub use jwe::{JWE_ALG, JWE_ENC};
 pub use keys::{
@@ -28,13 +36,15 @@ pub use keys::{
     load_signing_key, load_trusted_keys,
 };
 pub use opener::{
-    MAX_GAP_LINES, MAX_MESSAGE_BYTES, MessageSink, OpenError, OpenSummary, OpenedMessage,
-    OpenedRecord, Opener, OutputFormat, STATE_SAVE_INTERVAL, StreamOptions, open_stream,
-    open_stream_with,
+    DeclaredGap, MAX_GAP_LINES, MAX_MESSAGE_BYTES, MessageSink, OpenError, OpenSummary,
+    OpenedMessage, OpenedRecord, Opener, OutputFormat, STATE_SAVE_INTERVAL, StreamOptions,
+    open_stream, open_stream_with,
 };
 pub use sealer::{
     FixedRandomness, MAX_MESSAGES_PER_DATA_KEY, SealError, SealedMessage, Sealer, SealerOptions,
+    WireFormat,
 };
 pub use tracker::{
     DIGEST_WINDOW, Digest, RangeVerdict, Seen, SeqSet, SequenceTracker, StateError, StreamKey,
 };
+pub use v2::{FORMAT_VERSION_2, GapCause, GapNotice};

@@ -25,13 +25,19 @@ use p256::ecdsa::{Signature, VerifyingKey};
 use serde::Serialize;
 
 use super::b64;
+use super::columns;
+use super::cose;
 use super::format::{
     FORMAT_VERSION, FieldMap, JWS_ALG, JWS_TYP, JwsHeader, JwsIn, PayloadIn, VersionOnly, merge,
 };
 use super::jwe::{self, Binding, expect_param};
 use super::keys::{PublicKey, RecipientKey};
 use super::tracker::{Digest, RangeVerdict, SequenceTracker};
+use super::v2::{self, FORMAT_VERSION_2, PayloadError};
 use crate::record::parse_ts;
+
+/// The first byte of a version 2 message: CBOR tag 18 (COSE_Sign1).
+const COSE_SIGN1_FIRST_BYTE: u8 = 0xd2;
 
 /// The largest sealed message `open` accepts (bounded memory on hostile
 /// input). Far above any batch the gateway produces.
@@ -47,6 +53,8 @@ pub enum OpenError {
         "not a sealed message (a JSON object with exactly protected, payload and signature): {0}"
     )]
     NotJws(String),
+    #[error("not a sealed message (a tagged COSE_Sign1): {0}")]
+    NotCose(String),
     #[error("the {member} is not base64url without padding")]
     BadBase64 { member: &'static str },
     #[error("bad {part} protected header: {detail}")]
@@ -68,7 +76,7 @@ pub enum OpenError {
     )]
     BadSignature { kid: String, reason: &'static str },
     #[error(
-        "payload format version {found} is not supported (this build reads version {FORMAT_VERSION})"
+        "payload format version {found} is not supported (this build reads versions {FORMAT_VERSION} and {FORMAT_VERSION_2})"
     )]
     UnsupportedVersion { found: String },
     #[error("bad payload: {0}")]
@@ -161,6 +169,18 @@ pub struct OpenedMessage {
     pub records: Vec<OpenedRecord>,
     /// Records of this message dropped as already seen.
     pub duplicates: u64,
+    /// For a gap notice (no records): what the gateway declared.
+    pub declared: Option<DeclaredGap>,
+}
+
+/// A range of sequence numbers the gateway declared in a gap notice: at
+/// most `lost` records (exactly `lost`, when `exact`) will never arrive;
+/// the other numbers were never used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeclaredGap {
+    pub cause: String,
+    pub lost: u64,
+    pub exact: bool,
 }
 
 /// Totals since the opener was made.
@@ -174,17 +194,22 @@ pub struct OpenSummary {
     pub missing: u64,
     /// The runs those missing numbers form (one `gap:` line each).
     pub gaps: u64,
+    /// Of the missing numbers, those in ranges the gateway declared in gap
+    /// notices; the rest are unexplained.
+    pub declared: u64,
     pub rejected: u64,
 }
 
 impl fmt::Display for OpenSummary {
     /// `opened 2 messages, 20 records, 0 duplicates, 10 records missing in
-    /// 1 gap, 0 rejected`.
+    /// 1 gap, 0 rejected`; when gap notices explain some of the missing
+    /// numbers, `… missing in 1 gap (8 declared by the gateway, 2
+    /// unexplained), …`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let plural = |n: u64| if n == 1 { "" } else { "s" };
         write!(
             f,
-            "opened {} messages, {} records, {} duplicates, {} record{} missing in {} gap{}, {} rejected",
+            "opened {} messages, {} records, {} duplicates, {} record{} missing in {} gap{}",
             self.messages,
             self.records,
             self.duplicates,
@@ -192,8 +217,16 @@ impl fmt::Display for OpenSummary {
             plural(self.missing),
             self.gaps,
             plural(self.gaps),
-            self.rejected
-        )
+        )?;
+        if self.declared > 0 {
+            write!(
+                f,
+                " ({} declared by the gateway, {} unexplained)",
+                self.declared,
+                self.missing.saturating_sub(self.declared)
+            )?;
+        }
+        write!(f, ", {} rejected", self.rejected)
     }
 }
 
@@ -233,6 +266,7 @@ struct Verified {
     first_seq: u64,
     last_seq: u64,
     records: Vec<OpenedRecord>,
+    declared: Option<DeclaredGap>,
 }
 
 impl Opener {
@@ -289,8 +323,26 @@ impl Opener {
             first_seq,
             last_seq,
             mut records,
+            declared,
         } = verified;
         let key = (gateway, sensor, epoch);
+        if declared.is_some() {
+            // A gap notice: no records, nothing to compare; the range is
+            // remembered as explained.
+            self.tracker.declare(&key, first_seq, last_seq);
+            self.messages += 1;
+            let (gateway, sensor, epoch) = key;
+            return Ok(OpenedMessage {
+                gateway,
+                sensor,
+                epoch,
+                first_seq,
+                last_seq,
+                records,
+                duplicates: 0,
+                declared,
+            });
+        }
         let digest = records_digest(&records);
         let verdict = self.tracker.check_range(&key, first_seq, last_seq, &digest);
         if verdict == RangeVerdict::Different {
@@ -338,6 +390,7 @@ impl Opener {
             last_seq,
             records,
             duplicates,
+            declared: None,
         })
     }
 
@@ -356,6 +409,7 @@ impl Opener {
             duplicates: self.duplicates,
             missing: self.tracker.missing_records(),
             gaps: self.tracker.gaps(),
+            declared: self.tracker.declared_missing(),
             rejected: self.rejected,
         }
     }
@@ -372,6 +426,123 @@ impl Opener {
                 max: MAX_MESSAGE_BYTES,
             });
         }
+        // A COSE_Sign1 starts with its tag (18); a version 1 message is JSON.
+        if message.first() == Some(&COSE_SIGN1_FIRST_BYTE) {
+            self.verify_v2(message)
+        } else {
+            self.verify_v1(message)
+        }
+    }
+
+    /// Version 2: COSE_Sign1 around a CBOR batch by column.
+    fn verify_v2(&mut self, message: &[u8]) -> Result<Verified, OpenError> {
+        // 1. The envelope and its headers; a trusted kid.
+        let signed = cose::parse_sign1(message)?;
+        let kid = b64::encode(signed.kid);
+        let Some(key) = self.trusted.get(&kid) else {
+            return Err(OpenError::UntrustedKey { kid });
+        };
+        // 2. The signature. Nothing in the payload is read before it.
+        cose::verify(&signed, key).map_err(|reason| OpenError::BadSignature {
+            kid: kid.clone(),
+            reason,
+        })?;
+        let payload = signed
+            .sign1
+            .payload
+            .as_deref()
+            .expect("checked by parse_sign1");
+        // 3. The payload: a batch, or a gap notice.
+        let batch = match v2::parse_payload(payload).map_err(|e| match e {
+            PayloadError::Version(found) => OpenError::UnsupportedVersion { found },
+            PayloadError::Bad(detail) => OpenError::BadPayload(detail),
+        })? {
+            v2::PayloadIn::Batch(batch) => batch,
+            v2::PayloadIn::Notice(n) => {
+                return Ok(Verified {
+                    gateway: n.gateway.to_string(),
+                    sensor: n.sensor.to_string(),
+                    epoch: n.epoch.to_string(),
+                    first_seq: n.first,
+                    last_seq: n.last,
+                    records: Vec::new(),
+                    declared: Some(DeclaredGap {
+                        cause: n.cause.to_string(),
+                        lost: n.lost,
+                        exact: n.exact,
+                    }),
+                });
+            }
+        };
+        let n = batch.len();
+        let times = columns::times(batch.tu, &batch.t).map_err(OpenError::BadPayload)?;
+        // 4. The encrypted columns, bound to this message, for our key.
+        let plaintext = match batch.enc {
+            None => None,
+            Some(enc) => {
+                let ours = self.recipient.as_ref().map(|r| r.public().kid_bytes());
+                let encrypted = cose::parse_encrypt(enc, ours.as_ref())?;
+                let recipient = self.recipient.as_ref().expect("checked by parse_encrypt");
+                let id = encrypted.cache_id();
+                let cek = match self.ceks.get(&id) {
+                    Some(cek) => cek.clone(),
+                    None => {
+                        let cek = encrypted.unwrap_cek(recipient.secret())?;
+                        self.ceks.put(id, cek.clone());
+                        cek
+                    }
+                };
+                let aad = cose::external_aad(
+                    batch.gateway,
+                    batch.sensor,
+                    batch.epoch,
+                    batch.first,
+                    batch.last,
+                );
+                Some(encrypted.decrypt(&cek, &aad)?)
+            }
+        };
+        let positions = batch.ep.as_deref().unwrap_or(&[]);
+        let hidden = match &plaintext {
+            Some(p) => {
+                v2::parse_encrypted_columns(p, n, positions).map_err(OpenError::BadPlaintext)?
+            }
+            None => Vec::new(),
+        };
+        let columns =
+            v2::merge_columns(&batch.cols, &hidden, positions).map_err(OpenError::BadPlaintext)?;
+        // 5. The records.
+        let gateway = batch.gateway.to_string();
+        let sensor = batch.sensor.to_string();
+        let mut records = Vec::with_capacity(n);
+        for (i, ts) in times.into_iter().enumerate() {
+            let mut fields = FieldMap::with_capacity(columns.len());
+            for column in &columns {
+                if let Some(value) = column.json(i).map_err(OpenError::BadPayload)? {
+                    fields.push(column.name.to_string(), value);
+                }
+            }
+            records.push(OpenedRecord {
+                gateway: gateway.clone(),
+                sensor: sensor.clone(),
+                seq: batch.first + i as u64,
+                ts: crate::record::format_ts(ts),
+                fields,
+            });
+        }
+        Ok(Verified {
+            gateway,
+            sensor,
+            epoch: batch.epoch.to_string(),
+            first_seq: batch.first,
+            last_seq: batch.last,
+            records,
+            declared: None,
+        })
+    }
+
+    /// Version 1: a JWS (JSON) whose payload carries the records and a JWE.
+    fn verify_v1(&mut self, message: &[u8]) -> Result<Verified, OpenError> {
         let jws: JwsIn<'_> =
             serde_json::from_slice(message).map_err(|e| OpenError::NotJws(e.to_string()))?;
 
@@ -503,6 +674,7 @@ impl Opener {
             first_seq: first,
             last_seq: last,
             records,
+            declared: None,
         })
     }
 }
@@ -597,11 +769,14 @@ pub fn open_stream(
     open_stream_with(input, out, err, opener, &StreamOptions::default())
 }
 
-/// Reads one message per line from `input` (blank lines skipped, a trailing
-/// `\r` tolerated), prints each new record on `out` (JSON line or CSV), a
-/// line `rejected message at line N: <reason>` on `err` for each rejected
-/// message, and at the end one `gap: …` line per missing range and the
-/// summary line on `err`.
+/// Reads messages from `input`, in any mix: version 2 messages as binary
+/// CBOR (one after another, a CBOR sequence, with or without whitespace
+/// between them) or as hexadecimal lines (`mosquitto_sub -F %x`), version
+/// 1 messages one per line (blank lines skipped, a trailing `\r`
+/// tolerated). Prints each new record on `out` (JSON line or CSV), a line
+/// `rejected message <where>: <reason>` on `err` for each rejected message
+/// (`at line N` for a line, `#N at byte B` for binary), and at the end one
+/// `gap: …` line per missing range and the summary line on `err`.
 pub fn open_stream_with(
     mut input: impl BufRead,
     out: impl Write,
@@ -610,29 +785,206 @@ pub fn open_stream_with(
     options: &StreamOptions,
 ) -> io::Result<OpenSummary> {
     let mut sink = MessageSink::new(opener, out, err, options);
-    let mut line = Vec::new();
-    let mut line_no: u64 = 0;
-    loop {
-        line.clear();
-        let read = read_bounded_line(&mut input, &mut line, MAX_MESSAGE_BYTES)?;
+    let mut buffer = Vec::new();
+    // Where the next byte is: newlines passed (for line numbers), byte
+    // offset and items read (for binary messages).
+    let mut newlines: u64 = 0;
+    let mut offset: u64 = 0;
+    let mut items: u64 = 0;
+    while let Some(first) = skip_whitespace(&mut input, &mut newlines, &mut offset)? {
+        buffer.clear();
+        items += 1;
+        if first == COSE_SIGN1_FIRST_BYTE {
+            let start = offset;
+            let read = read_cbor_item(&mut input, &mut buffer, MAX_MESSAGE_BYTES)?;
+            let place = format_args!("#{items} at byte {start}");
+            match read {
+                CborRead::Item => {
+                    offset += buffer.len() as u64;
+                    sink.message(&buffer, place)?;
+                }
+                CborRead::TooLong(len) => {
+                    offset += len;
+                    sink.too_long(len, place)?;
+                }
+                CborRead::Bad(len, why) => {
+                    offset += len;
+                    sink.reject(OpenError::NotCose(why), place)?;
+                }
+            }
+            continue;
+        }
+        let line_no = newlines + 1;
+        let read = read_bounded_line(&mut input, &mut buffer, MAX_MESSAGE_BYTES)?;
+        newlines += 1;
         let message = match read {
             LineRead::Eof => break,
             LineRead::TooLong(len) => {
-                line_no += 1;
+                offset += len;
                 sink.too_long(len, format_args!("at line {line_no}"))?;
                 continue;
             }
             LineRead::Line => {
-                line_no += 1;
-                trim_line_end(&line)
+                offset += buffer.len() as u64;
+                trim_line_end(&buffer)
             }
         };
-        if message.iter().all(u8::is_ascii_whitespace) {
-            continue;
+        match hex_message(message) {
+            Some(decoded) => sink.message(&decoded, format_args!("at line {line_no}"))?,
+            None => sink.message(message, format_args!("at line {line_no}"))?,
         }
-        sink.message(message, format_args!("at line {line_no}"))?;
     }
     sink.finish()
+}
+
+/// Consumes ASCII whitespace; returns the next byte (not consumed), or
+/// `None` at the end of the input.
+fn skip_whitespace(
+    input: &mut impl BufRead,
+    newlines: &mut u64,
+    offset: &mut u64,
+) -> io::Result<Option<u8>> {
+    loop {
+        let chunk = match input.fill_buf() {
+            Ok(chunk) => chunk,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if chunk.is_empty() {
+            return Ok(None);
+        }
+        let blank = chunk
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .unwrap_or(chunk.len());
+        *newlines += chunk[..blank].iter().filter(|&&b| b == b'\n').count() as u64;
+        *offset += blank as u64;
+        let next = chunk.get(blank).copied();
+        input.consume(blank);
+        if let Some(b) = next {
+            return Ok(Some(b));
+        }
+    }
+}
+
+/// A line of hexadecimal digits that decodes to a version 2 message.
+fn hex_message(line: &[u8]) -> Option<Vec<u8>> {
+    let line = line.trim_ascii();
+    if line.len() < 2 || line.len() % 2 != 0 || !line.starts_with(b"d2") && !line.starts_with(b"D2")
+    {
+        return None;
+    }
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    line.chunks(2)
+        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
+        .collect()
+}
+
+enum CborRead {
+    Item,
+    /// The item (this many bytes) was longer than the limit and skipped.
+    TooLong(u64),
+    /// Not well-formed CBOR (or cut short); this many bytes were consumed.
+    Bad(u64, String),
+}
+
+/// Copies one CBOR data item from `input` into `item`, reading exactly its
+/// bytes: heads are followed and counted (an array of n items is n more to
+/// read), never trusted for an allocation. An item over `max` bytes is
+/// consumed to its end but not held.
+fn read_cbor_item(
+    input: &mut impl BufRead,
+    item: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<CborRead> {
+    fn take(
+        input: &mut impl BufRead,
+        item: &mut Vec<u8>,
+        total: &mut u64,
+        mut n: u64,
+        keep: bool,
+    ) -> io::Result<bool> {
+        while n > 0 {
+            let chunk = match input.fill_buf() {
+                Ok(chunk) => chunk,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if chunk.is_empty() {
+                return Ok(false);
+            }
+            let step = chunk.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+            if keep {
+                item.extend_from_slice(&chunk[..step]);
+            }
+            input.consume(step);
+            *total += step as u64;
+            n -= step as u64;
+        }
+        Ok(true)
+    }
+    let mut total: u64 = 0;
+    let mut pending: u64 = 1;
+    let mut head = Vec::with_capacity(9);
+    while pending > 0 {
+        pending -= 1;
+        let keep = total <= max as u64;
+        head.clear();
+        if !take(input, &mut head, &mut total, 1, true)? {
+            return Ok(CborRead::Bad(total, "the message ends early".to_string()));
+        }
+        let (major, minor) = (head[0] >> 5, head[0] & 0x1f);
+        let extra = match minor {
+            0..=23 => 0,
+            24 => 1,
+            25 => 2,
+            26 => 4,
+            27 => 8,
+            _ => {
+                return Ok(CborRead::Bad(
+                    total,
+                    format!(
+                        "byte {} is an indefinite length or a reserved value",
+                        total - 1
+                    ),
+                ));
+            }
+        };
+        if !take(input, &mut head, &mut total, extra, true)? {
+            return Ok(CborRead::Bad(total, "the message ends early".to_string()));
+        }
+        if keep {
+            item.extend_from_slice(&head);
+        }
+        let arg = match minor {
+            0..=23 => u64::from(minor),
+            _ => head[1..].iter().fold(0u64, |a, &b| a << 8 | u64::from(b)),
+        };
+        let more = match major {
+            2 | 3 => {
+                let keep_string = keep && total.saturating_add(arg) <= max as u64;
+                if !take(input, item, &mut total, arg, keep_string)? {
+                    return Ok(CborRead::Bad(total, "the message ends early".to_string()));
+                }
+                0
+            }
+            4 => arg,
+            5 => arg.saturating_mul(2),
+            6 => 1,
+            _ => 0,
+        };
+        pending = pending.saturating_add(more);
+        // Each pending item is at least a byte: more than the limit left
+        // cannot be a message we would keep, and only the input's end
+        // stops the count.
+        if total > max as u64 {
+            item.clear();
+        }
+    }
+    if total > max as u64 {
+        return Ok(CborRead::TooLong(total));
+    }
+    Ok(CborRead::Item)
 }
 
 /// What `open` does with each message, whatever its source (stdin lines,
@@ -674,6 +1026,23 @@ impl<'a, W: Write, E: Write> MessageSink<'a, W, E> {
     /// line (`at line 3`, `on topic sensorgate/gw/bike`).
     pub fn message(&mut self, message: &[u8], place: fmt::Arguments<'_>) -> io::Result<()> {
         match self.opener.open(message) {
+            Ok(opened) if opened.declared.is_some() => {
+                let d = opened.declared.as_ref().expect("matched");
+                let text = format!(
+                    "declared: {}/{} epoch {}: seq {}..{} will not arrive: {} {} record{} lost ({}), the other numbers never used",
+                    opened.gateway,
+                    opened.sensor,
+                    opened.epoch,
+                    opened.first_seq,
+                    opened.last_seq,
+                    if d.exact { "exactly" } else { "at most" },
+                    d.lost,
+                    if d.lost == 1 { "" } else { "s" },
+                    d.cause,
+                );
+                writeln!(self.err, "{}", one_line(&text))?;
+                self.unsaved = true;
+            }
             Ok(opened) => {
                 self.rendered.clear();
                 for record in &opened.records {
@@ -704,12 +1073,23 @@ impl<'a, W: Write, E: Write> MessageSink<'a, W, E> {
     /// Counts and reports a message of `len` bytes, over the limit, that
     /// was skipped without being held.
     pub fn too_long(&mut self, len: u64, place: fmt::Arguments<'_>) -> io::Result<()> {
+        self.reject(
+            OpenError::TooLong {
+                len,
+                max: MAX_MESSAGE_BYTES,
+            },
+            place,
+        )
+    }
+
+    /// Counts and reports a message rejected before it could be opened.
+    pub fn reject(&mut self, e: OpenError, place: fmt::Arguments<'_>) -> io::Result<()> {
         self.opener.count_rejected();
-        let e = OpenError::TooLong {
-            len,
-            max: MAX_MESSAGE_BYTES,
-        };
-        writeln!(self.err, "rejected message {place}: {e}")?;
+        writeln!(
+            self.err,
+            "rejected message {place}: {}",
+            one_line(&e.to_string())
+        )?;
         self.save_if_due()
     }
 
@@ -744,11 +1124,19 @@ impl<'a, W: Write, E: Write> MessageSink<'a, W, E> {
 fn write_gaps(err: &mut impl Write, tracker: &SequenceTracker) -> io::Result<()> {
     let mut shown_lines = 0usize;
     let mut more = 0u64;
-    for ((gateway, sensor, epoch), set) in tracker.iter_streams() {
+    for (key, set) in tracker.iter_streams() {
+        let (gateway, sensor, epoch) = key;
         for (first, last) in set.missing() {
             if shown_lines < MAX_GAP_LINES {
-                let text =
-                    format!("gap: {gateway}/{sensor} epoch {epoch}: seq {first}..{last} missing");
+                let declared = tracker.declared_within(key, first, last);
+                let why = match declared {
+                    0 => String::new(),
+                    d if d == last - first + 1 => " (declared by the gateway)".to_string(),
+                    d => format!(" ({d} of them declared by the gateway)"),
+                };
+                let text = format!(
+                    "gap: {gateway}/{sensor} epoch {epoch}: seq {first}..{last} missing{why}"
+                );
                 writeln!(err, "{}", one_line(&text))?;
                 shown_lines += 1;
             } else {
@@ -1001,6 +1389,7 @@ mod tests {
             duplicates: 2,
             missing: 10,
             gaps: 1,
+            declared: 0,
             rejected: 4,
         };
         assert_eq!(
@@ -1020,6 +1409,13 @@ mod tests {
         (s.missing, s.gaps) = (7, 3);
         assert!(
             s.to_string().contains(", 7 records missing in 3 gaps, "),
+            "{s}"
+        );
+        s.declared = 5;
+        assert!(
+            s.to_string().contains(
+                ", 7 records missing in 3 gaps (5 declared by the gateway, 2 unexplained), 4 rejected"
+            ),
             "{s}"
         );
     }

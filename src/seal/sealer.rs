@@ -9,11 +9,14 @@ use p256::ecdsa::signature::MultipartSigner;
 use zeroize::Zeroizing;
 
 use super::b64;
+use super::columns::Layout;
+use super::cose;
 use super::format::{
     FORMAT_VERSION, JWS_ALG, JWS_TYP, JwsHeader, PayloadOut, PlaintextOut, RecordsOut, Selection,
 };
 use super::jwe::{self, Binding, DataKey};
 use super::keys::{GatewayKey, PublicKey};
+use super::v2::{self, BatchHeader, GapNotice};
 use crate::record::Record;
 
 /// Why a batch could not be sealed. These are programming or system errors,
@@ -46,15 +49,28 @@ pub enum SealError {
 /// on AES-GCM invocations under one key, far below the 2^64 IV counter.
 pub const MAX_MESSAGES_PER_DATA_KEY: u64 = 1 << 32;
 
-/// How long a wrapped data key (CEK, `epk`, `encrypted_key`) is reused
-/// before the sealer makes a new one: after `rotate_after_messages`
-/// messages or `rotate_after` time, whichever comes first. The config's
-/// `[seal] rotate_after_messages` and `rotate_after`.
+/// Which sealed message format the gateway writes (`[seal] format`):
+/// version 2 (COSE and CBOR, by column: `docs/FORMAT.md`) unless set to
+/// version 1 (JOSE and JSON, by record: `docs/FORMAT-v1.md`) for consumers
+/// not yet moved to version 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WireFormat {
+    V1,
+    #[default]
+    V2,
+}
+
+/// How the sealer writes: the format, and how long a wrapped data key
+/// (CEK, ephemeral key, wrapped key) is reused before the sealer makes a
+/// new one: after `rotate_after_messages` messages or `rotate_after` time,
+/// whichever comes first. The config's `[seal] format`,
+/// `rotate_after_messages` and `rotate_after`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SealerOptions {
     /// 1 ..= [`MAX_MESSAGES_PER_DATA_KEY`]; 1 means a new key per message.
     pub rotate_after_messages: u64,
     pub rotate_after: Duration,
+    pub format: WireFormat,
 }
 
 impl Default for SealerOptions {
@@ -62,6 +78,7 @@ impl Default for SealerOptions {
         SealerOptions {
             rotate_after_messages: 1000,
             rotate_after: Duration::from_secs(3600),
+            format: WireFormat::default(),
         }
     }
 }
@@ -88,7 +105,8 @@ pub struct SealedMessage {
     pub first_seq: u64,
     pub last_seq: u64,
     pub records: u32,
-    /// One line of UTF-8 JSON, no newline inside or at the end.
+    /// Version 2: one CBOR item (a tagged COSE_Sign1). Version 1: one
+    /// line of UTF-8 JSON, no newline inside or at the end.
     pub bytes: Vec<u8>,
 }
 
@@ -100,8 +118,13 @@ pub struct Sealer {
     key: GatewayKey,
     recipient: PublicKey,
     encrypt: Vec<String>,
-    /// base64url of the JWS protected header, identical for every message.
+    /// base64url of the JWS protected header, identical for every message
+    /// (version 1).
     protected: String,
+    /// The COSE_Sign1 protected header, identical for every message
+    /// (version 2).
+    cose_protected: Vec<u8>,
+    recipient_kid: [u8; 32],
     options: SealerOptions,
     /// The data key in use; made on the first message that needs one.
     data_key: Option<DataKey>,
@@ -143,6 +166,8 @@ impl Sealer {
             typ: JWS_TYP.into(),
         };
         let protected = b64::encode(serde_json::to_vec(&header).expect("a header serializes"));
+        let cose_protected = cose::sign1_protected(&key.public().kid_bytes());
+        let recipient_kid = recipient.kid_bytes();
         Sealer {
             gateway: gateway.to_string(),
             epoch: epoch.to_string(),
@@ -150,6 +175,8 @@ impl Sealer {
             recipient,
             encrypt: encrypt.to_vec(),
             protected,
+            cose_protected,
+            recipient_kid,
             options: SealerOptions::default(),
             data_key: None,
             plaintext: Zeroizing::new(Vec::new()),
@@ -201,6 +228,7 @@ impl Sealer {
             .expect("the fixed epk is a P-256 scalar in 1..n");
         self.data_key = Some(DataKey::from_fixed(
             &self.recipient,
+            self.kdf(),
             &epk,
             &fixed.cek,
             &fixed.iv,
@@ -225,12 +253,113 @@ impl Sealer {
                 && !key.exhausted()
         });
         if !fresh {
-            *slot = Some(DataKey::generate(recipient, now)?);
+            let kdf = match options.format {
+                WireFormat::V1 => jwe::derive_kek,
+                WireFormat::V2 => cose::derive_kek,
+            };
+            *slot = Some(DataKey::generate(recipient, kdf, now)?);
         }
         Ok(slot.as_mut().expect("set above"))
     }
 
+    fn kdf(&self) -> jwe::Kdf {
+        match self.options.format {
+            WireFormat::V1 => jwe::derive_kek,
+            WireFormat::V2 => cose::derive_kek,
+        }
+    }
+
     fn seal_at(&mut self, records: &[Record], now: Instant) -> Result<SealedMessage, SealError> {
+        match self.options.format {
+            WireFormat::V1 => self.seal_v1(records, now),
+            WireFormat::V2 => self.seal_v2(records, now),
+        }
+    }
+
+    /// Seals a gap notice (`docs/FORMAT.md`, "Gap notices"): a signed
+    /// statement that a range of one sensor's sequence numbers will never
+    /// be sent. Version 2 only: `None` when the sealer writes version 1,
+    /// whose consumers would reject it.
+    pub fn seal_notice(&mut self, notice: &GapNotice) -> Option<SealedMessage> {
+        if self.options.format != WireFormat::V2 || notice.first > notice.last {
+            return None;
+        }
+        let header = BatchHeader {
+            gateway: &self.gateway,
+            sensor: &notice.sensor,
+            epoch: &self.epoch,
+            first: notice.first,
+            last: notice.last,
+        };
+        let mut payload = Vec::with_capacity(128);
+        v2::write_notice(&mut payload, &header, notice);
+        Some(SealedMessage {
+            sensor: Arc::clone(&notice.sensor),
+            first_seq: notice.first,
+            last_seq: notice.last,
+            records: 0,
+            bytes: cose::sign1(self.key.signing_key(), &self.cose_protected, &payload),
+        })
+    }
+
+    /// Version 2: the batch by column in a COSE_Sign1, the encrypted
+    /// columns in a COSE_Encrypt inside it.
+    fn seal_v2(&mut self, records: &[Record], now: Instant) -> Result<SealedMessage, SealError> {
+        let (first, last) = check_batch(records)?;
+        let sensor = &records[0].sensor;
+        let count = u32::try_from(records.len()).map_err(|_| SealError::TooManyRecords {
+            sensor: sensor.to_string(),
+            records: records.len(),
+        })?;
+        let selection = Selection(&self.encrypt);
+        let layout = Layout::of(records);
+        let header = BatchHeader {
+            gateway: &self.gateway,
+            sensor,
+            epoch: &self.epoch,
+            first,
+            last,
+        };
+        let positions = layout.encrypted(selection);
+        let enc = if positions.is_empty() {
+            None
+        } else {
+            // Sized up front so no reallocation leaves field values behind
+            // in a freed buffer: a buffer too small is replaced (and the
+            // old one wiped) rather than grown.
+            let estimate = 64 + 16 * records.len() * positions.len();
+            if self.plaintext.capacity() < estimate {
+                self.plaintext = Zeroizing::new(Vec::with_capacity(estimate));
+            }
+            let plaintext = &mut *self.plaintext;
+            plaintext.clear();
+            layout.write_columns(plaintext, records, selection, true);
+            let key = Sealer::data_key(&mut self.data_key, &self.recipient, &self.options, now)?;
+            let aad = cose::external_aad(&self.gateway, sensor, &self.epoch, first, last);
+            Some(cose::encrypt(key, &self.recipient_kid, &aad, plaintext)?)
+        };
+        let payload = &mut self.payload_json;
+        payload.clear();
+        v2::write_payload(
+            payload,
+            &header,
+            records,
+            &layout,
+            selection,
+            enc.as_deref().map(|e| (positions.as_slice(), e)),
+        );
+        let bytes = cose::sign1(self.key.signing_key(), &self.cose_protected, payload);
+        Ok(SealedMessage {
+            sensor: Arc::clone(sensor),
+            first_seq: first,
+            last_seq: last,
+            records: count,
+            bytes,
+        })
+    }
+
+    /// Version 1: a JWS whose JSON payload carries the records and a JWE.
+    fn seal_v1(&mut self, records: &[Record], now: Instant) -> Result<SealedMessage, SealError> {
         let (first, last) = check_batch(records)?;
         let sensor = &records[0].sensor;
         let count = u32::try_from(records.len()).map_err(|_| SealError::TooManyRecords {
@@ -394,6 +523,7 @@ mod tests {
         let mut sealer = sealer(SealerOptions {
             rotate_after_messages: 2,
             rotate_after: Duration::from_secs(3600),
+            ..SealerOptions::default()
         });
         let keys = wrapped_keys(&mut sealer, &[0, 0, 0, 0, 0]);
         assert_eq!(keys[0], keys[1]);
@@ -407,6 +537,7 @@ mod tests {
         let mut sealer = sealer(SealerOptions {
             rotate_after_messages: 1000,
             rotate_after: Duration::from_secs(60),
+            ..SealerOptions::default()
         });
         let keys = wrapped_keys(&mut sealer, &[0, 59, 60, 61, 200]);
         assert_eq!(keys[0], keys[1]);
@@ -420,11 +551,13 @@ mod tests {
         let s = sealer(SealerOptions {
             rotate_after_messages: 0,
             rotate_after: Duration::from_secs(1),
+            ..SealerOptions::default()
         });
         assert_eq!(s.options.rotate_after_messages, 1);
         let s = sealer(SealerOptions {
             rotate_after_messages: u64::MAX,
             rotate_after: Duration::from_secs(1),
+            ..SealerOptions::default()
         });
         assert_eq!(s.options.rotate_after_messages, MAX_MESSAGES_PER_DATA_KEY);
     }

@@ -132,7 +132,7 @@ impl SeqSet {
     }
 
     /// Adds every number of `first..=last` (for loading saved state).
-    fn insert_range(&mut self, first: u64, last: u64) {
+    pub(crate) fn insert_range(&mut self, first: u64, last: u64) {
         // Saved ranges are few and disjoint; inserting the ends and merging
         // through `insert` would be per number, so merge directly.
         let mut start = first;
@@ -191,6 +191,9 @@ pub struct SequenceTracker {
     /// The ranges in `digests`, oldest first (evicted from the front).
     recent: VecDeque<(StreamKey, u64, u64)>,
     window: usize,
+    /// Per stream, the numbers the gateway declared lost or unused in a
+    /// signed gap notice (`docs/FORMAT.md`, "Gap notices").
+    declared: HashMap<StreamKey, SeqSet>,
 }
 
 impl SequenceTracker {
@@ -286,6 +289,41 @@ impl SequenceTracker {
             .fold(0u64, |acc, s| acc.saturating_add(s.gaps()))
     }
 
+    /// Records a range the gateway declared (a gap notice).
+    pub fn declare(&mut self, key: &StreamKey, first: u64, last: u64) {
+        self.streams.entry(key.clone()).or_default();
+        self.declared
+            .entry(key.clone())
+            .or_default()
+            .insert_range(first, last);
+    }
+
+    /// How many of the numbers in `first..=last` of a stream the gateway
+    /// declared.
+    pub fn declared_within(&self, key: &StreamKey, first: u64, last: u64) -> u64 {
+        let Some(set) = self.declared.get(key) else {
+            return 0;
+        };
+        set.iter_ranges()
+            .map(|(a, b)| {
+                let (lo, hi) = (a.max(first), b.min(last));
+                if lo <= hi { hi - lo + 1 } else { 0 }
+            })
+            .fold(0u64, u64::saturating_add)
+    }
+
+    /// Missing numbers (over all streams) that fall in declared ranges:
+    /// the gaps the gateway explained.
+    pub fn declared_missing(&self) -> u64 {
+        self.streams
+            .iter()
+            .flat_map(|(key, set)| {
+                set.missing()
+                    .map(move |(a, b)| self.declared_within(key, a, b))
+            })
+            .fold(0u64, u64::saturating_add)
+    }
+
     /// How many streams were seen.
     pub fn streams(&self) -> usize {
         self.streams.len()
@@ -327,6 +365,11 @@ impl SequenceTracker {
                     sensor: sensor.clone(),
                     epoch: epoch.clone(),
                     seen: set.iter_ranges().collect(),
+                    declared: self
+                        .declared
+                        .get(&(gateway.clone(), sensor.clone(), epoch.clone()))
+                        .map(|d| d.iter_ranges().collect())
+                        .unwrap_or_default(),
                 })
                 .collect(),
             recent,
@@ -350,6 +393,12 @@ impl SequenceTracker {
                     return Err(format!("range {first}..{last} is reversed"));
                 }
                 set.insert_range(first, last);
+            }
+            for (first, last) in s.declared {
+                if first > last {
+                    return Err(format!("declared range {first}..{last} is reversed"));
+                }
+                tracker.declare(&key, first, last);
             }
             keys.push(key);
         }
@@ -443,6 +492,10 @@ struct StreamState {
     epoch: String,
     /// Inclusive ranges of the sequence numbers seen.
     seen: Vec<(u64, u64)>,
+    /// Inclusive ranges the gateway declared in gap notices (absent in
+    /// files written before gap notices).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    declared: Vec<(u64, u64)>,
 }
 
 /// Why the `--state` file could not be used.

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """An independent consumer and producer of sensorgate sealed messages.
 
-Written from docs/FORMAT.md alone, on a stock JOSE library (jwcrypto), so
+Written from docs/FORMAT-v1.md alone, on a stock JOSE library (jwcrypto), so
 the interop test (tests/interop.rs) proves that the document is enough and
 that the gateway speaks standard JOSE in both directions.
 

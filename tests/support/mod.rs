@@ -690,6 +690,8 @@ pub struct Opened {
     pub records: std::collections::BTreeMap<String, Vec<sensorgate::seal::OpenedRecord>>,
     pub duplicates: u64,
     pub rejected: Vec<String>,
+    /// Per sensor, the ranges declared in gap notices: (first, last, lost).
+    pub declared: std::collections::BTreeMap<String, Vec<(u64, u64, u64)>>,
 }
 
 impl Opened {
@@ -713,6 +715,13 @@ impl Opened {
 fn open_into(opener: &mut sensorgate::seal::Opener, opened: &mut Opened, payload: &[u8]) {
     match opener.open(payload) {
         Ok(msg) => {
+            if let Some(d) = &msg.declared {
+                opened
+                    .declared
+                    .entry(msg.sensor.clone())
+                    .or_default()
+                    .push((msg.first_seq, msg.last_seq, d.lost));
+            }
             opened.duplicates += msg.duplicates;
             opened
                 .records
