@@ -672,19 +672,7 @@ fn seal_stage(
     stats: &Stats,
     stage: &Stage,
 ) {
-    for notice in notices {
-        match sealer.seal_notice(notice) {
-            Some(msg) => {
-                info!(sensor = %notice.sensor, seq_first = notice.first, seq_last = notice.last,
-                    cause = notice.cause.as_str(), "gap notice sealed: the cloud side will see this range declared");
-                spool.push(msg);
-            }
-            None => {
-                info!(sensor = %notice.sensor, seq_first = notice.first, seq_last = notice.last,
-                    "no gap notice for this range: [seal] format = 1 has none (format 2 does)");
-            }
-        }
-    }
+    declare_gaps(&mut sealer, notices, spool);
     let mut sealed = Vec::new();
     let mut logs = RateLimits::new(SEAL_LOG_PERIOD);
     while let Some(batch) = batches.blocking_recv() {
@@ -700,7 +688,45 @@ fn seal_stage(
             // False only when a stop ran out of time; the spool counted it.
             spool.push(msg);
         }
+        declare_drops(&mut sealer, spool);
     }
+    declare_drops(&mut sealer, spool);
+}
+
+/// Seals and stores a gap notice for each range (`docs/FORMAT.md`, "Gap
+/// notices"), ahead of what comes next.
+fn declare_gaps(sealer: &mut Sealer, notices: &[seal::GapNotice], spool: &Spool) {
+    for notice in notices {
+        match sealer.seal_notice(notice) {
+            Some(msg) => {
+                info!(sensor = %notice.sensor, seq_first = notice.first, seq_last = notice.last,
+                    cause = notice.cause.as_str(), "gap notice sealed: the cloud side will see this range declared");
+                spool.push(msg);
+            }
+            None => {
+                info!(sensor = %notice.sensor, seq_first = notice.first, seq_last = notice.last,
+                    "no gap notice for this range: [seal] format = 1 has none (format 2 does)");
+            }
+        }
+    }
+}
+
+/// Declares what `drop_oldest` dropped since the last call. A notice may
+/// itself need room and drop more: that is declared at the next call.
+fn declare_drops(sealer: &mut Sealer, spool: &Spool) {
+    let dropped = spool.take_dropped();
+    let notices: Vec<seal::GapNotice> = dropped
+        .iter()
+        .map(|(sensor, r)| seal::GapNotice {
+            sensor: Arc::clone(sensor),
+            first: r.first_seq,
+            last: r.last_seq,
+            lost: r.records,
+            exact: r.records == r.last_seq - r.first_seq + 1,
+            cause: seal::GapCause::SpoolFull,
+        })
+        .collect();
+    declare_gaps(sealer, &notices, spool);
 }
 
 /// Test-only faults, switched on by `SENSORGATE_FAULT` in builds with the

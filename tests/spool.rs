@@ -1780,6 +1780,79 @@ fn a_full_filesystem_recovers_by_itself_once_the_broker_drains_the_spool() {
     drop(tmpfs);
 }
 
+/// The numbers in `ranges`, as a set.
+fn numbers(ranges: &[(u64, u64)]) -> BTreeSet<u64> {
+    ranges.iter().flat_map(|&(a, b)| a..=b).collect()
+}
+
+#[test]
+fn drop_oldest_declares_each_dropped_range_in_a_gap_notice() {
+    // Format version 2 throughout: a 1 MiB budget, the broker away, four
+    // times what fits. Every range dropped to make room is logged and
+    // also sent in band, exactly.
+    let mut rig = Rig::new();
+    let sub = rig.subscriber();
+    let pty = Pty::open().unwrap();
+    rig.broker.stop();
+    let config = spool_config(
+        &rig,
+        &pty,
+        "memory = \"64KiB\"\ndisk = \"1MiB\"\nwhen_full = \"drop_oldest\"",
+        "1s",
+    );
+    let mut gw = GatewayProcess::start(&config);
+    const TOTAL: u64 = 200_000;
+    let writer = SimSensor::spawn(pty.writer().unwrap(), TOTAL, None);
+    join_writer(writer, Duration::from_secs(120), &gw);
+    wait_for_stats(&gw, WAIT, "every record read and sealed", |s| {
+        get(s, "records_read") == TOTAL && get(s, "records_sealed") == TOTAL
+    });
+    let dropped = declared(&gw.log(), SEGMENT_DROPPED);
+    let dropped_records = records_in(&dropped);
+    assert!(
+        dropped_records > TOTAL / 2,
+        "the budget did not overflow: {dropped:?}\n{}",
+        excerpt(&gw.log())
+    );
+    rig.broker.restart();
+    wait_for_records(
+        &rig,
+        &sub,
+        (TOTAL - dropped_records) as usize,
+        Duration::from_secs(120),
+    );
+    wait_for_stats(&gw, WAIT, "the spool drained", |s| {
+        get(s, "spool_messages") == 0
+    });
+    let opened = open_all(
+        &rig,
+        &settle(&sub, Duration::from_secs(1), Duration::from_secs(30)),
+    );
+    assert!(opened.rejected.is_empty(), "{:?}", opened.rejected);
+    let notices = opened.declared.get(SENSOR).cloned().unwrap_or_default();
+    for &(first, last, lost) in &notices {
+        assert_eq!(lost, last - first + 1, "every dropped number was a record");
+    }
+    let notice_ranges: Vec<(u64, u64)> = notices.iter().map(|&(a, b, _)| (a, b)).collect();
+    assert_eq!(
+        numbers(&notice_ranges),
+        numbers(&dropped),
+        "the gap notices received against the drops logged"
+    );
+    // Nothing else is missing: what arrived and what was declared cover
+    // every number read.
+    let arrived: BTreeSet<u64> = opened.seqs(SENSOR).into_iter().collect();
+    assert_eq!(arrived.len() as u64 + dropped_records, TOTAL);
+    assert!(arrived.is_disjoint(&numbers(&dropped)));
+    eprintln!(
+        "drop_oldest, version 2: {TOTAL} records through 1 MiB, {} dropped in {} ranges, {} gap notices",
+        dropped_records,
+        dropped.len(),
+        notices.len()
+    );
+    assert_eq!(gw.stop(), 0, "{}", excerpt(&gw.log()));
+}
+
 #[test]
 fn drop_oldest_on_a_small_filesystem_drops_a_fraction_and_says_which() {
     let Some((rig, mut gw, tmpfs, total, sub, _pty)) = small_filesystem("drop_oldest") else {

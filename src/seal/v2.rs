@@ -64,6 +64,9 @@ pub enum GapCause {
     UncleanStop,
     /// The disk spool was damaged and these records were lost from it.
     SpoolDamage,
+    /// The spool was full (`when_full = drop_oldest`): these records were
+    /// dropped to make room for newer ones.
+    SpoolFull,
 }
 
 impl GapCause {
@@ -71,6 +74,7 @@ impl GapCause {
         match self {
             GapCause::UncleanStop => "unclean-stop",
             GapCause::SpoolDamage => "spool-damage",
+            GapCause::SpoolFull => "spool-full",
         }
     }
 }

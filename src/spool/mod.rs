@@ -100,6 +100,9 @@ struct Inner {
     /// The largest sealed message stored so far (bytes), for the room
     /// kept for a stop.
     largest: u64,
+    /// Records dropped to make room (`drop_oldest`) that no gap notice has
+    /// declared yet: taken by the seal stage ([`Spool::take_dropped`]).
+    undeclared_drops: SeqRanges,
 }
 
 /// The spool shared by the seal stage (pushing) and the uplink (taking and
@@ -187,6 +190,7 @@ impl Spool {
             store_errors: RateLimits::new(Duration::from_secs(60)),
             lost_at_stop: SeqRanges::default(),
             largest: 0,
+            undeclared_drops: SeqRanges::default(),
         };
         let spool = Spool {
             inner: Mutex::new(inner),
@@ -380,6 +384,19 @@ impl Spool {
             Some(entries) => {
                 let mut n = 0;
                 for e in entries.iter().filter(|e| !s.acks.is_acked(e.id)) {
+                    if e.records == 0 {
+                        // A gap notice, not records: what it declared is
+                        // declared again (its whole range, as lost), so a
+                        // notice dropped in a long outage is not a gap
+                        // left unexplained.
+                        s.undeclared_drops.add(
+                            &e.sensor,
+                            e.first_seq,
+                            e.last_seq,
+                            e.last_seq - e.first_seq + 1,
+                        );
+                        continue;
+                    }
                     lost.add(&e.sensor, e.first_seq, e.last_seq, u64::from(e.records));
                     n += 1;
                 }
@@ -398,6 +415,10 @@ impl Spool {
         for (sensor, r) in lost.iter() {
             warn!(sensor = %sensor, seq_first = r.first_seq, seq_last = r.last_seq,
                 records = r.records, "{what}");
+            if r.records > 0 {
+                s.undeclared_drops
+                    .add(sensor, r.first_seq, r.last_seq, r.records);
+            }
         }
         s.acks.give_up(first..last + 1);
         s.send_cursor = s.acks.next_unsettled(s.send_cursor);
@@ -406,6 +427,12 @@ impl Spool {
             s.cache_bytes -= m.bytes.len();
         }
         self.update_gauges(s);
+    }
+
+    /// The records dropped to make room since the last call, per sensor
+    /// range, for the gap notices that declare them.
+    pub fn take_dropped(&self) -> SeqRanges {
+        std::mem::take(&mut self.lock().undeclared_drops)
     }
 
     /// What a stop could not store (the spool was full and even the
@@ -690,6 +717,18 @@ mod tests {
         }
         let dropped = stats.snapshot().records_dropped;
         assert!(dropped > 0);
+        // What was dropped waits to be declared, exactly, once.
+        let undeclared: Vec<(String, u64, u64, u64)> = spool
+            .take_dropped()
+            .iter()
+            .map(|(s, r)| (s.to_string(), r.first_seq, r.last_seq, r.records))
+            .collect();
+        assert_eq!(
+            undeclared,
+            [("bike".to_string(), 0, dropped - 1, dropped)],
+            "one range from seq 0, every record of it dropped"
+        );
+        assert!(spool.take_dropped().iter().next().is_none());
         let seqs: Vec<u64> = drain(&spool).into_iter().map(|s| s.1).collect();
         assert_eq!(seqs.len() as u64 + dropped, 200);
         assert_eq!(*seqs.last().unwrap(), 199);
