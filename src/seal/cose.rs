@@ -211,12 +211,7 @@ pub(crate) fn parse_sign1(message: &[u8]) -> Result<Signed, OpenError> {
             expected: COSE_TYP,
         });
     }
-    if !h.crit.is_empty()
-        || h.content_type.is_some()
-        || !h.iv.is_empty()
-        || !h.partial_iv.is_empty()
-        || !h.counter_signatures.is_empty()
-    {
+    if !only(h, &["alg", "kid"]) {
         return Err(bad_header(
             "COSE_Sign1",
             "only alg, kid and typ are allowed",
@@ -228,18 +223,37 @@ pub(crate) fn parse_sign1(message: &[u8]) -> Result<Signed, OpenError> {
             "the unprotected header must be empty",
         ));
     }
-    let kid: [u8; 32] = h.key_id.as_slice().try_into().map_err(|_| {
-        bad_header(
-            "COSE_Sign1",
-            format!("kid is {} bytes, not 32", h.key_id.len()),
-        )
-    })?;
+    let kid = kid_of("COSE_Sign1", h)?;
     if sign1.payload.is_none() {
         return Err(OpenError::BadPayload(
             "the payload is detached (nil)".to_string(),
         ));
     }
     Ok(Signed { kid, sign1 })
+}
+
+/// Whether `h` holds none of the header parameters of RFC 9052 §3.1 but
+/// those `allowed` (`rest`, the other labels, is checked by the caller).
+fn only(h: &coset::Header, allowed: &[&str]) -> bool {
+    [
+        ("alg", h.alg.is_some()),
+        ("crit", !h.crit.is_empty()),
+        ("content type", h.content_type.is_some()),
+        ("kid", !h.key_id.is_empty()),
+        ("iv", !h.iv.is_empty()),
+        ("partial iv", !h.partial_iv.is_empty()),
+        ("counter signature", !h.counter_signatures.is_empty()),
+    ]
+    .into_iter()
+    .all(|(name, present)| !present || allowed.contains(&name))
+}
+
+/// A header's kid: the 32 bytes of an RFC 7638 thumbprint.
+fn kid_of(part: &'static str, h: &coset::Header) -> Result<[u8; 32], OpenError> {
+    h.key_id
+        .as_slice()
+        .try_into()
+        .map_err(|_| bad_header(part, format!("kid is {} bytes, not 32", h.key_id.len())))
 }
 
 /// A COSE_Encrypt whose envelope passed the checks.
@@ -267,14 +281,7 @@ pub(crate) fn parse_encrypt(enc: &[u8], ours: Option<&[u8; 32]>) -> Result<Encry
         });
     }
     let u = &encrypt.unprotected;
-    let only_iv = u.alg.is_none()
-        && u.crit.is_empty()
-        && u.content_type.is_none()
-        && u.key_id.is_empty()
-        && u.partial_iv.is_empty()
-        && u.counter_signatures.is_empty()
-        && u.rest.is_empty();
-    if !only_iv {
+    if !only(u, &["iv"]) || !u.rest.is_empty() {
         return Err(bad_header(
             PART,
             "the unprotected header must hold the iv alone",
@@ -326,24 +333,13 @@ pub(crate) fn parse_encrypt(enc: &[u8], ours: Option<&[u8; 32]>) -> Result<Encry
             ));
         }
     };
-    if ru.alg.is_some()
-        || !ru.crit.is_empty()
-        || ru.content_type.is_some()
-        || !ru.iv.is_empty()
-        || !ru.partial_iv.is_empty()
-        || !ru.counter_signatures.is_empty()
-    {
+    if !only(ru, &["kid"]) {
         return Err(bad_header(
             "COSE recipient",
             "the unprotected header must hold the ephemeral key (-1) and kid alone",
         ));
     }
-    let sealed_for: [u8; 32] = ru.key_id.as_slice().try_into().map_err(|_| {
-        bad_header(
-            "COSE recipient",
-            format!("kid is {} bytes, not 32", ru.key_id.len()),
-        )
-    })?;
+    let sealed_for = kid_of("COSE recipient", ru)?;
     let Some(ours) = ours else {
         return Err(OpenError::MissingRecipientKey {
             kid: super::b64::encode(sealed_for),

@@ -234,6 +234,8 @@ impl fmt::Display for OpenSummary {
 pub struct Opener {
     trusted: HashMap<String, VerifyingKey>,
     recipient: Option<RecipientKey>,
+    /// The recipient key's kid as version 2 carries it (32 bytes).
+    recipient_kid: Option<[u8; 32]>,
     /// Content keys already unwrapped (data-key reuse).
     ceks: jwe::CekCache,
     tracker: SequenceTracker,
@@ -280,6 +282,7 @@ impl Opener {
             .collect();
         Opener {
             trusted,
+            recipient_kid: recipient.as_ref().map(|r| r.public().kid_bytes()),
             recipient,
             ceks: jwe::CekCache::default(),
             tracker: SequenceTracker::new(),
@@ -480,8 +483,7 @@ impl Opener {
         let plaintext = match batch.enc {
             None => None,
             Some(enc) => {
-                let ours = self.recipient.as_ref().map(|r| r.public().kid_bytes());
-                let encrypted = cose::parse_encrypt(enc, ours.as_ref())?;
+                let encrypted = cose::parse_encrypt(enc, self.recipient_kid.as_ref())?;
                 let recipient = self.recipient.as_ref().expect("checked by parse_encrypt");
                 let id = encrypted.cache_id();
                 let cek = match self.ceks.get(&id) {
@@ -837,6 +839,19 @@ pub fn open_stream_with(
     sink.finish()
 }
 
+/// The input's buffered bytes, reading more if there are none (empty at
+/// the end of the input); retried when a signal interrupts the read.
+fn fill(input: &mut impl BufRead) -> io::Result<&[u8]> {
+    loop {
+        match input.fill_buf() {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    input.fill_buf()
+}
+
 /// Consumes ASCII whitespace; returns the next byte (not consumed), or
 /// `None` at the end of the input.
 fn skip_whitespace(
@@ -845,11 +860,7 @@ fn skip_whitespace(
     offset: &mut u64,
 ) -> io::Result<Option<u8>> {
     loop {
-        let chunk = match input.fill_buf() {
-            Ok(chunk) => chunk,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
+        let chunk = fill(input)?;
         if chunk.is_empty() {
             return Ok(None);
         }
@@ -905,11 +916,7 @@ fn read_cbor_item(
         keep: bool,
     ) -> io::Result<bool> {
         while n > 0 {
-            let chunk = match input.fill_buf() {
-                Ok(chunk) => chunk,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
+            let chunk = fill(input)?;
             if chunk.is_empty() {
                 return Ok(false);
             }
@@ -1238,11 +1245,7 @@ fn read_bounded_line(
     let mut total: u64 = 0;
     let mut too_long = false;
     loop {
-        let chunk = match input.fill_buf() {
-            Ok(chunk) => chunk,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
+        let chunk = fill(input)?;
         if chunk.is_empty() {
             return Ok(match (total, too_long) {
                 (0, _) => LineRead::Eof,

@@ -228,7 +228,7 @@ impl Sealer {
             .expect("the fixed epk is a P-256 scalar in 1..n");
         self.data_key = Some(DataKey::from_fixed(
             &self.recipient,
-            self.kdf(),
+            kdf(self.options.format),
             &epk,
             &fixed.cek,
             &fixed.iv,
@@ -253,20 +253,9 @@ impl Sealer {
                 && !key.exhausted()
         });
         if !fresh {
-            let kdf = match options.format {
-                WireFormat::V1 => jwe::derive_kek,
-                WireFormat::V2 => cose::derive_kek,
-            };
-            *slot = Some(DataKey::generate(recipient, kdf, now)?);
+            *slot = Some(DataKey::generate(recipient, kdf(options.format), now)?);
         }
         Ok(slot.as_mut().expect("set above"))
-    }
-
-    fn kdf(&self) -> jwe::Kdf {
-        match self.options.format {
-            WireFormat::V1 => jwe::derive_kek,
-            WireFormat::V2 => cose::derive_kek,
-        }
     }
 
     fn seal_at(&mut self, records: &[Record], now: Instant) -> Result<SealedMessage, SealError> {
@@ -305,12 +294,12 @@ impl Sealer {
     /// Version 2: the batch by column in a COSE_Sign1, the encrypted
     /// columns in a COSE_Encrypt inside it.
     fn seal_v2(&mut self, records: &[Record], now: Instant) -> Result<SealedMessage, SealError> {
-        let (first, last) = check_batch(records)?;
-        let sensor = &records[0].sensor;
-        let count = u32::try_from(records.len()).map_err(|_| SealError::TooManyRecords {
-            sensor: sensor.to_string(),
-            records: records.len(),
-        })?;
+        let Span {
+            sensor,
+            first,
+            last,
+            count,
+        } = check_batch(records)?;
         let selection = Selection(&self.encrypt);
         let layout = Layout::of(records);
         let header = BatchHeader {
@@ -360,12 +349,12 @@ impl Sealer {
 
     /// Version 1: a JWS whose JSON payload carries the records and a JWE.
     fn seal_v1(&mut self, records: &[Record], now: Instant) -> Result<SealedMessage, SealError> {
-        let (first, last) = check_batch(records)?;
-        let sensor = &records[0].sensor;
-        let count = u32::try_from(records.len()).map_err(|_| SealError::TooManyRecords {
-            sensor: sensor.to_string(),
-            records: records.len(),
-        })?;
+        let Span {
+            sensor,
+            first,
+            last,
+            count,
+        } = check_batch(records)?;
         let selection = Selection(&self.encrypt);
         let binding = Binding {
             gateway: &self.gateway,
@@ -448,8 +437,25 @@ pub(crate) fn sign_jws(key: &GatewayKey, protected: &str, payload_json: &[u8]) -
     out.into_bytes()
 }
 
-/// Checks the batch invariants; returns the seq range.
-fn check_batch(records: &[Record]) -> Result<(u64, u64), SealError> {
+/// How a data key's KEK is derived in each format.
+fn kdf(format: WireFormat) -> jwe::Kdf {
+    match format {
+        WireFormat::V1 => jwe::derive_kek,
+        WireFormat::V2 => cose::derive_kek,
+    }
+}
+
+/// What a valid batch is: one sensor's records `first..=last`, `count` of
+/// them.
+struct Span<'r> {
+    sensor: &'r Arc<str>,
+    first: u64,
+    last: u64,
+    count: u32,
+}
+
+/// Checks the batch invariants; returns its span.
+fn check_batch(records: &[Record]) -> Result<Span<'_>, SealError> {
     let first = records.first().ok_or(SealError::Empty)?;
     for (i, record) in records.iter().enumerate() {
         if record.sensor != first.sensor {
@@ -467,7 +473,15 @@ fn check_batch(records: &[Record]) -> Result<(u64, u64), SealError> {
             });
         }
     }
-    Ok((first.seq, first.seq + (records.len() as u64 - 1)))
+    Ok(Span {
+        sensor: &first.sensor,
+        first: first.seq,
+        last: first.seq + (records.len() as u64 - 1),
+        count: u32::try_from(records.len()).map_err(|_| SealError::TooManyRecords {
+            sensor: first.sensor.to_string(),
+            records: records.len(),
+        })?,
+    })
 }
 
 #[cfg(test)]

@@ -927,6 +927,29 @@ pub(super) mod properties {
     /// for each of up to 8 columns.
     pub(crate) type Row = (u64, u32, Vec<Value>);
 
+    /// The records of a [`sensor_batch`]: sensor `bike`, sequence numbers
+    /// from `first`, each row's values under the batch's column names.
+    pub(crate) fn sensor_records(names: &[String], rows: Vec<Row>, first: u64) -> Vec<Record> {
+        let sensor: Arc<str> = Arc::from("bike");
+        let columns: Vec<Arc<str>> = names.iter().map(|n| Arc::from(n.as_str())).collect();
+        rows.into_iter()
+            .enumerate()
+            .map(|(i, (secs, nanos, values))| Record {
+                sensor: Arc::clone(&sensor),
+                seq: first + i as u64,
+                ts: SystemTime::UNIX_EPOCH + Duration::new(secs, nanos),
+                fields: columns
+                    .iter()
+                    .zip(values)
+                    .map(|(name, value)| Field {
+                        name: Arc::clone(name),
+                        value,
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
     pub(crate) fn sensor_batch() -> impl Strategy<Value = (Vec<String>, Vec<Row>)> {
         let names = proptest::collection::btree_set("[a-z_][a-z0-9_]{0,9}", 1..=8)
             .prop_map(|s| s.into_iter().collect::<Vec<_>>());
@@ -970,22 +993,7 @@ pub(super) mod properties {
             encrypt.extend(extra_name);
             let mut sealer =
                 v1_sealer(GATEWAY, EPOCH, keys.gateway(), keys.recipient.public(), &encrypt);
-            let sensor: Arc<str> = Arc::from("bike");
-            let columns: Vec<Arc<str>> = names.iter().map(|n| Arc::from(n.as_str())).collect();
-            let records: Vec<Record> = rows
-                .into_iter()
-                .enumerate()
-                .map(|(i, (secs, nanos, values))| Record {
-                    sensor: Arc::clone(&sensor),
-                    seq: first + i as u64,
-                    ts: SystemTime::UNIX_EPOCH + Duration::new(secs, nanos),
-                    fields: columns
-                        .iter()
-                        .zip(values)
-                        .map(|(name, value)| Field { name: Arc::clone(name), value })
-                        .collect(),
-                })
-                .collect();
+            let records = sensor_records(&names, rows, first);
             let sealed = sealer.seal(&records).unwrap();
             prop_assert_eq!((sealed.first_seq, sealed.records as usize), (first, records.len()));
             let opened = keys.opener().open(&sealed.bytes).unwrap();

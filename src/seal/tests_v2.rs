@@ -565,7 +565,7 @@ fn a_gap_notice_that_claims_more_than_its_range_is_refused() {
 
 mod properties {
     use super::*;
-    use crate::seal::tests::properties::sensor_batch;
+    use crate::seal::tests::properties::{sensor_batch, sensor_records};
     use proptest::prelude::*;
 
     proptest! {
@@ -587,22 +587,7 @@ mod properties {
                 .filter(|(_, on)| **on)
                 .map(|(n, _)| n.clone())
                 .collect();
-            let sensor: Arc<str> = Arc::from("bike");
-            let columns: Vec<Arc<str>> = names.iter().map(|n| Arc::from(n.as_str())).collect();
-            let records: Vec<Record> = rows
-                .into_iter()
-                .enumerate()
-                .map(|(i, (secs, nanos, values))| Record {
-                    sensor: Arc::clone(&sensor),
-                    seq: first + i as u64,
-                    ts: SystemTime::UNIX_EPOCH + Duration::new(secs, nanos),
-                    fields: columns
-                        .iter()
-                        .zip(values)
-                        .map(|(name, value)| Field { name: Arc::clone(name), value })
-                        .collect(),
-                })
-                .collect();
+            let records = sensor_records(&names, rows, first);
             let sealed = v2_sealer(&keys, &encrypt).seal(&records).unwrap();
             let got = keys.opener().open(&sealed.bytes).unwrap().records;
             prop_assert_eq!(got.len(), records.len());

@@ -19,17 +19,9 @@ pub(crate) struct BatchHeader<'a> {
     pub last: u64,
 }
 
-/// Writes the payload map. `enc` is the encrypted columns' positions and
-/// the COSE_Encrypt holding them, when the batch has any.
-pub(crate) fn write_payload(
-    out: &mut Vec<u8>,
-    header: &BatchHeader<'_>,
-    records: &[Record],
-    layout: &Layout<'_>,
-    selection: Selection<'_>,
-    enc: Option<(&[usize], &[u8])>,
-) {
-    cbor::map(out, if enc.is_some() { 10 } else { 8 });
+/// The five entries every version 2 payload starts with: `v`, `gateway`,
+/// `sensor`, `epoch`, `seq`.
+fn write_stream(out: &mut Vec<u8>, header: &BatchHeader<'_>) {
     cbor::text(out, "v");
     cbor::uint(out, FORMAT_VERSION_2);
     cbor::text(out, "gateway");
@@ -42,6 +34,20 @@ pub(crate) fn write_payload(
     cbor::array(out, 2);
     cbor::uint(out, header.first);
     cbor::uint(out, header.last);
+}
+
+/// Writes the payload map. `enc` is the encrypted columns' positions and
+/// the COSE_Encrypt holding them, when the batch has any.
+pub(crate) fn write_payload(
+    out: &mut Vec<u8>,
+    header: &BatchHeader<'_>,
+    records: &[Record],
+    layout: &Layout<'_>,
+    selection: Selection<'_>,
+    enc: Option<(&[usize], &[u8])>,
+) {
+    cbor::map(out, if enc.is_some() { 10 } else { 8 });
+    write_stream(out, header);
     columns::write_times(out, records);
     cbor::text(out, "cols");
     layout.write_columns(out, records, selection, false);
@@ -95,18 +101,7 @@ pub struct GapNotice {
 /// Writes a gap notice's payload map.
 pub(crate) fn write_notice(out: &mut Vec<u8>, header: &BatchHeader<'_>, notice: &GapNotice) {
     cbor::map(out, 9);
-    cbor::text(out, "v");
-    cbor::uint(out, FORMAT_VERSION_2);
-    cbor::text(out, "gateway");
-    cbor::text(out, header.gateway);
-    cbor::text(out, "sensor");
-    cbor::text(out, header.sensor);
-    cbor::text(out, "epoch");
-    cbor::text(out, header.epoch);
-    cbor::text(out, "seq");
-    cbor::array(out, 2);
-    cbor::uint(out, header.first);
-    cbor::uint(out, header.last);
+    write_stream(out, header);
     cbor::text(out, "notice");
     cbor::text(out, "gap");
     cbor::text(out, "cause");
