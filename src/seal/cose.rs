@@ -14,6 +14,7 @@ use zeroize::Zeroizing;
 
 use super::cbor;
 use super::jwe::{CEK_LEN, DataKey, IV_LEN, TAG_LEN, WRAPPED_CEK_LEN};
+use super::keys::{GatewayKey, Nonces};
 use super::opener::OpenError;
 use super::sealer::SealError;
 
@@ -90,19 +91,15 @@ pub(crate) fn sign1_protected(kid: &[u8; 32]) -> Vec<u8> {
 }
 
 /// Signs `payload` into a tagged COSE_Sign1: the signature covers
-/// `["Signature1", protected, h'', payload]`, fed to the signer in pieces
-/// so the payload is not copied for it.
-pub(crate) fn sign1(key: &p256::ecdsa::SigningKey, protected: &[u8], payload: &[u8]) -> Vec<u8> {
-    use p256::ecdsa::Signature;
-    use p256::ecdsa::signature::MultipartSigner;
-
-    let mut prefix = Vec::with_capacity(protected.len() + 32);
-    cbor::array(&mut prefix, 4);
-    cbor::text(&mut prefix, "Signature1");
-    cbor::bytes(&mut prefix, protected);
-    cbor::bytes(&mut prefix, b"");
-    cbor::bytes_head(&mut prefix, payload.len());
-    let signature: Signature = key.multipart_sign(&[&prefix, payload]);
+/// `["Signature1", protected, h'', payload]`.
+pub(crate) fn sign1(key: &GatewayKey, nonces: Nonces, protected: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut to_sign = Vec::with_capacity(protected.len() + payload.len() + 32);
+    cbor::array(&mut to_sign, 4);
+    cbor::text(&mut to_sign, "Signature1");
+    cbor::bytes(&mut to_sign, protected);
+    cbor::bytes(&mut to_sign, b"");
+    cbor::bytes(&mut to_sign, payload);
+    let signature = key.sign(&to_sign, nonces);
 
     let mut out = Vec::with_capacity(protected.len() + payload.len() + 96);
     cbor::tag(&mut out, TAG_SIGN1);
@@ -110,7 +107,7 @@ pub(crate) fn sign1(key: &p256::ecdsa::SigningKey, protected: &[u8], payload: &[
     cbor::bytes(&mut out, protected);
     cbor::map(&mut out, 0);
     cbor::bytes(&mut out, payload);
-    cbor::bytes(&mut out, &signature.to_bytes());
+    cbor::bytes(&mut out, &signature);
     out
 }
 
@@ -122,14 +119,7 @@ pub(crate) fn encrypt(
     external_aad: &[u8],
     plaintext: &mut [u8],
 ) -> Result<Vec<u8>, SealError> {
-    use aes_gcm::aead::AeadInOut;
-    use aes_gcm::{Aes256Gcm, KeyInit};
-
-    let iv = key.next_iv().ok_or(SealError::KeyExhausted)?;
-    let cipher = Aes256Gcm::new_from_slice(key.cek()).expect("32-byte CEK");
-    let tag = cipher
-        .encrypt_inout_detached(&iv.into(), &enc_structure(external_aad), plaintext.into())
-        .map_err(|_| SealError::TooLarge)?;
+    let (iv, tag) = key.encrypt(&enc_structure(external_aad), plaintext)?;
 
     let mut out = Vec::with_capacity(plaintext.len() + 240);
     cbor::tag(&mut out, TAG_ENCRYPT);

@@ -140,7 +140,12 @@ pub(crate) type Kdf = fn(&[u8]) -> Zeroizing<[u8; 32]>;
 /// big-endian)`; the counter only goes up, and the key refuses to produce
 /// an IV once the counter would wrap, so an IV never repeats under one CEK.
 pub(crate) struct DataKey {
-    cek: Zeroizing<[u8; CEK_LEN]>,
+    /// The CEK, expanded once for AES-256-GCM by *ring* (its AES and GHASH
+    /// are assembly with NEON paths for the Raspberry Pi 4, which has no
+    /// ARMv8 cryptography extensions; docs/BENCHMARKS.md, "Pi
+    /// resources"). `open` decrypts with the `aes-gcm` crate: two
+    /// implementations, one on each side.
+    aead: ring::aead::LessSafeKey,
     /// The ephemeral public key's coordinates.
     pub(crate) epk_x: [u8; 32],
     pub(crate) epk_y: [u8; 32],
@@ -229,8 +234,12 @@ impl DataKey {
             .expect("32-byte KEK")
             .wrap_key(cek.as_ref(), &mut wrapped)
             .expect("a 32-byte CEK fits a 40-byte buffer");
+        let aead = ring::aead::LessSafeKey::new(
+            ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, cek.as_ref())
+                .expect("a 32-byte AES-256 key"),
+        );
         DataKey {
-            cek,
+            aead,
             epk_x,
             epk_y,
             wrapped,
@@ -257,17 +266,27 @@ impl DataKey {
         b64::encode(self.wrapped)
     }
 
-    /// The content encryption key.
-    pub(crate) fn cek(&self) -> &[u8; CEK_LEN] {
-        &self.cek
-    }
-
-    /// Counts one more message encrypted under this key and returns its IV;
-    /// `None` once the counter is used up.
-    pub(crate) fn next_iv(&mut self) -> Option<[u8; IV_LEN]> {
-        let iv = self.take_iv()?;
+    /// Encrypts `plaintext` in place (afterwards it holds the ciphertext)
+    /// with AES-256-GCM under the key's next IV, counting one more message:
+    /// returns the IV and the tag. Fails with [`SealError::KeyExhausted`]
+    /// when the IV counter is used up (the caller rotates before that).
+    pub(crate) fn encrypt(
+        &mut self,
+        aad: &[u8],
+        plaintext: &mut [u8],
+    ) -> Result<([u8; IV_LEN], [u8; TAG_LEN]), SealError> {
+        let iv = self.take_iv().ok_or(SealError::KeyExhausted)?;
         self.used += 1;
-        Some(iv)
+        let tag = self
+            .aead
+            .seal_in_place_separate_tag(
+                ring::aead::Nonce::assume_unique_for_key(iv),
+                ring::aead::Aad::from(aad),
+                plaintext,
+            )
+            .map_err(|_| SealError::TooLarge)?;
+        let tag = tag.as_ref().try_into().expect("a 16-byte GCM tag");
+        Ok((iv, tag))
     }
 
     /// Whether the IV counter is used up (the key must be replaced).
@@ -296,8 +315,6 @@ pub(crate) fn encrypt(
     binding: &Binding<'_>,
     plaintext: &mut [u8],
 ) -> Result<Jwe<'static>, SealError> {
-    let iv = key.next_iv().ok_or(SealError::KeyExhausted)?;
-
     let header = JweHeader {
         alg: JWE_ALG.into(),
         enc: JWE_ENC.into(),
@@ -316,11 +333,8 @@ pub(crate) fn encrypt(
     let header_json = serde_json::to_vec(&header).expect("a header serializes");
     let protected = b64::encode(&header_json);
 
-    let cipher = Aes256Gcm::new_from_slice(key.cek.as_ref()).expect("32-byte CEK");
     // AAD = ASCII(BASE64URL(UTF8(JWE Protected Header))), RFC 7516 §5.1 step 14.
-    let tag = cipher
-        .encrypt_inout_detached(&iv.into(), protected.as_bytes(), plaintext.into())
-        .map_err(|_| SealError::TooLarge)?;
+    let (iv, tag) = key.encrypt(protected.as_bytes(), plaintext)?;
 
     Ok(Jwe {
         protected: protected.into(),

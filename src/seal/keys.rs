@@ -245,17 +245,44 @@ impl fmt::Debug for PublicKey {
     }
 }
 
-/// The gateway's ES256 signing key. The scalar is wiped on drop (p256's
-/// `SigningKey` zeroizes itself) and never shown by `Debug`.
+/// The gateway's ES256 signing key, never shown by `Debug`.
+///
+/// Signatures are made by *ring* (its P-256 in assembly for x86_64,
+/// aarch64 and armv7, with hedged nonces: random bytes mixed with the key
+/// and the message): a fifth of the instructions per signature of the
+/// portable `p256` code on aarch64 (docs/BENCHMARKS.md, "Pi resources").
+/// `p256` parses the key files and derives the public key. *ring* does
+/// not wipe its copy of the scalar on drop; the key lives as long as the
+/// process anyway. Test vectors sign with `p256` and RFC 6979's
+/// deterministic nonces instead ([`Nonces::Rfc6979`]), so that they are
+/// reproducible byte for byte.
 pub struct GatewayKey {
     key: SigningKey,
+    signer: ring::signature::EcdsaKeyPair,
+    rng: ring::rand::SystemRandom,
     public: PublicKey,
 }
 
 impl GatewayKey {
     pub(crate) fn from_signing_key(key: SigningKey) -> GatewayKey {
-        let public = PublicKey::from_p256(p256::PublicKey::from(key.verifying_key()));
-        GatewayKey { key, public }
+        let verifying = key.verifying_key();
+        let public = PublicKey::from_p256(p256::PublicKey::from(verifying));
+        let rng = ring::rand::SystemRandom::new();
+        let scalar = Zeroizing::new(key.to_bytes());
+        let point = verifying.to_sec1_point(false);
+        let signer = ring::signature::EcdsaKeyPair::from_private_key_and_public_key(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            scalar.as_slice(),
+            point.as_bytes(),
+            &rng,
+        )
+        .expect("ring accepts every valid P-256 key pair");
+        GatewayKey {
+            key,
+            signer,
+            rng,
+            public,
+        }
     }
 
     /// Parses a PKCS#8 PEM private key (for tests and embedders; files go
@@ -281,9 +308,37 @@ impl GatewayKey {
         self.public.kid()
     }
 
-    pub(crate) fn signing_key(&self) -> &SigningKey {
-        &self.key
+    /// The ES256 signature of `message`: `r || s`, 64 bytes (RFC 7518
+    /// §3.4, RFC 9053 §2.1).
+    pub(crate) fn sign(&self, message: &[u8], nonces: Nonces) -> [u8; 64] {
+        match nonces {
+            Nonces::Hedged => self
+                .signer
+                .sign(&self.rng, message)
+                .expect("the system random generator failed")
+                .as_ref()
+                .try_into()
+                .expect("a fixed-size P-256 signature has 64 bytes"),
+            Nonces::Rfc6979 => {
+                use p256::ecdsa::Signature;
+                use p256::ecdsa::signature::Signer;
+                let signature: Signature = self.key.sign(message);
+                signature.to_bytes().into()
+            }
+        }
     }
+}
+
+/// How a signature's nonce is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Nonces {
+    /// Random bytes mixed with the key and the message (*ring*): what the
+    /// gateway uses.
+    #[default]
+    Hedged,
+    /// Derived from the key and the message alone (RFC 6979, `p256`): for
+    /// test vectors, which must be reproducible.
+    Rfc6979,
 }
 
 impl fmt::Debug for GatewayKey {
@@ -1024,11 +1079,12 @@ mod tests {
 
     #[test]
     fn secrets_never_show_in_debug() {
-        let g = GatewayKey::generate();
+        let secret = p256::SecretKey::try_generate_from_rng(&mut SysRng).unwrap();
+        let g = GatewayKey::from_signing_key(SigningKey::from(&secret));
         let r = RecipientKey::generate();
         let shown = format!("{g:?} {r:?}");
         assert!(shown.contains("<redacted>") && shown.contains(g.kid()));
-        let d = b64::encode(g.signing_key().to_bytes());
+        let d = b64::encode(secret.to_bytes());
         assert!(!shown.contains(&d));
     }
 

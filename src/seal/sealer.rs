@@ -4,8 +4,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use p256::ecdsa::Signature;
-use p256::ecdsa::signature::MultipartSigner;
 use zeroize::Zeroizing;
 
 use super::b64;
@@ -15,7 +13,7 @@ use super::format::{
     FORMAT_VERSION, JWS_ALG, JWS_TYP, JwsHeader, PayloadOut, PlaintextOut, RecordsOut, Selection,
 };
 use super::jwe::{self, Binding, DataKey};
-use super::keys::{GatewayKey, PublicKey};
+use super::keys::{GatewayKey, Nonces, PublicKey};
 use super::v2::{self, BatchHeader, GapNotice};
 use crate::record::Record;
 
@@ -84,8 +82,9 @@ impl Default for SealerOptions {
 }
 
 /// Fixed inputs in place of the random ones, so that a sealed message is
-/// reproducible byte for byte (ES256 is deterministic, RFC 6979). For test
-/// vectors only: a fixed CEK and IV in production would be a disaster.
+/// reproducible byte for byte (a sealer given them also signs with RFC
+/// 6979's deterministic nonces). For test vectors only: a fixed CEK and IV
+/// in production would be a disaster.
 #[doc(hidden)]
 #[derive(Clone)]
 pub struct FixedRandomness {
@@ -134,6 +133,9 @@ pub struct Sealer {
     /// CPU and left the heap fragmented around the queued messages.
     plaintext: Zeroizing<Vec<u8>>,
     payload_json: Vec<u8>,
+    /// Hedged, unless [`seal_with`](Self::seal_with) made this sealer
+    /// reproducible.
+    nonces: Nonces,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -181,6 +183,7 @@ impl Sealer {
             data_key: None,
             plaintext: Zeroizing::new(Vec::new()),
             payload_json: Vec::new(),
+            nonces: Nonces::Hedged,
         }
     }
 
@@ -211,7 +214,8 @@ impl Sealer {
 
     /// Replaces the data key by one made from `fixed`, then seals `records`
     /// with it; later [`seal`](Self::seal) calls reuse that key like any
-    /// other. For test vectors only.
+    /// other. From then on the sealer signs with deterministic nonces (RFC
+    /// 6979). For test vectors only.
     ///
     /// # Panics
     ///
@@ -224,6 +228,7 @@ impl Sealer {
     ) -> Result<SealedMessage, SealError> {
         let now = Instant::now();
         check_batch(records)?;
+        self.nonces = Nonces::Rfc6979;
         let epk = p256::SecretKey::from_slice(&fixed.epk)
             .expect("the fixed epk is a P-256 scalar in 1..n");
         self.data_key = Some(DataKey::from_fixed(
@@ -287,7 +292,7 @@ impl Sealer {
             first_seq: notice.first,
             last_seq: notice.last,
             records: 0,
-            bytes: cose::sign1(self.key.signing_key(), &self.cose_protected, &payload),
+            bytes: cose::sign1(&self.key, self.nonces, &self.cose_protected, &payload),
         })
     }
 
@@ -337,7 +342,7 @@ impl Sealer {
             selection,
             enc.as_deref().map(|e| (positions.as_slice(), e)),
         );
-        let bytes = cose::sign1(self.key.signing_key(), &self.cose_protected, payload);
+        let bytes = cose::sign1(&self.key, self.nonces, &self.cose_protected, payload);
         Ok(SealedMessage {
             sensor: Arc::clone(sensor),
             first_seq: first,
@@ -402,7 +407,7 @@ impl Sealer {
         payload_json.clear();
         payload_json.reserve(estimate);
         serde_json::to_writer(&mut *payload_json, &payload).expect("records serialize to JSON");
-        let bytes = sign_jws(&self.key, &self.protected, payload_json);
+        let bytes = sign_jws(&self.key, self.nonces, &self.protected, payload_json);
         Ok(SealedMessage {
             sensor: Arc::clone(sensor),
             first_seq: first,
@@ -415,9 +420,13 @@ impl Sealer {
 
 /// `{"protected":..,"payload":..,"signature":..}` with an ES256 signature
 /// over `ASCII(protected || '.' || payload)` (RFC 7515 §5.1), encoding
-/// straight into the output buffer and signing the two base64 parts in
-/// place.
-pub(crate) fn sign_jws(key: &GatewayKey, protected: &str, payload_json: &[u8]) -> Vec<u8> {
+/// straight into the output buffer.
+pub(crate) fn sign_jws(
+    key: &GatewayKey,
+    nonces: Nonces,
+    protected: &str,
+    payload_json: &[u8],
+) -> Vec<u8> {
     let payload_b64_len = payload_json.len().div_ceil(3) * 4;
     let mut out = String::with_capacity(protected.len() + payload_b64_len + 160);
     out.push_str(r#"{"protected":""#);
@@ -426,13 +435,13 @@ pub(crate) fn sign_jws(key: &GatewayKey, protected: &str, payload_json: &[u8]) -
     let payload_start = out.len();
     b64::encode_into(payload_json, &mut out);
     let payload_end = out.len();
-    let signature: Signature = key.signing_key().multipart_sign(&[
-        protected.as_bytes(),
-        b".",
-        &out.as_bytes()[payload_start..payload_end],
-    ]);
+    let mut to_sign = Vec::with_capacity(protected.len() + 1 + payload_end - payload_start);
+    to_sign.extend_from_slice(protected.as_bytes());
+    to_sign.push(b'.');
+    to_sign.extend_from_slice(&out.as_bytes()[payload_start..payload_end]);
+    let signature = key.sign(&to_sign, nonces);
     out.push_str(r#"","signature":""#);
-    b64::encode_into(signature.to_bytes(), &mut out);
+    b64::encode_into(signature, &mut out);
     out.push_str(r#""}"#);
     out.into_bytes()
 }

@@ -9,6 +9,7 @@ use serde_json::{Value as Json, json};
 
 use super::*;
 use crate::record::{Field, Record, Value, format_ts};
+use crate::seal::keys::Nonces;
 
 /// These tests are about format version 1 (JOSE, `docs/FORMAT-v1.md`);
 /// `tests_v2.rs` covers version 2.
@@ -123,7 +124,7 @@ fn parts(message: &[u8]) -> (String, String, String, Json) {
 /// sit behind the signature.
 fn resign(keys: &Keys, protected: &str, payload: &Json) -> Vec<u8> {
     let json = serde_json::to_vec(payload).unwrap();
-    sealer::sign_jws(&keys.gateway(), protected, &json)
+    sealer::sign_jws(&keys.gateway(), Nonces::Hedged, protected, &json)
 }
 
 #[test]
@@ -1346,7 +1347,7 @@ mod tampering {
         let mut opener = keys.opener();
 
         // Under its own kid: not trusted.
-        let forged = sealer::sign_jws(&stranger, &header(&stranger_kid), &json);
+        let forged = sealer::sign_jws(&stranger, Nonces::Hedged, &header(&stranger_kid), &json);
         let e = opener.open(&forged).unwrap_err();
         assert!(
             matches!(&e, OpenError::UntrustedKey { kid } if *kid == stranger_kid),
@@ -1356,7 +1357,7 @@ mod tampering {
 
         // Claiming the trusted kid: the signature does not verify with it.
         let trusted_kid = keys.gateway().kid().to_string();
-        let forged = sealer::sign_jws(&stranger, &header(&trusted_kid), &json);
+        let forged = sealer::sign_jws(&stranger, Nonces::Hedged, &header(&trusted_kid), &json);
         let e = opener.open(&forged).unwrap_err();
         assert!(
             matches!(&e, OpenError::BadSignature { kid, .. } if *kid == trusted_kid),

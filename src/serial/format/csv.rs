@@ -18,6 +18,16 @@ use crate::record::Field;
 pub struct CsvDecoder {
     columns: Arc<[(Arc<str>, ColumnType)]>,
     delimiter: char,
+    /// The delimiter as a byte, when it is ASCII (searched byte by byte).
+    ascii_delimiter: Option<u8>,
+}
+
+/// Whether `text` may have white space to trim at either end: its first or
+/// last byte is ASCII white space or not ASCII (a multi-byte character,
+/// which may be Unicode white space).
+fn starts_or_ends_blank(text: &str) -> bool {
+    let edge = |b: Option<&u8>| b.is_some_and(|b| !b.is_ascii() || b.is_ascii_whitespace());
+    edge(text.as_bytes().first()) || edge(text.as_bytes().last())
 }
 
 /// One value of a line: as written, or the text between its quotes.
@@ -34,6 +44,7 @@ impl CsvDecoder {
                 .map(|c| (Arc::from(c.name.as_str()), c.ty))
                 .collect(),
             delimiter,
+            ascii_delimiter: u8::try_from(delimiter).ok().filter(u8::is_ascii),
         }
     }
 
@@ -44,7 +55,11 @@ impl CsvDecoder {
         // Spaces around the line go, but not a whitespace delimiter (tab):
         // it would take an empty first or last value with it.
         let blank = |c: char| c.is_whitespace() && c != delimiter;
-        let text = text.trim_matches(blank);
+        let text = if starts_or_ends_blank(text) {
+            text.trim_matches(blank)
+        } else {
+            text
+        };
         if text.is_empty() {
             return Ok(Decoded::Skip);
         }
@@ -105,10 +120,23 @@ impl CsvDecoder {
         index: usize,
     ) -> Result<(Raw<'a>, Option<&'a str>), DecodeError> {
         let delimiter = self.delimiter;
-        let lead = rest.trim_start_matches(|c: char| c.is_whitespace() && c != delimiter);
+        // The common case, a value that starts with neither a quote nor a
+        // space, is told from its first byte.
+        let lead = match rest.as_bytes().first() {
+            Some(&b) if b != b'"' && b.is_ascii() && !b.is_ascii_whitespace() => rest,
+            _ => rest.trim_start_matches(|c: char| c.is_whitespace() && c != delimiter),
+        };
         let Some(quoted) = lead.strip_prefix('"') else {
-            return Ok(match rest.split_once(delimiter) {
-                Some((value, next)) => (Raw::Plain(value), Some(next)),
+            let end = match self.ascii_delimiter {
+                Some(d) => rest.bytes().position(|b| b == d),
+                None => rest.find(delimiter),
+            };
+            return Ok(match end {
+                // An ASCII delimiter is one byte; another is its UTF-8 length.
+                Some(at) => (
+                    Raw::Plain(&rest[..at]),
+                    Some(&rest[at + delimiter.len_utf8()..]),
+                ),
                 None => (Raw::Plain(rest), None),
             });
         };

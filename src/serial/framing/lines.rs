@@ -50,7 +50,7 @@ impl Decoder for LinesDecoder {
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, std::io::Error> {
         if let Some(mut skipped) = self.discarding.take() {
-            return Ok(match buf.iter().position(|b| *b == b'\n') {
+            return Ok(match memchr::memchr(b'\n', buf) {
                 Some(end) => {
                     skipped.eat(&buf[..end]);
                     buf.advance(end + 1);
@@ -64,7 +64,7 @@ impl Decoder for LinesDecoder {
                 }
             });
         }
-        match buf[self.scanned..].iter().position(|b| *b == b'\n') {
+        match memchr::memchr(b'\n', &buf[self.scanned..]) {
             Some(off) => {
                 let end = self.scanned + off;
                 self.scanned = 0;
