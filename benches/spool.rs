@@ -282,6 +282,8 @@ fn spool_settings(dir: &Path, fsync: Fsync, memory: usize) -> SpoolSettings {
         memory,
         disk: 4 << 30,
         when_full: WhenFull::Block,
+        durability: sensorgate::config::Durability::WriteThrough,
+        spill_after: std::time::Duration::from_secs(2),
         fsync,
         min_free: 0.05,
         stop_reserve: 0,

@@ -95,6 +95,10 @@ fn main() -> anyhow::Result<()> {
             memory: 8 << 20,
             disk: 256 << 20,
             when_full: config::WhenFull::Block,
+            // The daemon's defaults: with no broker here, the messages of
+            // a count stay in memory, as they do while a broker keeps up.
+            durability: config::Buffer::default().durability,
+            spill_after: config::Buffer::default().spill_after,
             fsync: Fsync::Interval,
             min_free: 0.0,
             stop_reserve: sensorgate::pipeline::messages_in_flight_bound(1),

@@ -218,8 +218,27 @@ impl Collector for Metrics {
         gauge(
             &mut e,
             "spool_memory_bytes",
-            "Bytes of the newest messages also kept in memory.",
+            "Bytes of the newest messages kept in memory.",
             g(s.spool_memory_bytes),
+        )?;
+        gauge(
+            &mut e,
+            "spool_memory_only_messages",
+            "Sealed messages held only in memory, not acknowledged yet: what a crash or power cut would lose now.",
+            g(s.spool_memory_only_messages),
+        )?;
+        let (writes, bytes) = crate::telemetry::storage::counts();
+        counter(
+            &mut e,
+            "storage_writes",
+            "Writes to storage by the spool and the state files (file writes, fsyncs, renames, unlinks).",
+            writes,
+        )?;
+        counter(
+            &mut e,
+            "storage_bytes_written",
+            "Bytes written to storage by the spool and the state files.",
+            bytes,
         )?;
         gauge(
             &mut e,

@@ -347,7 +347,7 @@ pub async fn run(
     drop(metrics_server);
     {
         let spool = spool.clone();
-        let _ = tokio::task::spawn_blocking(move || spool.sync()).await;
+        let _ = tokio::task::spawn_blocking(move || spool.finish()).await;
     }
     let lost = spool.lost_at_stop();
     for (sensor, r) in lost.iter() {
@@ -402,6 +402,8 @@ pub fn spool_settings(cfg: &Config) -> SpoolSettings {
         memory: cfg.buffer.memory,
         disk: cfg.buffer.disk,
         when_full: cfg.buffer.when_full,
+        durability: cfg.buffer.durability,
+        spill_after: cfg.buffer.spill_after,
         fsync: match cfg.buffer.fsync {
             config::Fsync::Always => Fsync::Always,
             config::Fsync::Interval => Fsync::Interval,

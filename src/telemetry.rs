@@ -326,6 +326,36 @@ macro_rules! counters {
     };
 }
 
+/// Writes to storage by this process's spool and state files: every write
+/// to a file, fsync, rename and unlink (what wears an SD card), and the
+/// bytes written. Process-wide, because they come from the spool's and the
+/// sequence state's lowest layers, which know no [`Stats`].
+pub mod storage {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    static BYTES: AtomicU64 = AtomicU64::new(0);
+
+    /// `bytes` written to a file in one write.
+    pub fn wrote(bytes: usize) {
+        WRITES.fetch_add(1, Ordering::Relaxed);
+        BYTES.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// An fsync, rename or unlink: no data, but a write all the same.
+    pub fn touched() {
+        WRITES.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (writes, bytes) so far.
+    pub fn counts() -> (u64, u64) {
+        (
+            WRITES.load(Ordering::Relaxed),
+            BYTES.load(Ordering::Relaxed),
+        )
+    }
+}
+
 counters! {
     /// Records decoded from frames.
     records_read,
@@ -358,6 +388,10 @@ counters! {
     spool_messages,
     spool_bytes,
     spool_memory_bytes,
+    /// Gauge: sealed messages held only in memory, not yet acknowledged
+    /// (`durability = "memory_first"`): what a crash or power cut would
+    /// lose now.
+    spool_memory_only_messages,
     /// Gauge: seconds the oldest unacknowledged message has waited.
     spool_oldest_age_s,
     /// Spool entries found damaged (skipped) or unreadable.
@@ -417,6 +451,7 @@ pub async fn stats_loop(
 }
 
 pub fn log_stats(s: &Snapshot) {
+    let (storage_writes, storage_bytes) = storage::counts();
     tracing::info!(
         records_read = s.records_read,
         records_sealed = s.records_sealed,
@@ -431,6 +466,9 @@ pub fn log_stats(s: &Snapshot) {
         spool_corrupt = s.spool_corrupt_entries,
         spool_records_lost = s.spool_records_lost,
         spool_write_errors = s.spool_write_errors,
+        spool_memory_only = s.spool_memory_only_messages,
+        storage_writes,
+        storage_bytes,
         sensors_open = s.sensors_open,
         connects = s.connects,
         "stats"

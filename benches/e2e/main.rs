@@ -3,9 +3,9 @@
 //! TLS and a real subscriber, against baselines measured in the same run
 //! (a bare rumqttc QoS 1 publisher over the same connection).
 //!
-//! `scripts/bench [SCENARIO...] [--runs N] [--outage SECONDS]`, or
-//! `cargo bench --bench e2e -- ...`. Scenarios: throughput, latency,
-//! memory, footprint (default: all). Prints one `name value unit` line per
+//! `scripts/bench [SCENARIO...] [--runs N] [--outage SECONDS] [--idle
+//! SECONDS]`, or `cargo bench --bench e2e -- ...`. Scenarios: footprint,
+//! throughput, latency, memory, storage (default: all). Prints one `name value unit` line per
 //! figure and writes `target/bench/e2e.json`.
 
 #[path = "../../tests/support/mod.rs"]
@@ -16,6 +16,7 @@ mod latency;
 mod memory;
 mod proc;
 mod report;
+mod storage;
 mod throughput;
 
 use std::time::{Duration, Instant};
@@ -29,6 +30,8 @@ pub struct Options {
     pub runs: usize,
     /// How long the memory scenario keeps the broker down.
     pub outage: Duration,
+    /// How long the storage scenario watches an idle gateway.
+    pub idle: Duration,
     /// Scenarios to run; empty means all.
     pub only: Vec<String>,
 }
@@ -38,6 +41,7 @@ impl Options {
         let mut o = Options {
             runs: 3,
             outage: Duration::from_secs(120),
+            idle: Duration::from_secs(120),
             only: Vec::new(),
         };
         let mut args = std::env::args().skip(1);
@@ -51,6 +55,13 @@ impl Options {
                         args.next()
                             .and_then(|v| v.parse().ok())
                             .expect("--outage SECONDS"),
+                    )
+                }
+                "--idle" => {
+                    o.idle = Duration::from_secs(
+                        args.next()
+                            .and_then(|v| v.parse().ok())
+                            .expect("--idle SECONDS"),
                     )
                 }
                 s if s.starts_with('-') => panic!("unknown option {s}"),
@@ -71,11 +82,12 @@ fn main() {
     let opts = Options::from_args();
     let started = Instant::now();
     let mut report = Report::new("e2e", &opts);
-    let scenarios: [(&str, Scenario); 4] = [
+    let scenarios: [(&str, Scenario); 5] = [
         ("footprint", footprint::run),
         ("throughput", throughput::run),
         ("latency", latency::run),
         ("memory", memory::run),
+        ("storage", storage::run),
     ];
     for (name, run) in scenarios {
         if opts.wants(name) {

@@ -212,6 +212,19 @@ choice_enum! {
 }
 
 choice_enum! {
+    /// Which sealed messages the spool writes to disk.
+    pub enum Durability ("buffer.durability") {
+        /// In memory while the broker keeps up; on disk only what is not
+        /// acknowledged within `spill_after`, what the memory cannot hold,
+        /// and what is left at a stop. Spares the SD card.
+        #[default]
+        MemoryFirst = "memory_first",
+        /// Every message on disk before the spool accepts it.
+        WriteThrough = "write_through",
+    }
+}
+
+choice_enum! {
     /// When the disk spool forces what it wrote to the disk.
     pub enum Fsync ("buffer.fsync policy") {
         /// After every message: a power cut loses nothing the spool took.
@@ -299,6 +312,14 @@ mod tests {
         assert_eq!(p.key, "buffer.when_full");
         assert!(
             p.message.contains("\"drop_oldest\", \"block\""),
+            "{}",
+            p.message
+        );
+        let d = Dir::new(&MINIMAL.replace("[mqtt]", "[buffer]\ndurability = \"memory\"\n[mqtt]"));
+        let p = only_problem(d.load().unwrap_err());
+        assert_eq!(p.key, "buffer.durability");
+        assert!(
+            p.message.contains("\"memory_first\", \"write_through\""),
             "{}",
             p.message
         );

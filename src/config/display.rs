@@ -81,6 +81,8 @@ impl fmt::Display for Config {
         w.string("memory", &format_size(self.buffer.memory as u64))?;
         w.string("disk", &format_size(self.buffer.disk))?;
         w.string("when_full", self.buffer.when_full.as_str())?;
+        w.string("durability", self.buffer.durability.as_str())?;
+        w.string("spill_after", &duration(self.buffer.spill_after))?;
         w.string("fsync", self.buffer.fsync.as_str())?;
         w.string("fsync_interval", &duration(self.buffer.fsync_interval))?;
         w.string("min_free", &self.buffer.min_free.to_string())?;

@@ -40,8 +40,8 @@ mod validate;
 mod test_support;
 
 pub use choice::{
-    ColumnType, Crc, Endian, FlowControl, Format, Framing, Fsync, LayoutType, LogFormat, Nested,
-    Parity, TimeFormat, WhenFull,
+    ColumnType, Crc, Durability, Endian, FlowControl, Format, Framing, Fsync, LayoutType,
+    LogFormat, Nested, Parity, TimeFormat, WhenFull,
 };
 pub use error::{ConfigError, Problem};
 pub use schema::{

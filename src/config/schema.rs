@@ -10,8 +10,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::choice::{
-    ColumnType, Crc, Endian, FlowControl, Format, Framing, Fsync, LayoutType, LogFormat, Nested,
-    Parity, TimeFormat, WhenFull,
+    ColumnType, Crc, Durability, Endian, FlowControl, Format, Framing, Fsync, LayoutType,
+    LogFormat, Nested, Parity, TimeFormat, WhenFull,
 };
 use super::secret::Secret;
 use super::units::{KIB, MIB, Percent, de_duration, de_percent, de_size_u64, de_size_usize};
@@ -282,6 +282,11 @@ pub struct Buffer {
     #[serde(deserialize_with = "de_size_u64")]
     pub disk: u64,
     pub when_full: WhenFull,
+    pub durability: Durability,
+    /// `memory_first`: a message not acknowledged this long after it was
+    /// sealed is written to disk.
+    #[serde(deserialize_with = "de_duration")]
+    pub spill_after: Duration,
     pub fsync: Fsync,
     #[serde(deserialize_with = "de_duration")]
     pub fsync_interval: Duration,
@@ -339,6 +344,8 @@ impl Default for Buffer {
             memory: 8 * MIB as usize,
             disk: 256 * MIB,
             when_full: WhenFull::default(),
+            durability: Durability::default(),
+            spill_after: Duration::from_secs(2),
             fsync: Fsync::default(),
             fsync_interval: Duration::from_secs(1),
             min_free: Percent::from_basis_points(500),
@@ -483,8 +490,8 @@ mod tests {
 
     use super::super::test_support::{Dir, MINIMAL, example, problem_at};
     use super::super::{
-        Crc, Endian, FlowControl, Format, Framing, LogFormat, Nested, Parity, TimeFormat, WhenFull,
-        load_with_env,
+        Crc, Durability, Endian, FlowControl, Format, Framing, LogFormat, Nested, Parity,
+        TimeFormat, WhenFull, load_with_env,
     };
     use super::*;
 
@@ -578,7 +585,9 @@ mod tests {
                 min_free: Percent::from_basis_points(500),
                 memory: 8 << 20,
                 disk: 256 << 20,
-                when_full: WhenFull::DropOldest
+                when_full: WhenFull::DropOldest,
+                durability: Durability::MemoryFirst,
+                spill_after: Duration::from_secs(2),
             }
         );
         assert_eq!(

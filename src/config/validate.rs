@@ -358,6 +358,14 @@ impl Found<'_> {
                 "is out of range; use 10ms to 1h".to_string(),
             );
         }
+        if cfg.buffer.spill_after < Duration::from_millis(100)
+            || cfg.buffer.spill_after > Duration::from_secs(3600)
+        {
+            self.fail(
+                "buffer.spill_after",
+                "is out of range; use 100ms to 1h".to_string(),
+            );
+        }
         if cfg.buffer.min_free.fraction() > 0.5 {
             self.fail(
                 "buffer.min_free",
@@ -780,6 +788,7 @@ max_records = 0
 
 [buffer]
 memory = "1KiB"
+spill_after = "10ms"
 
 [seal]
 signing_key = "/k/gw.key"
@@ -815,6 +824,7 @@ stats_interval = "500ms"
             "mqtt.key_file",
             "batch.max_records",
             "buffer.memory",
+            "buffer.spill_after",
             "seal.encrypt[1]",
             "log.level",
             "log.stats_interval",
@@ -822,11 +832,11 @@ stats_interval = "500ms"
             let p = problem_at(&e, key);
             assert_eq!(p.source, d.main().display().to_string(), "{key}");
         }
-        assert_eq!(e.problems().len(), 24, "{e}");
+        assert_eq!(e.problems().len(), 25, "{e}");
         assert!(problem_at(&e, "mqtt.qos").message.contains("at least once"));
         assert!(problem_at(&e, "sensor[0].baud").message.contains("921600"));
         // the rendered error lists every problem on its own line
-        assert_eq!(e.to_string().lines().count(), 25);
+        assert_eq!(e.to_string().lines().count(), 26);
     }
 
     #[test]

@@ -25,7 +25,8 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 use tracing::{error, warn};
 
-use crate::telemetry::{RateLimits, io_error_kind};
+use crate::seal::SealedMessage;
+use crate::telemetry::{RateLimits, io_error_kind, storage};
 
 use super::damage::{LossFinder, SeqLoss};
 use super::segment::{
@@ -59,6 +60,13 @@ pub struct DiskSettings {
     /// behaves as full.
     pub min_free: f64,
     pub fsync: Fsync,
+    /// How often the acknowledged position is recorded while only it
+    /// moved: `None` at every sync tick (`write_through`, so a restart
+    /// resends at most a tick's worth); otherwise at most this often, and
+    /// whenever segments are on disk or deleted, and at a stop
+    /// (`memory_first`: a gateway whose broker keeps up writes nearly
+    /// nothing).
+    pub ack_interval: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -249,6 +257,11 @@ pub struct DiskLog {
     released: Vec<(PathBuf, u64)>,
     /// `last_seq` changed since the ack file was written.
     seq_dirty: bool,
+    /// `last_seq` moved by messages delivered without touching the disk
+    /// ([`Self::note_delivered`]): recorded lazily.
+    delivered_dirty: bool,
+    /// When the ack file was last written.
+    persisted_at: Instant,
     /// Rate limits of the repeating warnings, per kind of fault.
     warnings: RateLimits<&'static str>,
 }
@@ -262,6 +275,11 @@ pub struct Dropped {
     pub entries: Option<Vec<EntryMeta>>,
 }
 
+/// The bytes `msg` takes in a segment.
+pub fn stored_len(msg: &SealedMessage) -> u64 {
+    segment::encoded_len(&msg.sensor, msg.bytes.len())
+}
+
 /// The room an append must leave.
 #[derive(Debug, Clone, Copy)]
 pub struct Room {
@@ -270,6 +288,10 @@ pub struct Room {
     /// Bytes to keep free in the budget and above the floor (capped at a
     /// quarter of the spool's capacity).
     pub keep: u64,
+    /// Bytes the spool has promised to write later, kept free in full:
+    /// the messages held only in memory (`memory_first`), which a stop
+    /// writes.
+    pub pending: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -377,6 +399,8 @@ impl DiskLog {
             last_seq: ack.last_seq,
             released: Vec::new(),
             seq_dirty: false,
+            delivered_dirty: false,
+            persisted_at: Instant::now(),
             warnings: RateLimits::new(DISK_LOG_PERIOD),
         };
         // Segments acknowledged entirely before the stop. Their highest
@@ -420,28 +444,32 @@ impl DiskLog {
         Ok((log, recovery))
     }
 
-    /// Appends a message and returns its id, leaving `room`: the spool
-    /// keeps some for what a stop has to store, and a stop may use it and
-    /// the filesystem's `min_free` floor too; the budget holds whatever
-    /// `room` says. When the spool is full (the budget, the floor, or a
-    /// failed write), acknowledged data is freed first, the segment being
-    /// written included, and the append tried once more.
-    pub fn append(
-        &mut self,
-        sensor: &Arc<str>,
-        first_seq: u64,
-        last_seq: u64,
-        records: u32,
-        message: &[u8],
-        room: Room,
-    ) -> Result<u64, AppendError> {
+    /// Appends message `id`, leaving `room`: the spool keeps some for what
+    /// a stop has to store, and a stop may use it and the filesystem's
+    /// `min_free` floor too; the budget holds whatever `room` says. When
+    /// the spool is full (the budget, the floor, or a failed write),
+    /// acknowledged data is freed first, the segment being written
+    /// included, and the append tried once more.
+    ///
+    /// Ids only grow: `id` is at least [`Self::next_id`]. Ids skipped
+    /// (messages that went from memory to the broker without touching the
+    /// disk, `memory_first`) must be acknowledged as far as
+    /// [`Self::release_acked`] was told; the acknowledged position is
+    /// recorded before the first entry after them, so that a start never
+    /// takes them for lost entries.
+    pub fn append(&mut self, id: u64, msg: &SealedMessage, room: Room) -> Result<u64, AppendError> {
+        debug_assert!(id >= self.next_id, "ids only grow");
+        let id = id.max(self.next_id);
+        if id > self.next_id && self.persisted_below < self.acked_below.min(id) {
+            self.persist_acks();
+        }
         let entry = Entry {
-            id: self.next_id,
-            sensor: sensor.clone(),
-            first_seq,
-            last_seq,
-            records,
-            message: message.to_vec(),
+            id,
+            sensor: msg.sensor.clone(),
+            first_seq: msg.first_seq,
+            last_seq: msg.last_seq,
+            records: msg.records,
+            message: msg.bytes.clone(),
         };
         match self.try_append(&entry, room) {
             Err(_) if self.free_acked() > 0 => self.try_append(&entry, room),
@@ -456,30 +484,7 @@ impl DiskLog {
             None => true,
         };
         let needed = len + if rotate { SEGMENT_HEADER_LEN } else { 0 };
-        // What is kept for a stop never takes more than a quarter of the
-        // spool's room, so it cannot stop the spool from taking anything.
-        // One statvfs per message, for both checks.
-        let fs = self.fs_space();
-        let keep = room.keep.min(self.capacity_with(fs) / 4);
-        if self.bytes + needed + keep > self.settings.budget {
-            return Err(AppendError::Budget {
-                used: self.bytes,
-                budget: self.settings.budget,
-                kept: keep,
-            });
-        }
-        if let Some(fs) = fs {
-            // With no floor and nothing to keep, the write itself finds
-            // out (ENOSPC).
-            let floor = (fs.total as f64 * room.min_free) as u64;
-            if floor + keep > 0 && fs.avail < floor + needed + keep {
-                return Err(AppendError::LowSpace {
-                    free_percent: fs.avail as f64 * 100.0 / fs.total.max(1) as f64,
-                    min_percent: room.min_free * 100.0,
-                    kept: keep,
-                });
-            }
-        }
+        self.check_room(needed, room)?;
         if rotate {
             self.rotate(entry.id)?;
         }
@@ -509,8 +514,49 @@ impl DiskLog {
             entry.records,
             grown,
         );
-        self.next_id += 1;
+        self.next_id = entry.id + 1;
         Ok(entry.id)
+    }
+
+    /// Whether `needed` more bytes fit, leaving `room`. What is kept for a
+    /// stop never takes more than a quarter of the spool's room, so it
+    /// cannot stop the spool from taking anything; what is pending is
+    /// kept in full. One statvfs, for both checks.
+    fn check_room(&self, needed: u64, room: Room) -> Result<(), AppendError> {
+        let fs = self.fs_space();
+        let keep = room.keep.min(self.capacity_with(fs) / 4) + room.pending;
+        if self.bytes + needed + keep > self.settings.budget {
+            return Err(AppendError::Budget {
+                used: self.bytes,
+                budget: self.settings.budget,
+                kept: keep,
+            });
+        }
+        if let Some(fs) = fs {
+            // With no floor and nothing to keep, the write itself finds
+            // out (ENOSPC).
+            let floor = (fs.total as f64 * room.min_free) as u64;
+            if floor + keep > 0 && fs.avail < floor + needed + keep {
+                return Err(AppendError::LowSpace {
+                    free_percent: fs.avail as f64 * 100.0 / fs.total.max(1) as f64,
+                    min_percent: room.min_free * 100.0,
+                    kept: keep,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `msg` could be appended later (in a new segment, say),
+    /// leaving `room`; acknowledged data is freed first when it does not
+    /// fit. `memory_first` asks before it takes a message into memory, so
+    /// that a stop can write it.
+    pub fn reserve(&mut self, msg: &SealedMessage, room: Room) -> Result<(), AppendError> {
+        let needed = stored_len(msg) + SEGMENT_HEADER_LEN;
+        match self.check_room(needed, room) {
+            Err(_) if self.free_acked() > 0 => self.check_room(needed, room),
+            result => result,
+        }
     }
 
     /// Frees what is acknowledged now, the segment being written included
@@ -614,6 +660,21 @@ impl DiskLog {
         let e = self.last_seq.entry(sensor.to_string()).or_insert(last_seq);
         *e = (*e).max(last_seq);
         self.seq_dirty = true;
+    }
+
+    /// Records that `sensor`'s numbers up to `last_seq` reached the broker
+    /// without ever being on disk (`memory_first`), so that a start after a
+    /// crash reports as possibly lost only what came after them. Written
+    /// with the acknowledged position, lazily ([`DiskSettings::ack_interval`]).
+    pub fn note_delivered(&mut self, sensor: &str, last_seq: u64) {
+        match self.last_seq.get_mut(sensor) {
+            Some(e) if *e >= last_seq => return,
+            Some(e) => *e = last_seq,
+            None => {
+                self.last_seq.insert(sensor.to_string(), last_seq);
+            }
+        }
+        self.delivered_dirty = true;
     }
 
     fn forget(&mut self, info: &SegmentInfo) {
@@ -820,7 +881,14 @@ impl DiskLog {
             }
             self.dirty = false;
         }
-        if self.acked_below != self.persisted_below || self.seq_dirty {
+        let moved = self.acked_below != self.persisted_below || self.delivered_dirty;
+        let due = match self.settings.ack_interval {
+            None => true,
+            Some(interval) => {
+                finishing || !self.segments.is_empty() || self.persisted_at.elapsed() >= interval
+            }
+        };
+        if self.seq_dirty || (moved && due) {
             self.persist_acks();
         }
         freed
@@ -839,6 +907,8 @@ impl DiskLog {
             Ok(()) => {
                 self.persisted_below = self.acked_below;
                 self.seq_dirty = false;
+                self.delivered_dirty = false;
+                self.persisted_at = Instant::now();
             }
             Err(e) => {
                 if let Some(suppressed) = self.warnings.check("acks", Instant::now()) {
@@ -936,6 +1006,7 @@ fn scan_or_salvage(dir: &Path, path: &Path, recovery: &mut Recovery) -> Scanned 
 }
 
 fn remove_segment_file(path: &Path) {
+    storage::touched();
     if let Err(e) = fs::remove_file(path) {
         if e.kind() != io::ErrorKind::NotFound {
             warn!(segment = %path.display(), error = %e, error_kind = io_error_kind(&e),
@@ -970,6 +1041,7 @@ fn move_aside(dir: &Path, path: &Path) -> Option<PathBuf> {
         .mode(0o700)
         .create(&corrupt);
     let target = corrupt.join(path.file_name()?);
+    storage::touched();
     match fs::rename(path, &target) {
         Ok(()) => Some(target),
         Err(e) => {
@@ -981,7 +1053,8 @@ fn move_aside(dir: &Path, path: &Path) -> Option<PathBuf> {
     }
 }
 
-/// Write-temp, fsync, rename, fsync the directory.
+/// Write-temp, fsync, rename, fsync the directory: after a power cut the
+/// file is either the old or the new version.
 pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
     let mut f = OpenOptions::new()
@@ -991,12 +1064,17 @@ pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<(
         .mode(0o600)
         .open(&tmp)?;
     f.write_all(bytes)?;
+    storage::wrote(bytes.len());
+    storage::touched();
     f.sync_all()?;
+    storage::touched();
     fs::rename(&tmp, dir.join(name))?;
+    storage::touched();
     File::open(dir)?.sync_all()
 }
 
 fn sync_dir(dir: &Path) {
+    storage::touched();
     if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
         warn!(dir = %dir.display(), error = %e, error_kind = io_error_kind(&e),
             "cannot sync the spool directory");
@@ -1014,6 +1092,7 @@ mod tests {
             segment_size: 64 * 1024,
             min_free: 0.0,
             fsync: Fsync::Never,
+            ack_interval: None,
         }
     }
 
@@ -1021,11 +1100,21 @@ mod tests {
     const ROOM: Room = Room {
         min_free: 0.0,
         keep: 0,
+        pending: 0,
     };
 
+    fn message(sensor: &str, first_seq: u64, last_seq: u64, records: u32) -> SealedMessage {
+        SealedMessage {
+            sensor: Arc::from(sensor),
+            first_seq,
+            last_seq,
+            records,
+            bytes: vec![b'x'; 10_000],
+        }
+    }
+
     fn append(log: &mut DiskLog, seq: u64) -> Result<u64, AppendError> {
-        let sensor: Arc<str> = Arc::from("bike");
-        log.append(&sensor, seq, seq, 1, &vec![b'x'; 10_000], ROOM)
+        log.append(log.next_id(), &message("bike", seq, seq, 1), ROOM)
     }
 
     fn ids_from(log: &mut DiskLog, start: u64) -> Vec<u64> {
@@ -1158,11 +1247,11 @@ mod tests {
     fn ids_lost_to_damage_are_found_with_what_they_held() {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _) = DiskLog::open(settings(dir.path(), 10 << 20)).unwrap();
-        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        let (a, b) = ("a", "b");
         for i in 0..20u64 {
-            let sensor = if i % 2 == 0 { &a } else { &b };
+            let sensor = if i % 2 == 0 { a } else { b };
             let seq = i / 2 * 10;
-            log.append(sensor, seq, seq + 9, 10, &vec![b'x'; 10_000], ROOM)
+            log.append(log.next_id(), &message(sensor, seq, seq + 9, 10), ROOM)
                 .unwrap();
         }
         log.sync(false);

@@ -1,11 +1,19 @@
 //! The spool: sealed messages wait here until the broker acknowledges them.
 //!
-//! Every message is written to the disk log ([`disk`]) before the spool
-//! accepts it, so a restart or a power cut (within the `fsync` policy's
-//! window) loses nothing that was accepted. The newest messages are also
-//! kept in memory, within `[buffer] memory`, so that while the broker keeps
-//! up nothing is read back from disk; after an outage the backlog is read
-//! from the segments in order.
+//! The newest messages are kept in memory, within `[buffer] memory`, so
+//! that while the broker keeps up nothing is read back from disk; older
+//! ones are in the disk log ([`disk`]), read back in order after an outage.
+//! Which messages are written to disk is the `durability`:
+//! - `write_through`: every message, before the spool accepts it, so a
+//!   crash loses nothing accepted and a power cut nothing older than the
+//!   `fsync` policy's window;
+//! - `memory_first`: a message stays only in memory while the broker may
+//!   still acknowledge it; the oldest are written when one has waited
+//!   `spill_after` unacknowledged (checked at each sync tick) or when the
+//!   memory is full, and all that are left at a stop. The disk log then
+//!   holds the older part of the unacknowledged messages, the memory the
+//!   newer part, ids in order; a crash or a power cut loses the messages
+//!   only in memory ([`Spool::memory_only`]).
 //!
 //! The `when_full` policy applies when the disk budget is reached, the
 //! filesystem is nearly full, or a write fails (ENOSPC): `drop_oldest`
@@ -22,12 +30,12 @@ pub mod sequences;
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
-use crate::config::WhenFull;
+use crate::config::{Durability, WhenFull};
 use crate::health::{Health, Stage};
 use crate::seal::SealedMessage;
 use crate::telemetry::{RateLimit, RateLimits, Stats};
@@ -45,6 +53,13 @@ pub type MessageId = u64;
 /// name), rounded up: for the room kept for a stop.
 const ENTRY_OVERHEAD: u64 = 128;
 
+/// `memory_first`: how often, at most, the acknowledged position and the
+/// last sequence numbers delivered are recorded while nothing is on disk.
+/// A start after a crash reports as possibly lost what came after the
+/// record: at most this long of a sensor's numbers (the consumers count
+/// only those they miss).
+pub const ACK_INTERVAL_MEMORY_FIRST: Duration = Duration::from_secs(600);
+
 /// How often a blocked push retries when no acknowledgement frees room:
 /// space can also come back from outside (a full filesystem cleaned up).
 const BLOCKED_RETRY: Duration = Duration::from_secs(1);
@@ -58,6 +73,10 @@ pub struct SpoolSettings {
     /// Disk budget for segments and index (bytes).
     pub disk: u64,
     pub when_full: WhenFull,
+    pub durability: Durability,
+    /// `memory_first`: how long a message may wait for its
+    /// acknowledgement in memory only.
+    pub spill_after: Duration,
     pub fsync: Fsync,
     /// Free-space floor of the filesystem, as a fraction (0.05 = 5%).
     pub min_free: f64,
@@ -84,8 +103,17 @@ struct Inner {
     log: DiskLog,
     /// The newest messages, ids contiguous, within `memory` bytes, with
     /// the time each was stored.
-    cache: VecDeque<(MessageId, Arc<SealedMessage>, SystemTime)>,
+    cache: VecDeque<(MessageId, Arc<SealedMessage>, Instant)>,
     cache_bytes: usize,
+    /// The id the next accepted message gets.
+    next_id: MessageId,
+    /// Every message below this id is on disk or settled (acknowledged,
+    /// given up); the cache holds every one from here up (`memory_first`;
+    /// always `next_id` with `write_through`).
+    written_below: MessageId,
+    /// What the messages from `written_below` up take on disk: room the
+    /// disk keeps for them, since a stop writes them.
+    unwritten_bytes: u64,
     acks: AckTracker,
     /// The next id to hand to the uplink.
     send_cursor: MessageId,
@@ -103,6 +131,35 @@ struct Inner {
     /// Records dropped to make room (`drop_oldest`) that no gap notice has
     /// declared yet: taken by the seal stage ([`Spool::take_dropped`]).
     undeclared_drops: SeqRanges,
+}
+
+/// What `when_full` says to do when the disk has no room.
+enum Refusal {
+    /// `block`: wait for room.
+    Wait,
+    /// `drop_oldest` dropped a segment: try again.
+    Retry,
+    /// `drop_oldest`, and no segment is left to drop.
+    NothingToDrop,
+}
+
+/// Whether the disk could take a message at a stop (`memory_first`).
+enum Reserved {
+    Yes,
+    /// No room, and `when_full = "block"`.
+    NoRoom,
+    /// No room even after dropping everything else: the message is lost.
+    Dropped,
+}
+
+/// What became of a message [`Spool::write`] was given.
+enum Written {
+    Yes,
+    /// No room, and `when_full = "block"`.
+    NoRoom,
+    /// No room even after dropping everything else (`drop_oldest`): the
+    /// message is lost, counted and logged.
+    Dropped,
 }
 
 /// The spool shared by the seal stage (pushing) and the uplink (taking and
@@ -154,6 +211,10 @@ impl Spool {
             segment_size: settings.segment_size(),
             min_free: settings.min_free,
             fsync: settings.fsync,
+            ack_interval: match settings.durability {
+                Durability::WriteThrough => None,
+                Durability::MemoryFirst => Some(ACK_INTERVAL_MEMORY_FIRST),
+            },
         })?;
         Stats::add(&stats.spool_corrupt_entries, recovery.corrupt_entries);
         let mut acks = AckTracker::new(recovery.resend_from);
@@ -182,6 +243,9 @@ impl Spool {
         let inner = Inner {
             send_cursor: acks.next_unsettled(recovery.resend_from),
             acks,
+            next_id: log.next_id(),
+            written_below: log.next_id(),
+            unwritten_bytes: 0,
             log,
             cache: VecDeque::new(),
             cache_bytes: 0,
@@ -214,26 +278,45 @@ impl Spool {
     /// bound, within one segment).
     fn oldest_unsent_age(s: &Inner) -> Duration {
         let below = s.acks.below();
-        if below >= s.log.next_id() {
+        if below >= s.next_id {
             return Duration::ZERO;
         }
-        let since = match s.cache.front() {
-            Some(&(front, _, _)) if below >= front => s.cache[(below - front) as usize].2,
-            _ => s
-                .log
-                .segment_of(below)
-                .map_or_else(SystemTime::now, |seg| seg.created),
-        };
-        since.elapsed().unwrap_or_default()
+        match s.cache.front() {
+            Some(&(front, _, _)) if below >= front => s.cache[(below - front) as usize].2.elapsed(),
+            _ => s.log.segment_of(below).map_or(Duration::ZERO, |seg| {
+                seg.created.elapsed().unwrap_or_default()
+            }),
+        }
     }
 
     fn update_gauges(&self, s: &Inner) {
         Stats::set(
             &self.stats.spool_messages,
-            s.log.next_id().saturating_sub(s.acks.below()),
+            s.next_id.saturating_sub(s.acks.below()),
         );
         Stats::set(&self.stats.spool_bytes, s.log.bytes());
         Stats::set(&self.stats.spool_memory_bytes, s.cache_bytes as u64);
+        Stats::set(
+            &self.stats.spool_memory_only_messages,
+            Self::memory_only_in(s),
+        );
+    }
+
+    /// Messages held only in memory and not acknowledged (`memory_first`;
+    /// counting the few acknowledged out of order too): what a crash or a
+    /// power cut would lose now.
+    fn memory_only_in(s: &Inner) -> u64 {
+        s.next_id
+            .saturating_sub(s.written_below.max(s.acks.below()))
+    }
+
+    /// [`Self::memory_only_in`], for tests and the stop.
+    pub fn memory_only(&self) -> u64 {
+        Self::memory_only_in(&self.lock())
+    }
+
+    fn memory_first(&self, s: &Inner) -> bool {
+        self.settings.durability == Durability::MemoryFirst && !s.closed
     }
 
     /// Refreshes the age gauge (called by the stats line).
@@ -245,13 +328,15 @@ impl Spool {
         );
     }
 
-    /// Stores a sealed message (on disk first). Blocks the calling thread
-    /// for the disk write, and under `block` until there is room (which in
-    /// turn stops the readers behind it), so the seal stage calls it from
-    /// its own thread, never from an async task. Returns false only when
-    /// the spool was closed (a stop) and even the filesystem's reserve
-    /// could not take the message: it is not stored, it is counted as
-    /// dropped, and [`Spool::lost_at_stop`] reports its range.
+    /// Stores a sealed message: on disk first (`write_through`), or in
+    /// memory, making room by writing the oldest messages there to disk
+    /// (`memory_first`). Blocks the calling thread for the disk write, and
+    /// under `block` until there is room (which in turn stops the readers
+    /// behind it), so the seal stage calls it from its own thread, never
+    /// from an async task. Returns false only when the spool was closed (a
+    /// stop) and even the filesystem's reserve could not take the message:
+    /// it is not stored, it is counted as dropped, and
+    /// [`Spool::lost_at_stop`] reports its range.
     ///
     /// Synchronous on purpose: a hand-off to the blocking pool per message
     /// cost two wake-ups per message at full rate (docs/BENCHMARKS.md).
@@ -269,20 +354,12 @@ impl Spool {
                 return true;
             }
             if s.closed {
-                Stats::add(&self.stats.messages_dropped, 1);
-                Stats::add(&self.stats.records_dropped, u64::from(msg.records));
-                s.lost_at_stop.add(
-                    &msg.sensor,
-                    msg.first_seq,
-                    msg.last_seq,
-                    u64::from(msg.records),
-                );
-                s.log.note_dropped(&msg.sensor, msg.last_seq);
+                self.count_lost_at_stop(&mut s, &msg);
                 return false;
             }
             // Block policy: wait for room made by the sync tick (released
-            // segments) or a close, or retry anyway after a while (space
-            // may return from outside).
+            // segments), by acknowledgements (memory), or by a close, or
+            // retry anyway after a while (space may return from outside).
             s = self
                 .space
                 .wait_timeout(s, BLOCKED_RETRY)
@@ -291,84 +368,291 @@ impl Spool {
         }
     }
 
+    /// A message the closed spool could not store: counted, its range
+    /// reported by [`Spool::lost_at_stop`], and accounted for in the
+    /// sequence record so the next start does not report it again.
+    fn count_lost_at_stop(&self, s: &mut Inner, msg: &SealedMessage) {
+        Stats::add(&self.stats.messages_dropped, 1);
+        Stats::add(&self.stats.records_dropped, u64::from(msg.records));
+        s.lost_at_stop.add(
+            &msg.sensor,
+            msg.first_seq,
+            msg.last_seq,
+            u64::from(msg.records),
+        );
+        s.log.note_dropped(&msg.sensor, msg.last_seq);
+    }
+
     /// One attempt to store `msg`. Returns false only under `block` when
-    /// there is no room; under `drop_oldest`
-    /// it makes room (or, when the disk cannot take anything at all, drops
-    /// `msg` itself, counted).
+    /// there is no room; under `drop_oldest` it makes room (or, when the
+    /// disk cannot take anything at all, drops a message, counted).
     fn try_push(&self, s: &mut Inner, msg: &Arc<SealedMessage>) -> bool {
-        loop {
-            // Room is kept for what a stop must store; at a stop, what was
-            // already read may use it, and the filesystem's `min_free`
-            // floor too, rather than be lost. The budget always holds.
-            s.largest = s.largest.max(msg.bytes.len() as u64 + ENTRY_OVERHEAD);
-            let room = if s.closed {
-                Room {
-                    min_free: 0.0,
-                    keep: 0,
+        if self.memory_first(s) {
+            match self.reserve(s, msg) {
+                Reserved::Yes => {}
+                Reserved::NoRoom => return false,
+                Reserved::Dropped => return true,
+            }
+            if !self.make_memory_room(s, msg.bytes.len()) {
+                return false;
+            }
+            let id = s.next_id;
+            s.next_id += 1;
+            s.unwritten_bytes += disk::stored_len(msg);
+            s.cache_bytes += msg.bytes.len();
+            s.cache.push_back((id, msg.clone(), Instant::now()));
+            self.update_gauges(s);
+            return true;
+        }
+        // After a close, what is still only in memory goes to disk first:
+        // ids on disk only grow.
+        if s.written_below < s.next_id && !self.spill_waiting(s, true) {
+            return false;
+        }
+        let id = s.next_id;
+        let pending = s.unwritten_bytes;
+        match self.write(s, msg, id, pending) {
+            Written::Yes => {
+                s.next_id = id + 1;
+                s.written_below = s.next_id;
+                s.cache_bytes += msg.bytes.len();
+                s.cache.push_back((id, msg.clone(), Instant::now()));
+                while s.cache_bytes > self.settings.memory && s.cache.len() > 1 {
+                    let (_, old, _) = s.cache.pop_front().expect("not empty");
+                    s.cache_bytes -= old.bytes.len();
                 }
-            } else {
-                Room {
-                    min_free: self.settings.min_free,
-                    keep: self.settings.stop_reserve.saturating_mul(s.largest),
-                }
+                self.update_gauges(s);
+                true
+            }
+            Written::NoRoom => false,
+            Written::Dropped => true,
+        }
+    }
+
+    /// `memory_first`: frees memory for `incoming` more bytes by letting
+    /// go of the oldest messages that are on disk (or settled), writing the
+    /// oldest that are not. False when one could not be written under
+    /// `block`.
+    fn make_memory_room(&self, s: &mut Inner, incoming: usize) -> bool {
+        while s.cache_bytes + incoming > self.settings.memory {
+            let Some(&(front, _, _)) = s.cache.front() else {
+                return true;
             };
-            match s.log.append(
+            if front >= s.written_below && !self.spill_oldest(s) {
+                return false;
+            }
+            if s.cache
+                .front()
+                .is_some_and(|&(id, _, _)| id < s.written_below)
+            {
+                let (_, old, _) = s.cache.pop_front().expect("not empty");
+                s.cache_bytes -= old.bytes.len();
+            }
+        }
+        self.update_gauges(s);
+        true
+    }
+
+    /// `memory_first`: writes the oldest message held only in memory to
+    /// disk. Settled ones are passed over. True when it is on disk, or
+    /// lost under `drop_oldest` because the disk takes nothing (counted);
+    /// false when there is no room under `block`, or nothing to write.
+    fn spill_oldest(&self, s: &mut Inner) -> bool {
+        let Some(&(front, _, _)) = s.cache.front() else {
+            return false;
+        };
+        // What the broker acknowledged in order needs no disk: the ids
+        // skipped are below the acknowledged position the log records.
+        let id = s.written_below.max(front).max(s.acks.below());
+        if id >= s.next_id {
+            s.written_below = s.next_id;
+            return false;
+        }
+        s.log.release_acked(s.acks.below(), false);
+        let msg = s.cache[(id - front) as usize].1.clone();
+        let len = disk::stored_len(&msg);
+        let pending = s.unwritten_bytes.saturating_sub(len);
+        match self.write(s, &msg, id, pending) {
+            Written::Yes => {
+                s.written_below = id + 1;
+                s.unwritten_bytes = pending;
+                true
+            }
+            Written::Dropped => {
+                s.acks.give_up(id..id + 1);
+                s.send_cursor = s.acks.next_unsettled(s.send_cursor);
+                s.written_below = id + 1;
+                s.unwritten_bytes = pending;
+                true
+            }
+            Written::NoRoom => false,
+        }
+    }
+
+    /// `memory_first`: writes the messages that have waited `spill_after`
+    /// (the sync tick), or all of them (`all`, at a stop). Returns false
+    /// when the disk had no room for one under `block`.
+    fn spill_waiting(&self, s: &mut Inner, all: bool) -> bool {
+        let now = Instant::now();
+        loop {
+            let Some(&(front, _, _)) = s.cache.front() else {
+                return true;
+            };
+            let id = s.written_below.max(front).max(s.acks.below());
+            let Some((_, _, at)) = s.cache.get((id - front) as usize) else {
+                return true;
+            };
+            if !all && now.saturating_duration_since(*at) < self.settings.spill_after {
+                return true;
+            }
+            if !self.spill_oldest(s) {
+                return s.written_below >= s.next_id;
+            }
+        }
+    }
+
+    /// The room a disk write (or a reservation) must leave: what a stop
+    /// may still have to store, and `pending` bytes promised to messages
+    /// held only in memory. At a stop, what was already read may use the
+    /// kept room and the filesystem's `min_free` floor too, rather than be
+    /// lost; the budget always holds.
+    fn room(&self, s: &mut Inner, msg: &SealedMessage, pending: u64) -> Room {
+        s.largest = s.largest.max(msg.bytes.len() as u64 + ENTRY_OVERHEAD);
+        if s.closed {
+            Room {
+                min_free: 0.0,
+                keep: 0,
+                pending,
+            }
+        } else {
+            Room {
+                min_free: self.settings.min_free,
+                keep: self.settings.stop_reserve.saturating_mul(s.largest),
+                pending,
+            }
+        }
+    }
+
+    /// Writes message `id` to the disk log, leaving `pending` bytes free
+    /// besides the usual room, and applying `when_full` when there is no
+    /// room.
+    fn write(&self, s: &mut Inner, msg: &SealedMessage, id: MessageId, pending: u64) -> Written {
+        loop {
+            let room = self.room(s, msg, pending);
+            match s.log.append(id, msg, room) {
+                Ok(_) => {
+                    self.accepting(s);
+                    return Written::Yes;
+                }
+                Err(e) => match self.refuse(s, &e) {
+                    Refusal::Wait => return Written::NoRoom,
+                    Refusal::Retry => {}
+                    Refusal::NothingToDrop => {
+                        // Nothing left to drop and still no room: the disk
+                        // itself refuses. This message is lost.
+                        self.lose(s, msg, &e, "spool cannot store anything; message dropped");
+                        return Written::Dropped;
+                    }
+                },
+            }
+        }
+    }
+
+    /// `memory_first`: makes sure the disk could take `msg` at a stop, with
+    /// room for every other message held only in memory, before the spool
+    /// takes it into memory; `when_full` applies when it could not. Under
+    /// `drop_oldest` with nothing on disk left to drop, the oldest message
+    /// held only in memory goes, then `msg` itself.
+    fn reserve(&self, s: &mut Inner, msg: &SealedMessage) -> Reserved {
+        loop {
+            let room = self.room(s, msg, s.unwritten_bytes);
+            let Err(e) = s.log.reserve(msg, room) else {
+                self.accepting(s);
+                return Reserved::Yes;
+            };
+            match self.refuse(s, &e) {
+                Refusal::Wait => return Reserved::NoRoom,
+                Refusal::Retry => {}
+                Refusal::NothingToDrop => {
+                    let Some((id, oldest)) = self.oldest_memory_only(s) else {
+                        self.lose(s, msg, &e, "spool cannot store anything; message dropped");
+                        return Reserved::Dropped;
+                    };
+                    s.acks.give_up(id..id + 1);
+                    s.send_cursor = s.acks.next_unsettled(s.send_cursor);
+                    s.written_below = id + 1;
+                    s.unwritten_bytes = s.unwritten_bytes.saturating_sub(disk::stored_len(&oldest));
+                    self.lose(
+                        s,
+                        &oldest,
+                        &e,
+                        "spool full; oldest message in memory dropped",
+                    );
+                }
+            }
+        }
+    }
+
+    /// The oldest message held only in memory and not settled, if any.
+    fn oldest_memory_only(&self, s: &Inner) -> Option<(MessageId, Arc<SealedMessage>)> {
+        let &(front, _, _) = s.cache.front()?;
+        let id = s.written_below.max(front).max(s.acks.below());
+        let (_, msg, _) = s.cache.get((id - front) as usize)?;
+        Some((id, msg.clone()))
+    }
+
+    /// The disk took data: says so once after it had refused.
+    fn accepting(&self, s: &mut Inner) {
+        if let Some(reason) = s.refusing.take() {
+            info!(was = %reason, "spool accepts data again");
+        }
+    }
+
+    /// The disk has no room for what the spool must store: logs it once
+    /// per reason and applies `when_full`.
+    fn refuse(&self, s: &mut Inner, e: &AppendError) -> Refusal {
+        if let AppendError::Io { .. } = e {
+            Stats::add(&self.stats.spool_write_errors, 1);
+        }
+        let reason = e.to_string();
+        if s.refusing.as_deref() != Some(reason.as_str()) {
+            match self.settings.when_full {
+                WhenFull::Block => warn!(reason = %reason, error_kind = e.kind(),
+                    "spool cannot take data; reading paused until there is room (when_full = block)"),
+                WhenFull::DropOldest => warn!(reason = %reason, error_kind = e.kind(),
+                    "spool full; dropping the oldest data (when_full = drop_oldest)"),
+            }
+            s.refusing = Some(reason);
+        }
+        if self.settings.when_full == WhenFull::Block {
+            return Refusal::Wait;
+        }
+        match s.log.drop_oldest() {
+            Some(d) => {
+                self.dropped(s, &d, "spool full; oldest segment dropped");
+                Refusal::Retry
+            }
+            None => Refusal::NothingToDrop,
+        }
+    }
+
+    /// A message the spool gives up for lack of room (`drop_oldest`):
+    /// counted, its range left for a gap notice, and logged (rate-limited
+    /// per sensor).
+    fn lose(&self, s: &mut Inner, msg: &SealedMessage, e: &AppendError, what: &str) {
+        Stats::add(&self.stats.messages_dropped, 1);
+        Stats::add(&self.stats.records_dropped, u64::from(msg.records));
+        if msg.records > 0 {
+            s.undeclared_drops.add(
                 &msg.sensor,
                 msg.first_seq,
                 msg.last_seq,
-                msg.records,
-                &msg.bytes,
-                room,
-            ) {
-                Ok(id) => {
-                    if let Some(reason) = s.refusing.take() {
-                        info!(was = %reason, "spool accepts data again");
-                    }
-                    s.cache_bytes += msg.bytes.len();
-                    s.cache.push_back((id, msg.clone(), SystemTime::now()));
-                    while s.cache_bytes > self.settings.memory && s.cache.len() > 1 {
-                        let (_, old, _) = s.cache.pop_front().expect("not empty");
-                        s.cache_bytes -= old.bytes.len();
-                    }
-                    self.update_gauges(s);
-                    return true;
-                }
-                Err(e) => {
-                    if let AppendError::Io { .. } = e {
-                        Stats::add(&self.stats.spool_write_errors, 1);
-                    }
-                    let reason = e.to_string();
-                    if s.refusing.as_deref() != Some(reason.as_str()) {
-                        match self.settings.when_full {
-                            WhenFull::Block => warn!(reason = %reason, error_kind = e.kind(),
-                                "spool cannot take data; reading paused until there is room (when_full = block)"),
-                            WhenFull::DropOldest => warn!(reason = %reason, error_kind = e.kind(),
-                                "spool full; dropping the oldest data (when_full = drop_oldest)"),
-                        }
-                        s.refusing = Some(reason);
-                    }
-                    if self.settings.when_full == WhenFull::Block {
-                        return false;
-                    }
-                    match s.log.drop_oldest() {
-                        Some(d) => self.dropped(s, &d, "spool full; oldest segment dropped"),
-                        None => {
-                            // Nothing left to drop and still no room: the
-                            // disk itself refuses. This message is lost.
-                            Stats::add(&self.stats.messages_dropped, 1);
-                            Stats::add(&self.stats.records_dropped, u64::from(msg.records));
-                            if let Some(suppressed) =
-                                s.store_errors.check(msg.sensor.clone(), Instant::now())
-                            {
-                                error!(sensor = %msg.sensor, seq_first = msg.first_seq, seq_last = msg.last_seq,
-                                    records = msg.records, error = %e, error_kind = e.kind(), suppressed,
-                                    "spool cannot store anything; message dropped");
-                            }
-                            return true;
-                        }
-                    }
-                }
-            }
+                u64::from(msg.records),
+            );
+        }
+        if let Some(suppressed) = s.store_errors.check(msg.sensor.clone(), Instant::now()) {
+            error!(sensor = %msg.sensor, seq_first = msg.first_seq, seq_last = msg.last_seq,
+                records = msg.records, error = %e, error_kind = e.kind(), suppressed, "{what}");
         }
     }
 
@@ -449,7 +733,7 @@ impl Spool {
         let mut s = self.lock();
         loop {
             let id = s.acks.next_unsettled(s.send_cursor);
-            if id >= s.log.next_id() {
+            if id >= s.next_id {
                 return None;
             }
             if let Some(&(front, _, _)) = s.cache.front() {
@@ -479,7 +763,7 @@ impl Spool {
                 }
                 Ok(None) => {
                     // Ids missing on disk: continue with what is in memory.
-                    let next = s.cache.front().map_or(s.log.next_id(), |(f, _, _)| *f);
+                    let next = s.cache.front().map_or(s.next_id, |(f, _, _)| *f);
                     if next <= id {
                         return None;
                     }
@@ -552,16 +836,28 @@ impl Spool {
             return false;
         }
         let below = s.acks.below();
+        let mut freed = false;
         while s.cache.front().is_some_and(|(i, _, _)| *i < below) {
-            let (_, m, _) = s.cache.pop_front().expect("not empty");
+            let (id, m, _) = s.cache.pop_front().expect("not empty");
             s.cache_bytes -= m.bytes.len();
+            if id >= s.written_below {
+                // Delivered from memory only: the disk log never saw it.
+                s.log.note_delivered(&m.sensor, m.last_seq);
+                s.unwritten_bytes = s.unwritten_bytes.saturating_sub(disk::stored_len(&m));
+            }
+            freed = true;
         }
         // Released segments are deleted, and the acknowledged position
         // recorded, at the next sync tick, not here: the unlink and two
         // fsyncs per segment stalled the uplink (benches/spool.rs).
         s.log.release_acked(below, false);
         self.update_gauges(&s);
+        let memory_first = self.memory_first(&s);
         drop(s);
+        if freed && memory_first {
+            // A push may wait for memory (`block`, the disk full too).
+            self.space.notify_all();
+        }
         Stats::add(&self.stats.messages_acked, 1);
         Stats::add(&self.stats.records_acked, u64::from(records));
         true
@@ -573,11 +869,16 @@ impl Spool {
         s.send_cursor = s.acks.below();
     }
 
-    /// Forces written data to disk and records the acknowledged position
-    /// (the `interval` policy's tick).
+    /// The sync tick (every `fsync_interval`): writes the messages that
+    /// waited `spill_after` in memory (`memory_first`), forces written data
+    /// to disk and records the acknowledged position.
     pub fn sync(&self) {
         let freed = {
             let mut s = self.lock();
+            if self.settings.durability == Durability::MemoryFirst {
+                let all = s.closed;
+                self.spill_waiting(&mut s, all);
+            }
             let finishing = s.closed;
             let freed = s.log.sync(finishing);
             self.update_gauges(&s);
@@ -588,26 +889,68 @@ impl Spool {
         }
     }
 
-    /// No more messages will be pushed (shutting down).
+    /// No more messages will be pushed (shutting down). `memory_first`:
+    /// every message still only in memory is written to disk now, so that
+    /// what the broker does not take in time waits there for the next
+    /// start (they are still sent from memory meanwhile), and what is
+    /// pushed from now on goes straight to disk. What finds no room even
+    /// in the filesystem's reserve is tried again at each sync tick and
+    /// given up by [`Spool::finish`].
     pub fn close(&self) {
-        self.lock().closed = true;
+        {
+            let mut s = self.lock();
+            s.closed = true;
+            if self.settings.durability == Durability::MemoryFirst {
+                self.spill_waiting(&mut s, true);
+            }
+            self.update_gauges(&s);
+        }
         self.data.notify_one();
         self.space.notify_all();
+    }
+
+    /// The last call of a stop, once the uplink is done: writes what is
+    /// still only in memory (`memory_first`), counts what cannot be written
+    /// as lost (reported by [`Spool::lost_at_stop`]), and syncs.
+    pub fn finish(&self) {
+        {
+            let mut s = self.lock();
+            s.closed = true;
+            if self.settings.durability == Durability::MemoryFirst
+                && !self.spill_waiting(&mut s, true)
+            {
+                while s.written_below < s.next_id {
+                    let front = s.cache.front().map_or(s.next_id, |&(id, _, _)| id);
+                    let id = s.written_below.max(front);
+                    if id >= s.next_id {
+                        s.written_below = s.next_id;
+                        break;
+                    }
+                    if let Some((_, msg, _)) = s.cache.get((id - front) as usize).cloned() {
+                        if !s.acks.is_acked(id) {
+                            s.acks.give_up(id..id + 1);
+                            self.count_lost_at_stop(&mut s, &msg);
+                        }
+                        s.unwritten_bytes =
+                            s.unwritten_bytes.saturating_sub(disk::stored_len(&msg));
+                    }
+                    s.written_below = id + 1;
+                }
+            }
+        }
+        self.sync();
     }
 
     /// Closed and every message acknowledged.
     pub fn is_drained(&self) -> bool {
         let s = self.lock();
-        s.closed && s.acks.below() >= s.log.next_id()
+        s.closed && s.acks.below() >= s.next_id
     }
 
     /// Unacknowledged messages, and bytes on disk.
     pub fn backlog(&self) -> (u64, u64) {
         let s = self.lock();
-        (
-            s.log.next_id().saturating_sub(s.acks.below()),
-            s.log.bytes(),
-        )
+        (s.next_id.saturating_sub(s.acks.below()), s.log.bytes())
     }
 }
 
@@ -621,6 +964,8 @@ mod tests {
             memory: 64 * 1024,
             disk: 1 << 20,
             when_full,
+            durability: crate::config::Durability::WriteThrough,
+            spill_after: Duration::from_secs(2),
             fsync: Fsync::Never,
             min_free: 0.0,
             stop_reserve: 0,
@@ -639,6 +984,207 @@ mod tests {
 
     fn drain(spool: &Spool) -> Vec<(MessageId, u64)> {
         std::iter::from_fn(|| spool.next_to_send().map(|(id, m)| (id, m.first_seq))).collect()
+    }
+
+    fn memory_first(dir: &std::path::Path, spill_after: Duration) -> SpoolSettings {
+        SpoolSettings {
+            durability: Durability::MemoryFirst,
+            spill_after,
+            ..settings(dir, WhenFull::Block)
+        }
+    }
+
+    fn segments(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                let path = e.as_ref().unwrap().path();
+                path.extension().is_some_and(|x| x == "seg")
+            })
+            .count()
+    }
+
+    #[test]
+    fn memory_first_writes_nothing_while_the_broker_keeps_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = Arc::new(Stats::default());
+        let (spool, _) = Spool::open(
+            memory_first(dir.path(), Duration::from_secs(3600)),
+            stats.clone(),
+        )
+        .unwrap();
+        for seq in 0..100 {
+            spool.push(msg(seq));
+            let (id, m) = spool.next_to_send().unwrap();
+            assert_eq!(m.first_seq, seq);
+            assert!(spool.ack(id, 1));
+            spool.sync();
+        }
+        spool.close();
+        spool.finish();
+        assert_eq!(segments(dir.path()), 0, "no segment was ever made");
+        assert!(spool.is_drained());
+        assert_eq!(stats.snapshot().spool_memory_only_messages, 0);
+        // Only the stop recorded where the broker is (and what it has).
+        let (_, rec) = Spool::open(
+            memory_first(dir.path(), Duration::from_secs(3600)),
+            Arc::default(),
+        )
+        .unwrap();
+        assert_eq!(rec.resend_from, 100);
+        assert_eq!(rec.last_seq.get("bike"), Some(&99));
+    }
+
+    #[test]
+    fn memory_first_writes_what_waited_spill_after_and_a_restart_sends_it() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (spool, _) =
+                Spool::open(memory_first(dir.path(), Duration::ZERO), Arc::default()).unwrap();
+            for seq in 0..4 {
+                spool.push(msg(seq));
+            }
+            assert_eq!(spool.memory_only(), 4);
+            assert_eq!(segments(dir.path()), 0);
+            spool.sync();
+            assert_eq!(spool.memory_only(), 0);
+            // Two more that no sync tick saw: a crash (no close) loses them.
+            spool.push(msg(4));
+            spool.push(msg(5));
+            assert_eq!(spool.memory_only(), 2);
+        }
+        let (spool, rec) =
+            Spool::open(memory_first(dir.path(), Duration::ZERO), Arc::default()).unwrap();
+        assert_eq!(rec.messages, 4);
+        assert!(rec.seq_losses.is_empty() && rec.lost_ids.is_empty());
+        let seqs: Vec<u64> = drain(&spool).into_iter().map(|s| s.1).collect();
+        assert_eq!(seqs, (0..4).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn memory_first_writes_the_oldest_when_the_memory_is_full_and_sends_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(
+            memory_first(dir.path(), Duration::from_secs(3600)),
+            Arc::default(),
+        )
+        .unwrap();
+        // 15 KB messages, 64 KiB of memory: four fit.
+        for seq in 0..20 {
+            spool.push(msg(seq));
+        }
+        assert_eq!(spool.memory_only(), 4);
+        assert!(segments(dir.path()) > 0);
+        let sent = drain(&spool);
+        assert_eq!(
+            sent.iter().map(|s| s.1).collect::<Vec<_>>(),
+            (0..20).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            sent.iter().map(|s| s.0).collect::<Vec<_>>(),
+            (0..20).collect::<Vec<_>>()
+        );
+        for (id, _) in sent {
+            spool.ack(id, 1);
+        }
+        assert_eq!(spool.memory_only(), 0);
+    }
+
+    #[test]
+    fn memory_first_stop_writes_what_is_left_for_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (spool, _) = Spool::open(
+                memory_first(dir.path(), Duration::from_secs(3600)),
+                Arc::default(),
+            )
+            .unwrap();
+            for seq in 0..6 {
+                spool.push(msg(seq));
+            }
+            // The broker took the first two, from memory.
+            for (id, _) in drain(&spool).into_iter().take(2) {
+                spool.ack(id, 1);
+            }
+            spool.rewind();
+            spool.close();
+            // Pushed after the close (the intake's last batches): to disk,
+            // after the others.
+            spool.push(msg(6));
+            spool.finish();
+            assert!(spool.lost_at_stop().is_empty());
+        }
+        let (spool, rec) = Spool::open(
+            memory_first(dir.path(), Duration::from_secs(3600)),
+            Arc::default(),
+        )
+        .unwrap();
+        assert!(rec.seq_losses.is_empty() && rec.lost_ids.is_empty());
+        assert_eq!(rec.resend_from, 2);
+        let seqs: Vec<u64> = drain(&spool).into_iter().map(|s| s.1).collect();
+        assert_eq!(seqs, (2..7).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn memory_first_holds_in_memory_only_what_a_stop_can_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = Arc::new(Stats::default());
+        let settings = SpoolSettings {
+            memory: 8 << 20,
+            when_full: WhenFull::DropOldest,
+            ..memory_first(dir.path(), Duration::from_secs(3600))
+        };
+        let held = {
+            let (spool, _) = Spool::open(settings.clone(), stats.clone()).unwrap();
+            // 200 messages of 15 KB: 3 MB, the memory could hold them all,
+            // the 1 MiB disk only 60-odd.
+            for seq in 0..200 {
+                assert!(spool.push(msg(seq)));
+            }
+            let held = spool.memory_only();
+            assert!((50..70).contains(&held), "{held} held in memory");
+            assert_eq!(stats.snapshot().messages_dropped, 200 - held);
+            // Each dropped one waits to be declared.
+            assert_eq!(spool.take_dropped().records(), 200 - held);
+            spool.close();
+            spool.finish();
+            assert!(spool.lost_at_stop().is_empty(), "the stop wrote them all");
+            held
+        };
+        let (spool, rec) = Spool::open(settings, Arc::default()).unwrap();
+        assert_eq!(rec.messages, held);
+        let seqs: Vec<u64> = drain(&spool).into_iter().map(|s| s.1).collect();
+        assert_eq!(seqs, (200 - held..200).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn memory_first_skips_delivered_ids_on_disk_without_taking_them_for_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (spool, _) =
+                Spool::open(memory_first(dir.path(), Duration::ZERO), Arc::default()).unwrap();
+            for seq in 0..5 {
+                spool.push(msg(seq));
+            }
+            for (id, _) in drain(&spool) {
+                spool.ack(id, 1);
+            }
+            // An outage: 5..8 wait and go to disk at the tick, ids 5..7
+            // after five that never touched it.
+            for seq in 5..8 {
+                spool.push(msg(seq));
+            }
+            spool.sync();
+            assert_eq!(spool.memory_only(), 0);
+            // A crash: no close.
+        }
+        let (spool, rec) =
+            Spool::open(memory_first(dir.path(), Duration::ZERO), Arc::default()).unwrap();
+        assert!(rec.seq_losses.is_empty(), "{:?}", rec.seq_losses);
+        assert!(rec.lost_ids.is_empty(), "{:?}", rec.lost_ids);
+        assert_eq!(rec.resend_from, 5);
+        let sent = drain(&spool);
+        assert_eq!(sent, vec![(5, 5), (6, 6), (7, 7)]);
     }
 
     #[test]
@@ -830,6 +1376,8 @@ mod tests {
                 // few dozen messages each.
                 disk: 640 * 1024,
                 when_full: WhenFull::Block,
+                durability: crate::config::Durability::WriteThrough,
+                spill_after: Duration::from_secs(2),
                 fsync: Fsync::Never,
                 min_free: 0.0,
                 stop_reserve: 0,
@@ -948,6 +1496,7 @@ mod tests {
                         segment_size: 80 * 1024,
                         min_free: 0.0,
                         fsync: Fsync::Never,
+                        ack_interval: None,
                     }).unwrap();
                     (0..rec.resend_from).collect()
                 };

@@ -41,6 +41,8 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::telemetry::storage;
+
 /// Length of the segment header; the first entry starts here.
 pub const SEGMENT_HEADER_LEN: u64 = 16;
 
@@ -86,8 +88,14 @@ pub struct Entry {
 impl Entry {
     /// Bytes this entry takes in a segment, framing included.
     pub fn encoded_len(&self) -> u64 {
-        ENTRY_HEADER_LEN + (BODY_FIXED_LEN + self.sensor.len() + self.message.len()) as u64
+        encoded_len(&self.sensor, self.message.len())
     }
+}
+
+/// The bytes an entry of `sensor` with a message of `message_len` bytes
+/// takes in a segment.
+pub fn encoded_len(sensor: &str, message_len: usize) -> u64 {
+    ENTRY_HEADER_LEN + (BODY_FIXED_LEN + sensor.len() + message_len) as u64
 }
 
 /// Where an entry lies and what it holds, without its message: what start-up
@@ -214,6 +222,7 @@ impl SegmentWriter {
             let _ = std::fs::remove_file(path);
             return Err(e);
         }
+        storage::wrote(header_bytes().len());
         Ok(SegmentWriter {
             file,
             path: path.to_path_buf(),
@@ -264,6 +273,9 @@ impl SegmentWriter {
             &mut self.tail_dirty,
             &self.scratch,
         );
+        if result.is_ok() {
+            storage::wrote(self.scratch.len());
+        }
         if self.scratch.capacity() > READ_CHUNK {
             // Don't keep what one large entry needed.
             self.scratch = Vec::new();
@@ -273,6 +285,7 @@ impl SegmentWriter {
 
     /// Makes what was appended durable (`fdatasync`).
     pub fn sync(&mut self) -> io::Result<()> {
+        storage::touched();
         self.file.sync_data()
     }
 

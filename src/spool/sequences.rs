@@ -14,9 +14,9 @@
 //! counter that restarted from 0 apart from a replay.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs;
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -228,7 +228,6 @@ impl StateDir {
     /// the file is either the old or the new version.
     fn write(&self, next: &BTreeMap<String, u64>, clean: bool) -> Result<(), StateError> {
         let path = self.dir.join(STATE_FILE);
-        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
         let err = |source| StateError::Write {
             path: path.clone(),
             source,
@@ -239,20 +238,7 @@ impl StateDir {
             next: next.clone(),
         })
         .expect("state serializes");
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(err)?;
-        f.write_all(&body).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        fs::rename(&tmp, &path).map_err(err)?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(err)?;
-        Ok(())
+        super::disk::write_atomic(&self.dir, STATE_FILE, &body).map_err(err)
     }
 }
 
