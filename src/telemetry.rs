@@ -18,8 +18,8 @@
 //! - `text`, `json`: stderr; `json` is one object per line for log
 //!   shippers.
 //!
-//! `RUST_LOG` overrides `[log] level`; the demo broker's own logs
-//! (`rumqttd`) stay off.
+//! `RUST_LOG` overrides `[log] level` (both a level, or `target=level`
+//! directives); the demo broker's own logs (`rumqttd`) stay off.
 //!
 //! # Why `tracing-journald`
 //!
@@ -164,14 +164,21 @@ pub fn journald_layer() -> io::Result<tracing_journald::Layer> {
         .with_priority_mappings(priorities()))
 }
 
-fn filter(level: &str) -> tracing_subscriber::EnvFilter {
-    use tracing_subscriber::EnvFilter;
+/// The filter: `RUST_LOG` when it is set and valid, else `[log] level`.
+/// A `Targets` filter (a default level and `target=level` directives), not
+/// an `EnvFilter`: that one's span and field matching needs a regular
+/// expression engine, about half a megabyte of the binary (issue 17).
+fn filter(level: &str) -> tracing_subscriber::filter::Targets {
+    use tracing_subscriber::filter::Targets;
     // The demo's embedded broker logs every client disconnect as an error;
     // its own failures reach the demo as errors anyway.
-    let directives = format!("{level},rumqttd=off");
-    EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"))
-    })
+    let quiet = |t: Targets| t.with_target("rumqttd", tracing::level_filters::LevelFilter::OFF);
+    std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<Targets>().ok())
+        .or_else(|| level.parse::<Targets>().ok())
+        .map(quiet)
+        .unwrap_or_else(|| quiet(Targets::new().with_default(tracing::Level::INFO)))
 }
 
 /// Sets up `tracing` for the process as `[log] format` says (see the
