@@ -218,7 +218,7 @@ impl Collector for Metrics {
         gauge(
             &mut e,
             "spool_memory_bytes",
-            "Bytes of the newest messages kept in memory.",
+            "Memory the queued messages take, their bookkeeping included (counted against [buffer] memory).",
             g(s.spool_memory_bytes),
         )?;
         gauge(

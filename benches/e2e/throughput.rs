@@ -38,6 +38,14 @@
 //! and the clock (connected publisher → subscriber has opened all) measures
 //! the same path minus the gateway.
 //!
+//! # The feed ceiling
+//!
+//! How fast the same writer thread can feed one PTY at all: a reader in
+//! the bench takes the slave end in raw mode (as the gateway does) and
+//! only counts the newlines of the same [`TOTAL_RECORDS`] lines, reading
+//! 64 KiB at a time. *Records/s vs the feed ceiling* (1 sensor) is the
+//! gateway's records/s over that, per run (issue 17: ≥ 0.8).
+//!
 //! *Gateway / baseline* is sealed messages per second reaching the
 //! subscriber from the gateway divided by the same from the publisher, per
 //! run, then the median. With full batches (the progress lines show the
@@ -115,7 +123,9 @@ pub fn run(opts: &Options, report: &mut Report) {
     let mut gateway: BTreeMap<usize, Vec<GatewayRun>> = BTreeMap::new();
     let mut baseline_msgs = Vec::new();
     let mut message_bytes = Vec::new();
+    let mut ceiling = Vec::new();
     for run in 1..=opts.runs {
+        ceiling.push(feed_ceiling(run));
         for sensors in SENSOR_COUNTS {
             let rig = Rig::new();
             let g = gateway_run(&rig, sensors, run);
@@ -132,6 +142,21 @@ pub fn run(opts: &Options, report: &mut Report) {
     }
 
     report.median("throughput_sealed_message_bytes", "bytes", &message_bytes);
+    let feed = report.median(
+        "throughput_feed_ceiling_records_per_s",
+        "records/s",
+        &ceiling,
+    );
+    let vs_feed: Vec<f64> = gateway[&1]
+        .iter()
+        .zip(&ceiling)
+        .map(|(g, c)| g.records_per_s / c)
+        .collect();
+    let ratio = report.median("throughput_1_sensor_vs_feed_ceiling", "ratio", &vs_feed);
+    progress(&format!(
+        "goal: throughput_1_sensor ≥ {GOAL_RATIO} × the feed ceiling ({feed:.0} records/s): {ratio:.2}, {}",
+        verdict(ratio >= GOAL_RATIO)
+    ));
     let baseline = report.median("throughput_baseline_msgs_per_s", "msgs/s", &baseline_msgs);
     for (sensors, runs) in &gateway {
         let name = if *sensors == 1 {
@@ -193,6 +218,39 @@ pub fn run(opts: &Options, report: &mut Report) {
         "goal: < {GOAL_PI_PERCENT} % of one Pi core for 8 ports at 921600 baud: {percent:.1} %, {}",
         verdict(percent < GOAL_PI_PERCENT)
     ));
+}
+
+/// Records/s one writer thread feeds through one PTY to a reader that only
+/// counts lines: the most any gateway could read from it here.
+fn feed_ceiling(run: usize) -> f64 {
+    use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
+    use std::io::Read;
+
+    let pty = Pty::open().expect("open a PTY");
+    let mut slave = fs::File::open(pty.path()).expect("open the PTY's slave end");
+    let mut raw = tcgetattr(&slave).expect("tcgetattr");
+    cfmakeraw(&mut raw);
+    tcsetattr(&slave, SetArg::TCSANOW, &raw).expect("raw mode");
+    let start = Instant::now();
+    let writer = SimSensor::spawn(pty.writer().expect("PTY writer"), TOTAL_RECORDS, None);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut lines = 0u64;
+    while lines < TOTAL_RECORDS {
+        assert!(
+            start.elapsed() < WAIT,
+            "the feed ceiling run did not end in {WAIT:?}"
+        );
+        let n = slave.read(&mut buf).expect("read the PTY");
+        lines += memchr::memchr_iter(b'\n', &buf[..n]).count() as u64;
+    }
+    let took = start.elapsed();
+    writer.join().expect("writer thread").expect("writer");
+    let per_s = TOTAL_RECORDS as f64 / took.as_secs_f64();
+    progress(&format!(
+        "throughput run {run}, feed ceiling: {TOTAL_RECORDS} lines through one PTY in {:.2} s = {per_s:.0} records/s",
+        took.as_secs_f64()
+    ));
+    per_s
 }
 
 fn verdict(met: bool) -> &'static str {
