@@ -164,6 +164,17 @@ enum Reserved {
     Dropped,
 }
 
+impl Inner {
+    /// The oldest message held only in memory that the broker has not
+    /// acknowledged in order, with its id and when it was stored.
+    fn oldest_memory_only(&self) -> Option<(MessageId, Arc<SealedMessage>, Instant)> {
+        let &(front, _, _) = self.cache.front()?;
+        let id = self.written_below.max(front).max(self.acks.below());
+        let (_, msg, at) = self.cache.get((id - front) as usize)?;
+        Some((id, msg.clone(), *at))
+    }
+}
+
 /// What became of a message [`Spool::write`] was given.
 enum Written {
     Yes,
@@ -470,18 +481,14 @@ impl Spool {
     /// lost under `drop_oldest` because the disk takes nothing (counted);
     /// false when there is no room under `block`, or nothing to write.
     fn spill_oldest(&self, s: &mut Inner) -> bool {
-        let Some(&(front, _, _)) = s.cache.front() else {
+        let Some((id, msg, _)) = s.oldest_memory_only() else {
+            // Everything below `next_id` is on disk or settled.
+            s.written_below = s.next_id;
             return false;
         };
         // What the broker acknowledged in order needs no disk: the ids
         // skipped are below the acknowledged position the log records.
-        let id = s.written_below.max(front).max(s.acks.below());
-        if id >= s.next_id {
-            s.written_below = s.next_id;
-            return false;
-        }
         s.log.release_acked(s.acks.below(), false);
-        let msg = s.cache[(id - front) as usize].1.clone();
         let len = disk::stored_len(&msg);
         let pending = s.unwritten_bytes.saturating_sub(len);
         match self.write(s, &msg, id, pending) {
@@ -507,14 +514,10 @@ impl Spool {
     fn spill_waiting(&self, s: &mut Inner, all: bool) -> bool {
         let now = Instant::now();
         loop {
-            let Some(&(front, _, _)) = s.cache.front() else {
+            let Some((_, _, at)) = s.oldest_memory_only() else {
                 return true;
             };
-            let id = s.written_below.max(front).max(s.acks.below());
-            let Some((_, _, at)) = s.cache.get((id - front) as usize) else {
-                return true;
-            };
-            if !all && now.saturating_duration_since(*at) < self.settings.spill_after {
+            if !all && now.saturating_duration_since(at) < self.settings.spill_after {
                 return true;
             }
             if !self.spill_oldest(s) {
@@ -586,7 +589,7 @@ impl Spool {
                 Refusal::Wait => return Reserved::NoRoom,
                 Refusal::Retry => {}
                 Refusal::NothingToDrop => {
-                    let Some((id, oldest)) = self.oldest_memory_only(s) else {
+                    let Some((id, oldest, _)) = s.oldest_memory_only() else {
                         self.lose(s, msg, &e, "spool cannot store anything; message dropped");
                         return Reserved::Dropped;
                     };
@@ -603,14 +606,6 @@ impl Spool {
                 }
             }
         }
-    }
-
-    /// The oldest message held only in memory and not settled, if any.
-    fn oldest_memory_only(&self, s: &Inner) -> Option<(MessageId, Arc<SealedMessage>)> {
-        let &(front, _, _) = s.cache.front()?;
-        let id = s.written_below.max(front).max(s.acks.below());
-        let (_, msg, _) = s.cache.get((id - front) as usize)?;
-        Some((id, msg.clone()))
     }
 
     /// The disk took data: says so once after it had refused.
