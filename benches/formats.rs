@@ -110,8 +110,8 @@ use sensorgate::config::Column;
 use sensorgate::demo::pty::{sim_decoder, sim_line};
 use sensorgate::record::Record;
 use sensorgate::seal::{GatewayKey, JWS_TYP, PublicKey, Sealer, SealerOptions, WireFormat};
-use sensorgate::serial::format::Decoded;
 use sensorgate::serial::format::csv::CsvDecoder;
+use sensorgate::serial::format::{Decode, Decoded};
 use serde_json::json;
 
 /// Runs per figure; the median is reported.

@@ -42,8 +42,8 @@ use sensorgate::config;
 use sensorgate::demo::pty::{sim_decoder, sim_line};
 use sensorgate::record::{Record, format_ts};
 use sensorgate::seal::{self, SealedMessage, Sealer, SealerOptions};
-use sensorgate::serial::format::Decoded;
 use sensorgate::serial::format::csv::CsvDecoder;
+use sensorgate::serial::format::{Decode, Decoded};
 use sensorgate::uplink;
 use serde_json::json;
 

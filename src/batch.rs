@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::record::Record;
+use crate::record::{Field, FieldPool, Record, Spare};
 
 /// The batching decisions, without I/O.
 #[derive(Debug)]
@@ -16,6 +16,7 @@ pub struct Batcher {
     linger: Duration,
     records: Vec<Record>,
     deadline: Option<Instant>,
+    spare: Spare,
 }
 
 impl Batcher {
@@ -25,7 +26,20 @@ impl Batcher {
             linger,
             records: Vec::new(),
             deadline: None,
+            spare: Spare::default(),
         }
+    }
+
+    /// Takes the field vectors of the next records from `pool`, where the
+    /// seal stage gives them back ([`FieldPool`]).
+    pub fn recycling(mut self, pool: FieldPool) -> Self {
+        self.spare = Spare::new(pool, self.max_records);
+        self
+    }
+
+    /// An empty vector for the next record's fields.
+    pub fn fields(&mut self) -> Vec<Field> {
+        self.spare.fields()
     }
 
     /// Adds a record; returns a full batch when `max_records` is reached.

@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::health::{Health, Stage};
 use crate::metrics::{self, Metrics, QueueDepth};
 use crate::notify::{self, Notifier};
-use crate::record::Record;
+use crate::record::{FieldPool, Record};
 use crate::seal::{self, KeyError, SealedMessage, Sealer};
 use crate::serial::{OpenError, SensorSource};
 use crate::spool::disk::DiskError;
@@ -199,10 +199,14 @@ pub async fn run(
         source.check_required()?;
     }
     let counters: Vec<_> = sensors.iter().map(|s| s.counters().clone()).collect();
+    let fields = FieldPool::default();
     let mut sealing = spawn_seal_stage(
         sealer,
         notices,
-        batch_rx,
+        Batches {
+            rx: batch_rx,
+            spent: fields.clone(),
+        },
         publish_limit(&cfg),
         spool.clone(),
         stats.clone(),
@@ -213,7 +217,7 @@ pub async fn run(
     for (source, sensor) in sensors.into_iter().zip(&cfg.sensor) {
         sources.spawn(source.run(
             state.allocator(&sensor.name),
-            Batcher::new(cfg.batch.max_records, cfg.batch.linger),
+            Batcher::new(cfg.batch.max_records, cfg.batch.linger).recycling(fields.clone()),
             batch_tx.clone(),
             stats.clone(),
             stop_reading.clone(),
@@ -639,6 +643,13 @@ fn seal_fitting(
 /// At most one seal error line per sensor per this period.
 const SEAL_LOG_PERIOD: Duration = Duration::from_secs(60);
 
+/// The seal stage's input: the readers' batches, and where their field
+/// vectors go back once sealed.
+struct Batches {
+    rx: mpsc::Receiver<Vec<Record>>,
+    spent: FieldPool,
+}
+
 /// Starts the seal stage on a thread of its own: sealing is CPU work and
 /// [`Spool::push`] blocks on the disk (and, under `block`, on room), so
 /// neither belongs on the async workers. The receiver resolves when the
@@ -647,7 +658,7 @@ const SEAL_LOG_PERIOD: Duration = Duration::from_secs(60);
 fn spawn_seal_stage(
     sealer: Sealer,
     notices: Vec<seal::GapNotice>,
-    batches: mpsc::Receiver<Vec<Record>>,
+    batches: Batches,
     limit: usize,
     spool: Arc<Spool>,
     stats: Arc<Stats>,
@@ -668,7 +679,7 @@ fn spawn_seal_stage(
 fn seal_stage(
     mut sealer: Sealer,
     notices: &[seal::GapNotice],
-    mut batches: mpsc::Receiver<Vec<Record>>,
+    mut batches: Batches,
     limit: usize,
     spool: &Spool,
     stats: &Stats,
@@ -677,13 +688,14 @@ fn seal_stage(
     declare_gaps(&mut sealer, notices, spool);
     let mut sealed = Vec::new();
     let mut logs = RateLimits::new(SEAL_LOG_PERIOD);
-    while let Some(batch) = batches.blocking_recv() {
+    while let Some(batch) = batches.rx.blocking_recv() {
         {
             let _busy = stage.busy();
             #[cfg(feature = "fault-injection")]
             fault::maybe_hang_seal(stats);
             seal_fitting(&mut sealer, &batch, limit, &mut sealed, stats, &mut logs);
         }
+        batches.spent.give_back(batch);
         for msg in sealed.drain(..) {
             Stats::add(&stats.messages_sealed, 1);
             Stats::add(&stats.records_sealed, u64::from(msg.records));

@@ -3,7 +3,7 @@
 //! Records are what the serial stage produces and what the seal stage packs
 //! into a sealed message. They carry no transport or crypto detail.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -83,6 +83,74 @@ impl Record {
     }
 }
 
+/// Field vectors of sealed batches, handed back for the serial readers to
+/// fill again, so that a record costs no allocation: with one vector
+/// allocated per record, a sealed batch freed its 100 vectors at once,
+/// beyond the C allocator's per-thread cache (measured in
+/// docs/BENCHMARKS.md, "Pi resources"). The seal stage gives a batch back
+/// once it is sealed; a reader takes what is there a batch at a time. One
+/// lock per batch on each side. Bounded: at most [`FieldPool::MAX`]
+/// vectors, none with room for more than [`FieldPool::MAX_FIELDS`].
+#[derive(Debug, Clone, Default)]
+pub struct FieldPool(Arc<Mutex<Vec<Vec<Field>>>>);
+
+impl FieldPool {
+    /// Vectors kept at most (a few batches of the default 100 records).
+    pub const MAX: usize = 1024;
+    /// A vector with room for more fields than this is freed, not kept.
+    pub const MAX_FIELDS: usize = 64;
+
+    /// Keeps the field vectors of `records`, emptied, up to [`Self::MAX`].
+    pub fn give_back(&self, records: Vec<Record>) {
+        let mut pool = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let room = Self::MAX.saturating_sub(pool.len());
+        let kept = records
+            .into_iter()
+            .map(|r| r.fields)
+            .filter(|f| f.capacity() > 0 && f.capacity() <= Self::MAX_FIELDS)
+            .take(room)
+            .map(|mut f| {
+                f.clear();
+                f
+            });
+        pool.extend(kept);
+    }
+
+    /// Moves up to `n` kept vectors into `spare`.
+    pub fn take(&self, spare: &mut Vec<Vec<Field>>, n: usize) {
+        let mut pool = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let from = pool.len().saturating_sub(n);
+        spare.extend(pool.drain(from..));
+    }
+}
+
+/// A reader's end of a [`FieldPool`]: an empty field vector for each record.
+#[derive(Debug, Default)]
+pub struct Spare {
+    pool: FieldPool,
+    spare: Vec<Vec<Field>>,
+    batch: usize,
+}
+
+impl Spare {
+    /// Takes from `pool` up to `batch` vectors at a time.
+    pub fn new(pool: FieldPool, batch: usize) -> Spare {
+        Spare {
+            pool,
+            spare: Vec::new(),
+            batch: batch.max(1),
+        }
+    }
+
+    /// An empty vector, kept from a sealed batch when there is one.
+    pub fn fields(&mut self) -> Vec<Field> {
+        if self.spare.is_empty() {
+            self.pool.take(&mut self.spare, self.batch);
+        }
+        self.spare.pop().unwrap_or_default()
+    }
+}
+
 /// Formats a timestamp as RFC 3339 UTC with nanoseconds, the form used on
 /// the wire (`2026-11-25T20:04:37.123456789Z`).
 pub fn format_ts(ts: SystemTime) -> String {
@@ -107,6 +175,54 @@ mod tests {
         assert_eq!(Value::parse("true"), Value::Bool(true));
         assert_eq!(Value::parse("abc"), Value::Str("abc".into()));
         assert_eq!(Value::parse("NaN"), Value::Str("NaN".into()));
+    }
+
+    fn record(seq: u64, fields: Vec<Field>) -> Record {
+        Record {
+            sensor: Arc::from("s"),
+            seq,
+            ts: SystemTime::UNIX_EPOCH,
+            fields,
+        }
+    }
+
+    #[test]
+    fn field_vectors_come_back_empty_with_their_room() {
+        let pool = FieldPool::default();
+        let name: Arc<str> = Arc::from("t");
+        let batch: Vec<Record> = (0..3)
+            .map(|seq| {
+                let mut fields = Vec::with_capacity(6);
+                fields.push(Field {
+                    name: Arc::clone(&name),
+                    value: Value::Str("kept nowhere".into()),
+                });
+                record(seq, fields)
+            })
+            .collect();
+        pool.give_back(batch);
+        // The names the fields held are released, not kept by the pool.
+        assert_eq!(Arc::strong_count(&name), 1);
+        let mut spare = Spare::new(pool.clone(), 2);
+        for _ in 0..3 {
+            let f = spare.fields();
+            assert!(f.is_empty());
+            assert_eq!(f.capacity(), 6);
+        }
+        // The pool is empty now: a new vector, which allocates nothing yet.
+        assert_eq!(spare.fields().capacity(), 0);
+    }
+
+    #[test]
+    fn the_pool_is_bounded_in_vectors_and_in_their_size() {
+        let pool = FieldPool::default();
+        let many = (0..FieldPool::MAX as u64 + 10).map(|seq| record(seq, Vec::with_capacity(4)));
+        let huge = record(0, Vec::with_capacity(FieldPool::MAX_FIELDS + 1));
+        pool.give_back(std::iter::once(huge).chain(many).collect());
+        let mut all = Vec::new();
+        pool.take(&mut all, usize::MAX);
+        assert_eq!(all.len(), FieldPool::MAX);
+        assert!(all.iter().all(|f| f.capacity() == 4));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sensorgate::demo::pki::{self, Pki};
 use sensorgate::demo::pty::{Pty, SimSensor, sim_line};
-use sensorgate::serial::format::Decoded;
+use sensorgate::serial::format::{Decode, Decoded};
 use support::{ENCRYPTED, GatewayProcess, Rig, wait_for_records};
 
 const WAIT: Duration = Duration::from_secs(60);

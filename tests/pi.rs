@@ -26,7 +26,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use sensorgate::demo::pty::{Pty, SimSensor, sim_decoder, sim_line};
-use sensorgate::serial::format::Decoded;
+use sensorgate::serial::format::{Decode, Decoded};
 use support::{GatewayProcess, Rig, TempDir, run_bounded, wait_until};
 
 const WAIT: Duration = Duration::from_secs(120);

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use sensorgate::config::{Crc, Endian};
 use sensorgate::demo::pty::{Pty, sim_decoder, sim_line};
-use sensorgate::serial::format::Decoded;
+use sensorgate::serial::format::{Decode, Decoded};
 use sensorgate::serial::framing::cobs::encode_frame;
 use sensorgate::serial::framing::nmea::sentence;
 use support::{

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use sensorgate::demo::pty::{Pty, SimSensor, sim_decoder, sim_line};
 use sensorgate::seal::OpenedRecord;
-use sensorgate::serial::format::Decoded;
+use sensorgate::serial::format::{Decode, Decoded};
 use support::{
     GatewayProcess, Opened, Rig, Subscriber, SweepCase, assert_no_panic, excerpt, join_writer,
     missing_runs, open_all, sweep_report, wait_for_records, wait_until,

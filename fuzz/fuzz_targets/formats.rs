@@ -12,7 +12,7 @@ use libfuzzer_sys::fuzz_target;
 use sensorgate::config::{Column, ColumnType, Endian, LayoutField, LayoutType, Nested};
 use sensorgate::record::Value;
 use sensorgate::serial::format::{
-    Decoded, Reject, binary::BinaryDecoder, csv::CsvDecoder, json::JsonDecoder, kv::KvDecoder,
+    Decode, Decoded, Reject, binary::BinaryDecoder, csv::CsvDecoder, json::JsonDecoder, kv::KvDecoder,
     nmea::NmeaDecoder,
 };
 

@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Log, LogFormat};
 use crate::seal::{self, Opener};
-use crate::serial::format::Decoded;
 use crate::serial::format::csv::CsvDecoder;
+use crate::serial::format::{Decode, Decoded};
 use crate::telemetry::{self, Stats};
 
 const GATEWAY: &str = "demo-pi";

@@ -152,34 +152,41 @@ fn write_value(out: &mut Vec<u8>, value: &Value) {
     }
 }
 
-/// Nanoseconds since the Unix epoch (negative before it).
-fn nanos(ts: SystemTime) -> i128 {
+/// A time since the Unix epoch as whole seconds (negative before it) and
+/// the nanoseconds after them (`0..1e9`): kept apart, the unit and the
+/// deltas of [`write_times`] need no 128-bit division, which on a Pi cost
+/// more than the rest of the timestamps' work.
+fn seconds_and_nanos(ts: SystemTime) -> (i64, u32) {
     match ts.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_nanos() as i128,
-        Err(e) => -(e.duration().as_nanos() as i128),
+        Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
+        Err(e) => {
+            let d = e.duration();
+            match d.subsec_nanos() {
+                0 => (-(d.as_secs() as i64), 0),
+                n => (-(d.as_secs() as i64) - 1, NANOS_PER_SECOND - n),
+            }
+        }
     }
 }
+
+const NANOS_PER_SECOND: u32 = 1_000_000_000;
 
 /// Writes `"tu"` and `"t"` (two map entries): the coarsest unit in which
 /// every timestamp is exact, the first time and the deltas.
 pub(crate) fn write_times(out: &mut Vec<u8>, records: &[Record]) {
-    let all: Vec<i128> = records.iter().map(|r| nanos(r.ts)).collect();
-    let (tu, unit) = [
-        (0u64, 1_000_000_000i128),
-        (3, 1_000_000),
-        (6, 1_000),
-        (9, 1),
-    ]
-    .into_iter()
-    .find(|&(_, unit)| all.iter().all(|n| n % unit == 0))
-    .expect("every time is a whole number of nanoseconds");
+    let all: Vec<(i64, u32)> = records.iter().map(|r| seconds_and_nanos(r.ts)).collect();
+    let (tu, unit) = [(0u64, NANOS_PER_SECOND), (3, 1_000_000), (6, 1_000), (9, 1)]
+        .into_iter()
+        .find(|&(_, unit)| all.iter().all(|(_, n)| n % unit == 0))
+        .expect("every time is a whole number of nanoseconds");
+    let per_second = i128::from(NANOS_PER_SECOND / unit);
     cbor::text(out, "tu");
     cbor::uint(out, tu);
     cbor::text(out, "t");
     cbor::array(out, all.len());
     let mut previous = 0;
-    for (i, n) in all.iter().enumerate() {
-        let units = n / unit;
+    for (i, &(seconds, n)) in all.iter().enumerate() {
+        let units = i128::from(seconds) * per_second + i128::from(n / unit);
         // SystemTime spans far less than 2^64 units either way.
         let delta = if i == 0 { units } else { units - previous };
         assert!(cbor::int128(out, delta), "a time delta fits 64 bits");
@@ -450,12 +457,25 @@ mod tests {
 
     #[test]
     fn times_use_the_coarsest_exact_unit() {
-        let base = UNIX_EPOCH + Duration::from_secs(1_764_100_000);
-        for (step, tu) in [
-            (Duration::from_secs(1), 0),
-            (Duration::from_millis(250), 3),
-            (Duration::from_micros(7), 6),
-            (Duration::from_nanos(3), 9),
+        // After the epoch, and across it from before (a Pi's clock at boot).
+        let after = UNIX_EPOCH + Duration::from_secs(1_764_100_000);
+        let before = UNIX_EPOCH - Duration::new(1, 500_000_000);
+        for (base, step, tu) in [
+            (after, Duration::from_secs(1), 0),
+            (after, Duration::from_millis(250), 3),
+            (after, Duration::from_micros(7), 6),
+            (after, Duration::from_nanos(3), 9),
+            (before, Duration::from_millis(750), 3),
+            (
+                before - Duration::from_nanos(1),
+                Duration::from_nanos(500_000_001),
+                9,
+            ),
+            (
+                UNIX_EPOCH - Duration::from_secs(3),
+                Duration::from_secs(2),
+                0,
+            ),
         ] {
             let records: Vec<Record> = (0..3)
                 .map(|i| Record {
@@ -473,8 +493,19 @@ mod tests {
             let t: Vec<i128> = (0..3)
                 .map(|_| r.next().unwrap().integer().unwrap())
                 .collect();
-            let back = times(tu, &t).unwrap();
-            assert_eq!(back, records.iter().map(|r| r.ts).collect::<Vec<_>>());
+            // The first time and the deltas, in the unit, from nanoseconds.
+            let nanos = |ts: SystemTime| match ts.duration_since(UNIX_EPOCH) {
+                Ok(d) => d.as_nanos() as i128,
+                Err(e) => -(e.duration().as_nanos() as i128),
+            };
+            let unit = 10i128.pow(9 - tu as u32);
+            let n: Vec<i128> = records.iter().map(|r| nanos(r.ts) / unit).collect();
+            assert_eq!(t, [n[0], n[1] - n[0], n[2] - n[1]], "{base:?} {step:?}");
+            // `open` refuses times before 1970; the others come back whole.
+            if base > UNIX_EPOCH {
+                let back = times(tu, &t).unwrap();
+                assert_eq!(back, records.iter().map(|r| r.ts).collect::<Vec<_>>());
+            }
         }
     }
 }

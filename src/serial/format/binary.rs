@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use super::{DecodeError, Decoded, Reject};
+use super::{Decode, DecodeError, Decoded, Reject};
 use crate::config::{Endian, LayoutField, LayoutType};
 use crate::record::{Field, Value};
 
@@ -56,8 +56,10 @@ impl BinaryDecoder {
     pub fn frame_len(&self) -> usize {
         self.size
     }
+}
 
-    pub fn decode(&self, frame: &[u8]) -> Result<Decoded, DecodeError> {
+impl Decode for BinaryDecoder {
+    fn decode_into(&self, frame: &[u8], fields: Vec<Field>) -> Result<Decoded, DecodeError> {
         if frame.len() != self.size {
             return Err(DecodeError::new(
                 Reject::Length,
@@ -68,7 +70,8 @@ impl BinaryDecoder {
                 ),
             ));
         }
-        let mut out = Vec::with_capacity(self.fields.len());
+        let mut out = fields;
+        out.reserve(self.fields.len());
         for slot in self.fields.iter() {
             let value = self.read(slot, frame).ok_or_else(|| {
                 DecodeError::new(
@@ -83,7 +86,9 @@ impl BinaryDecoder {
         }
         Ok(Decoded::Fields(out))
     }
+}
 
+impl BinaryDecoder {
     /// The value of `slot` in `frame` (whose length was checked); `None`
     /// for a NaN or infinite result.
     fn read(&self, slot: &Slot, frame: &[u8]) -> Option<Value> {

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use super::typed::{in_column, parse_quoted, parse_text};
-use super::{DecodeError, Decoded, Reject};
+use super::{Decode, DecodeError, Decoded, Reject};
 use crate::config::{Column, ColumnType};
 use crate::record::Field;
 
@@ -47,8 +47,10 @@ impl CsvDecoder {
             ascii_delimiter: u8::try_from(delimiter).ok().filter(u8::is_ascii),
         }
     }
+}
 
-    pub fn decode(&self, frame: &[u8]) -> Result<Decoded, DecodeError> {
+impl Decode for CsvDecoder {
+    fn decode_into(&self, frame: &[u8], fields: Vec<Field>) -> Result<Decoded, DecodeError> {
         let text = std::str::from_utf8(frame)
             .map_err(|_| DecodeError::new(Reject::NotText, "frame is not UTF-8 text"))?;
         let delimiter = self.delimiter;
@@ -64,7 +66,8 @@ impl CsvDecoder {
             return Ok(Decoded::Skip);
         }
         let expected = self.columns.len();
-        let mut fields = Vec::with_capacity(expected);
+        let mut fields = fields;
+        fields.reserve(expected);
         let mut header = true;
         let mut first_error = None;
         let mut found = 0;
@@ -111,7 +114,9 @@ impl CsvDecoder {
             None => Ok(Decoded::Fields(fields)),
         }
     }
+}
 
+impl CsvDecoder {
     /// The value at the start of `rest` and what follows its delimiter
     /// (`None` at the end of the line).
     fn next_value<'a>(

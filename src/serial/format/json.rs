@@ -11,7 +11,7 @@ use std::fmt::{self, Write as _};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::typed::{FrameNames, Names, Seen, coerce, control_char, in_column, not_text};
-use super::{DecodeError, Decoded, Reject};
+use super::{Decode, DecodeError, Decoded, Reject};
 use crate::config::{Column, Nested};
 use crate::record::{Field, Value};
 
@@ -34,8 +34,10 @@ impl JsonDecoder {
             nested,
         }
     }
+}
 
-    pub fn decode(&self, frame: &[u8]) -> Result<Decoded, DecodeError> {
+impl Decode for JsonDecoder {
+    fn decode_into(&self, frame: &[u8], fields: Vec<Field>) -> Result<Decoded, DecodeError> {
         let text = std::str::from_utf8(frame)
             .map_err(|_| DecodeError::new(Reject::NotText, "frame is not UTF-8 text"))?;
         if text.trim_ascii().is_empty() {
@@ -45,7 +47,7 @@ impl JsonDecoder {
             nested: self.nested,
             names: self.names.frame(),
             path: String::new(),
-            fields: self.names.fields(),
+            fields: self.names.fields(fields),
             seen: Seen::new(),
             declared_seen: 0,
             error: None,

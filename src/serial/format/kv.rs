@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 
 use super::typed::{Names, Seen, control_char, in_column, not_text, parse_quoted, parse_text};
-use super::{DecodeError, Decoded, Reject};
+use super::{Decode, DecodeError, Decoded, Reject};
 use crate::config::{Column, ColumnType};
 use crate::record::Field;
 
@@ -53,14 +53,16 @@ impl KvDecoder {
             _ => 0,
         }
     }
+}
 
-    pub fn decode(&self, frame: &[u8]) -> Result<Decoded, DecodeError> {
+impl Decode for KvDecoder {
+    fn decode_into(&self, frame: &[u8], fields: Vec<Field>) -> Result<Decoded, DecodeError> {
         let text = std::str::from_utf8(frame)
             .map_err(|_| DecodeError::new(Reject::NotText, "frame is not UTF-8 text"))?;
         let bad = |detail: String| DecodeError::new(Reject::Kv, detail);
         let b = text.as_bytes();
         let mut names = self.names.frame();
-        let mut fields = self.names.fields();
+        let mut fields = self.names.fields(fields);
         let mut seen = Seen::new();
         let mut declared_seen = 0;
         let mut i = 0;

@@ -45,6 +45,20 @@ pub enum Decoded {
     Skip,
 }
 
+/// One format's decoding. A decoder fills the vector it is given (empty,
+/// perhaps with room from an earlier record: see
+/// [`crate::record::FieldPool`]), so the hot path need not allocate one per
+/// record.
+pub trait Decode {
+    /// Decodes `frame` into `fields`, which is empty.
+    fn decode_into(&self, frame: &[u8], fields: Vec<Field>) -> Result<Decoded, DecodeError>;
+
+    /// Decodes `frame` into a new vector.
+    fn decode(&self, frame: &[u8]) -> Result<Decoded, DecodeError> {
+        self.decode_into(frame, Vec::new())
+    }
+}
+
 /// A format chosen by configuration.
 #[derive(Debug, Clone)]
 pub enum FormatDecoder {
@@ -74,13 +88,20 @@ impl FormatDecoder {
         }
     }
 
+    /// [`Decode::decode`], without importing the trait.
     pub fn decode(&self, frame: &[u8]) -> Result<Decoded, DecodeError> {
+        Decode::decode(self, frame)
+    }
+}
+
+impl Decode for FormatDecoder {
+    fn decode_into(&self, frame: &[u8], fields: Vec<Field>) -> Result<Decoded, DecodeError> {
         match self {
-            FormatDecoder::Csv(d) => d.decode(frame),
-            FormatDecoder::Json(d) => d.decode(frame),
-            FormatDecoder::Kv(d) => d.decode(frame),
-            FormatDecoder::Nmea(d) => d.decode(frame),
-            FormatDecoder::Binary(d) => d.decode(frame),
+            FormatDecoder::Csv(d) => d.decode_into(frame, fields),
+            FormatDecoder::Json(d) => d.decode_into(frame, fields),
+            FormatDecoder::Kv(d) => d.decode_into(frame, fields),
+            FormatDecoder::Nmea(d) => d.decode_into(frame, fields),
+            FormatDecoder::Binary(d) => d.decode_into(frame, fields),
         }
     }
 }

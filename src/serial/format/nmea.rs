@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use super::typed::{control_char, not_text};
-use super::{DecodeError, Decoded, Reject};
+use super::{Decode, DecodeError, Decoded, Reject};
 use crate::record::{Field, Value};
 use crate::serial::framing::nmea::verify;
 
@@ -119,8 +119,10 @@ impl NmeaDecoder {
             }),
         }
     }
+}
 
-    pub fn decode(&self, frame: &[u8]) -> Result<Decoded, DecodeError> {
+impl Decode for NmeaDecoder {
+    fn decode_into(&self, frame: &[u8], fields: Vec<Field>) -> Result<Decoded, DecodeError> {
         if frame.trim_ascii().is_empty() {
             return Ok(Decoded::Skip);
         }
@@ -173,7 +175,8 @@ impl NmeaDecoder {
             ));
         }
         let n = &*self.names;
-        let mut out = Out(Vec::with_capacity(12));
+        let mut out = Out(fields);
+        out.0.reserve(12);
         out.push(&n.sentence, Some(Value::Str(sentence.to_string())));
         out.push(&n.talker, Some(Value::Str(talker.to_string())));
         match sentence {

@@ -316,10 +316,12 @@ impl Names {
         }
     }
 
-    /// A vector for one frame's fields, sized like the last frame's.
-    pub(super) fn fields(&self) -> Vec<Field> {
+    /// `fields` (empty) with room for one frame's fields, as many as the
+    /// last frame's.
+    pub(super) fn fields(&self, mut fields: Vec<Field>) -> Vec<Field> {
         let n = self.last_len.load(Ordering::Relaxed);
-        Vec::with_capacity(n.min(256).max(self.columns.len()))
+        fields.reserve(n.min(256).max(self.columns.len()));
+        fields
     }
 
     pub(super) fn done(&self, fields: &[Field]) {
