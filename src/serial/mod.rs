@@ -4,6 +4,7 @@
 pub mod counters;
 pub mod format;
 pub mod framing;
+pub mod gather;
 pub mod reject;
 
 use std::path::{Path, PathBuf};
@@ -28,6 +29,7 @@ use counters::{SensorCounters, escape_sample};
 use format::time::TimeField;
 use format::{Decode, Decoded, FormatDecoder};
 use framing::{Frame, Framer};
+use gather::Gather;
 use reject::Reject;
 
 const REOPEN_MIN: Duration = Duration::from_millis(500);
@@ -251,6 +253,7 @@ impl SensorSource {
         stats: &Stats,
         stop: &CancellationToken,
     ) -> ReadEnd {
+        let port = Gather::new(port, gather::pause_for(self.sensor.baud));
         let mut framed = FramedRead::with_capacity(port, Framer::new(&self.sensor), READ_BUFFER);
         let mut frames = FrameHandler {
             source: self,
@@ -412,7 +415,7 @@ impl FrameHandler<'_> {
     /// next start would reject as malformed.
     async fn complete_frame(
         &mut self,
-        framed: &mut FramedRead<tokio_serial::SerialStream, Framer>,
+        framed: &mut FramedRead<Gather<tokio_serial::SerialStream>, Framer>,
     ) {
         use tokio::io::AsyncReadExt;
         let deadline = tokio::time::Instant::now() + FINISH_FRAME;
@@ -427,7 +430,9 @@ impl FrameHandler<'_> {
                 break;
             }
             let mut byte = [0u8; 1];
-            match tokio::time::timeout_at(deadline, framed.get_mut().read(&mut byte)).await {
+            match tokio::time::timeout_at(deadline, framed.get_mut().get_mut().read(&mut byte))
+                .await
+            {
                 Ok(Ok(1)) => pending.extend_from_slice(&byte),
                 _ => break,
             }
@@ -441,7 +446,10 @@ impl FrameHandler<'_> {
     /// buffered become records and the open batch goes out; a partial
     /// frame at the end is dropped and counted, never glued to the first
     /// bytes after a replug.
-    async fn finish(&mut self, framed: &mut FramedRead<tokio_serial::SerialStream, Framer>) {
+    async fn finish(
+        &mut self,
+        framed: &mut FramedRead<Gather<tokio_serial::SerialStream>, Framer>,
+    ) {
         let mut pending = std::mem::take(framed.read_buffer_mut());
         let decoder = framed.decoder_mut();
         let mut complete = Vec::new();
