@@ -51,6 +51,28 @@ impl Value {
     }
 }
 
+/// A number read from a device's bytes (binary frames, Modbus registers),
+/// before its `scale` and `offset`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RawNumber {
+    Int(i64),
+    Float(f64),
+}
+
+impl RawNumber {
+    /// The value: the number itself, or `raw * scale + offset` (a float)
+    /// with `linear`; `None` when that is not finite.
+    pub fn value(self, linear: Option<(f64, f64)>) -> Option<Value> {
+        let value = match (self, linear) {
+            (RawNumber::Int(i), None) => return Some(Value::Int(i)),
+            (RawNumber::Float(f), None) => f,
+            (RawNumber::Int(i), Some((scale, offset))) => i as f64 * scale + offset,
+            (RawNumber::Float(f), Some((scale, offset))) => f * scale + offset,
+        };
+        value.is_finite().then_some(Value::Float(value))
+    }
+}
+
 /// One named value of a record. Names are shared per sensor (`Arc<str>`), so
 /// a record costs one allocation per value, not per name.
 #[derive(Debug, Clone, PartialEq)]

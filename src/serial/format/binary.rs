@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::{Decode, DecodeError, Decoded, Reject};
 use crate::config::{Endian, LayoutField, LayoutType};
-use crate::record::{Field, Value};
+use crate::record::{Field, RawNumber, Value};
 
 /// Decodes binary frames laid out as configured.
 #[derive(Debug, Clone)]
@@ -106,11 +106,7 @@ impl BinaryDecoder {
                 }
             }};
         }
-        /// A raw number before scaling.
-        enum Raw {
-            Int(i64),
-            Float(f64),
-        }
+        use RawNumber as Raw;
         let raw = match slot.ty {
             LayoutType::Bool => return Some(Value::Bool(*frame.get(slot.at)? != 0)),
             LayoutType::U8 => Raw::Int(get!(u8).into()),
@@ -128,13 +124,7 @@ impl BinaryDecoder {
             LayoutType::F32 => Raw::Float(get!(f32).into()),
             LayoutType::F64 => Raw::Float(get!(f64)),
         };
-        let value = match (raw, slot.linear) {
-            (Raw::Int(i), None) => return Some(Value::Int(i)),
-            (Raw::Float(f), None) => f,
-            (Raw::Int(i), Some((scale, offset))) => i as f64 * scale + offset,
-            (Raw::Float(f), Some((scale, offset))) => f * scale + offset,
-        };
-        value.is_finite().then_some(Value::Float(value))
+        raw.value(slot.linear)
     }
 }
 
