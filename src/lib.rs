@@ -14,6 +14,7 @@ pub mod consumer;
 pub mod demo;
 pub mod health;
 pub mod metrics;
+pub mod modbus;
 pub mod notify;
 pub mod pipeline;
 pub mod record;
