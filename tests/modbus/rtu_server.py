@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""A Modbus RTU server from another project, for tests/modbus.rs.
+
+pymodbus (pinned in tests/interop/requirements.txt), serving several unit
+ids on one serial device, with the register and bit values a test wrote
+itself. Unit ids not in the spec get no answer at all, as on a bus where
+that slave is absent.
+
+usage: rtu_server.py DEVICE SPEC
+
+SPEC is JSON:
+  {"baud": 9600,
+   "units": {"1": {"holding": [u16, ...], "input": [...],
+                   "coil": [true, ...], "discrete": [...],
+                   "delay": 0.0}}}
+Each table's values start at protocol address 0; reading past them is an
+exception 2 (illegal data address). "delay" (seconds) holds that unit's
+answers back, as a slow slave would. Prints "ready" once serving.
+"""
+import asyncio
+import json
+import logging
+import sys
+
+from pymodbus.datastore import (
+    ModbusDeviceContext,
+    ModbusSequentialDataBlock,
+    ModbusServerContext,
+)
+from pymodbus.server import ModbusSerialServer
+from pymodbus.transport.serialtransport import SerialTransport
+
+
+def device(spec):
+    # ModbusDeviceContext adds 1 to every address it is asked for: a block
+    # starting at 1 holds protocol address 0.
+    def block(name, default):
+        return ModbusSequentialDataBlock(1, spec.get(name) or [default])
+
+    return ModbusDeviceContext(
+        hr=block("holding", 0),
+        ir=block("input", 0),
+        co=block("coil", False),
+        di=block("discrete", False),
+    )
+
+
+def delay_answers(delays):
+    """Holds back the answers of the units in `delays` (unit id: seconds):
+    the first byte of an RTU frame is its unit id."""
+    write = SerialTransport.write
+
+    def delayed(self, data):
+        seconds = delays.get(data[0], 0.0) if data else 0.0
+        if seconds > 0:
+            self.async_loop.call_later(seconds, write, self, data)
+        else:
+            write(self, data)
+
+    SerialTransport.write = delayed
+
+
+async def main():
+    path, spec = sys.argv[1], json.loads(sys.argv[2])
+    logging.basicConfig(level=logging.ERROR)
+    units = {int(u): s for u, s in spec["units"].items()}
+    delay_answers({u: float(s.get("delay", 0.0)) for u, s in units.items()})
+    context = ModbusServerContext(
+        devices={u: device(s) for u, s in units.items()}, single=False
+    )
+    server = ModbusSerialServer(
+        context,
+        port=path,
+        baudrate=spec.get("baud", 9600),
+        ignore_missing_devices=True,
+    )
+    await server.serve_forever(background=True)
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
