@@ -58,6 +58,11 @@ fn sensor() -> config::Sensor {
         layout: Vec::new(),
         time_field: None,
         time_format: config::TimeFormat::Rfc3339,
+        unit: None,
+        poll: std::time::Duration::from_secs(1),
+        timeout: None,
+        max_gap: 0,
+        registers: Vec::new(),
     }
 }
 

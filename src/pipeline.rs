@@ -15,6 +15,7 @@ use crate::config;
 use crate::config::Config;
 use crate::health::{Health, Stage};
 use crate::metrics::{self, Metrics, QueueDepth};
+use crate::modbus::poller::BusSource;
 use crate::notify::{self, Notifier};
 use crate::record::{FieldPool, Record};
 use crate::seal::{self, KeyError, SealedMessage, Sealer};
@@ -194,11 +195,26 @@ pub async fn run(
     let abort = CancellationToken::new();
     let (batch_tx, batch_rx) = mpsc::channel::<Vec<Record>>(BATCH_CHANNEL);
 
-    let sensors: Vec<SensorSource> = cfg.sensor.iter().map(SensorSource::new).collect();
+    // Streaming sensors are read each by its own task; Modbus slaves are
+    // polled by one task per bus (the sensors that name one device).
+    let streamed: Vec<&config::Sensor> = cfg
+        .sensor
+        .iter()
+        .filter(|s| s.framing != config::Framing::ModbusRtu)
+        .collect();
+    let sensors: Vec<SensorSource> = streamed.iter().map(|s| SensorSource::new(s)).collect();
     for source in &sensors {
         source.check_required()?;
     }
-    let counters: Vec<_> = sensors.iter().map(|s| s.counters().clone()).collect();
+    let buses = BusSource::group(&cfg.sensor);
+    for bus in &buses {
+        bus.check_required(&cfg.sensor)?;
+    }
+    let counters: Vec<_> = sensors
+        .iter()
+        .map(|s| s.counters().clone())
+        .chain(buses.iter().flat_map(|b| b.counters().cloned()))
+        .collect();
     let fields = FieldPool::default();
     let mut sealing = spawn_seal_stage(
         sealer,
@@ -214,10 +230,24 @@ pub async fn run(
     )
     .map_err(StartError::Thread)?;
     let mut sources = JoinSet::new();
-    for (source, sensor) in sensors.into_iter().zip(&cfg.sensor) {
-        sources.spawn(source.run(
+    let batcher =
+        || Batcher::new(cfg.batch.max_records, cfg.batch.linger).recycling(fields.clone());
+    for (source, sensor) in sensors.into_iter().zip(&streamed) {
+        let read = source.run(
             state.allocator(&sensor.name),
-            Batcher::new(cfg.batch.max_records, cfg.batch.linger).recycling(fields.clone()),
+            batcher(),
+            batch_tx.clone(),
+            stats.clone(),
+            stop_reading.clone(),
+        );
+        sources.spawn(async move { vec![read.await] });
+    }
+    for bus in buses {
+        let seqs = bus.names().map(|n| state.allocator(n)).collect();
+        let batchers = bus.names().map(|_| batcher()).collect();
+        sources.spawn(bus.run(
+            seqs,
+            batchers,
             batch_tx.clone(),
             stats.clone(),
             stop_reading.clone(),
@@ -294,11 +324,13 @@ pub async fn run(
             let mut sequences_closed = true;
             while let Some(done) = sources.join_next().await {
                 match done {
-                    Ok(seq) => {
-                        if let Err(e) = seq.close() {
-                            sequences_closed = false;
-                            error!(error = %e, error_kind = telemetry::error_kind(&e),
-                                "cannot record sequence counters; the next run skips ahead");
+                    Ok(seqs) => {
+                        for seq in seqs {
+                            if let Err(e) = seq.close() {
+                                sequences_closed = false;
+                                error!(error = %e, error_kind = telemetry::error_kind(&e),
+                                    "cannot record sequence counters; the next run skips ahead");
+                            }
                         }
                     }
                     Err(e) => {

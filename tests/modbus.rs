@@ -1,7 +1,7 @@
-//! The Modbus RTU bus (`sensorgate::modbus::bus`) against a server we did
-//! not write: pymodbus (pinned in tests/interop/requirements.txt), run by
-//! tests/modbus/rtu_server.py on one end of a pair of real pseudo-terminals
-//! linked by socat, several unit ids on the one bus, one configured unit
+//! Modbus RTU against a server we did not write: pymodbus (pinned in
+//! tests/interop/requirements.txt), run by tests/modbus/rtu_server.py on one
+//! end of a pair of real pseudo-terminals linked by socat
+//! (`support::modbus`), several unit ids on the one bus, one configured unit
 //! absent, one slow. The values are registers the test writes itself and
 //! decodes with `modbus::value`, in every byte and word order.
 //!
@@ -10,9 +10,8 @@
 //! so. Every child process is killed when the test ends, and every wait is
 //! bounded.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::time::{Duration, Instant};
 
 use sensorgate::modbus::bus::{Answer, Bus, BusError};
@@ -20,98 +19,17 @@ use sensorgate::modbus::plan::{Plan, Request, Span, Table};
 use sensorgate::modbus::value::{self, Kind, Order};
 use sensorgate::record::Value;
 use serde_json::json;
+use support::modbus::{Server, wire};
 use tokio_serial::SerialPortBuilderExt;
 
 const TIMEOUT: Duration = Duration::from_millis(200);
-const START: Duration = Duration::from_secs(30);
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A pymodbus server on one end of a linked PTY pair; the other end is the
-/// bus. Both children die with the rig.
-struct Rig {
-    _dir: tempfile::TempDir,
-    bus_path: PathBuf,
-    children: Vec<Child>,
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Rig {
-    fn start(spec: serde_json::Value) -> Rig {
-        let python = root().join("target/interop-venv/bin/python");
-        assert!(
-            python.is_file(),
-            "{} is missing: the Modbus tests need the Python venv with the pinned \
-             pymodbus. Run scripts/install-test-deps (or scripts/test, which runs it).",
-            python.display()
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let bus_path = dir.path().join("bus");
-        let server_path = dir.path().join("server");
-        let socat = Command::new("socat")
-            .arg(format!("pty,raw,echo=0,link={}", bus_path.display()))
-            .arg(format!("pty,raw,echo=0,link={}", server_path.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("socat (scripts/install-test-deps installs it)");
-        let mut rig = Rig {
-            _dir: dir,
-            bus_path,
-            children: vec![socat],
-        };
-        let deadline = Instant::now() + START;
-        while !(rig.bus_path.exists() && server_path.exists()) {
-            assert!(Instant::now() < deadline, "socat made no PTY pair");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let mut server = Command::new(python)
-            .arg(root().join("tests/modbus/rtu_server.py"))
-            .arg(&server_path)
-            .arg(spec.to_string())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = server.stdout.take().unwrap();
-        rig.children.push(server);
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(START).expect("the pymodbus server started");
-        assert_eq!(line.trim(), "ready", "the pymodbus server said {line:?}");
-        rig
-    }
-
-    fn bus(&self) -> Bus {
-        let port = tokio_serial::new(self.bus_path.to_string_lossy(), 9600)
-            .open_native_async()
-            .unwrap();
-        // 8N1: ten bits a character.
-        Bus::new(port, 9600, 10)
-    }
-}
-
-/// The registers a device in `order` sends for the big-endian bytes `be`,
-/// written out from the order's letters (A = the most significant byte).
-fn wire(letters: &str, be: &[u8]) -> Vec<u16> {
-    let bytes: Vec<u8> = letters.bytes().map(|l| be[usize::from(l - b'A')]).collect();
-    bytes
-        .chunks(2)
-        .map(|p| u16::from_be_bytes([p[0], p[1]]))
-        .collect()
+fn bus(server: &Server) -> Bus {
+    let port = tokio_serial::new(server.path().to_string_lossy(), 9600)
+        .open_native_async()
+        .unwrap();
+    // 8N1: ten bits a character.
+    Bus::new(port, 9600, 10)
 }
 
 /// One value of the test: its kind, order, the letters of that order, and
@@ -229,7 +147,7 @@ fn holding(start: u16, count: u16) -> Request {
 async fn every_type_and_order_reads_back_from_two_units_on_one_bus_and_an_absent_unit_times_out() {
     let cases = cases();
     let regs = registers(&cases);
-    let rig = Rig::start(json!({
+    let rig = Server::start(&json!({
         "baud": 9600,
         "units": {
             "1": { "holding": regs, "input": [11, 12, 13], "coil": [true, false, true],
@@ -238,7 +156,7 @@ async fn every_type_and_order_reads_back_from_two_units_on_one_bus_and_an_absent
                    "input": [21, 22, 23] },
         }
     }));
-    let mut bus = rig.bus();
+    let mut bus = bus(&rig);
 
     // Unit 1: every case, in as few requests as the plan makes (one: 33
     // registers in a row).
@@ -317,14 +235,14 @@ async fn a_late_answer_is_never_taken_for_the_next_request() {
     // unit 1 answers at once. Without the input discarded before each
     // request, unit 3's late answer (same unit id and function code as the
     // next request to it) would be read as the answer to that next one.
-    let rig = Rig::start(json!({
+    let rig = Server::start(&json!({
         "baud": 9600,
         "units": {
             "1": { "holding": [100, 101, 102, 103] },
             "3": { "holding": [300, 301, 302, 303], "delay": 0.3 },
         }
     }));
-    let mut bus = rig.bus();
+    let mut bus = bus(&rig);
     for round in 0..3u16 {
         let slow = bus.read(3, &holding(round, 1), TIMEOUT).await;
         assert!(
@@ -345,4 +263,117 @@ async fn a_late_answer_is_never_taken_for_the_next_request() {
         );
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
+}
+
+/// The whole gateway: three slaves on one bus, two answering and one
+/// absent, polled every 100 ms; every record checked after `open` (the
+/// encrypted columns are register names), sequence numbers without a gap,
+/// and the absent slave logged once while the others keep polling.
+#[test]
+fn the_gateway_polls_several_slaves_on_one_bus_into_their_own_streams() {
+    let text = |s: &str| -> Vec<u16> {
+        s.as_bytes()
+            .chunks(2)
+            .map(|p| u16::from_be_bytes([p[0], *p.get(1).unwrap_or(&0)]))
+            .collect()
+    };
+    let incline = 230.5f32.to_be_bytes();
+    let energy = wire("CDAB", &123_456u32.to_be_bytes());
+    let mut holding = wire("ABCD", &incline);
+    holding.extend(&energy);
+    holding.push(72);
+    holding.extend(wire("BA", &(-5i16).to_be_bytes()));
+    holding.extend(text("SN-12\0\0\0"));
+    let server = Server::start(&json!({
+        "baud": 9600,
+        "units": {
+            "1": { "holding": holding, "input": [11], "coil": [true] },
+            "2": { "holding": [500], "discrete": [false, true] },
+        }
+    }));
+    let rig = support::Rig::new();
+    let device = server.path();
+    let tables = format!(
+        "[[sensor]]\nname = \"meter1\"\ndevice = {device:?}\nframing = \"modbus_rtu\"\nunit = 1\npoll = \"100ms\"\n\
+         registers = [\n\
+           {{ name = \"incline\", address = 0, type = \"f32\" }},\n\
+           {{ name = \"energy\", address = 2, type = \"u32\", order = \"CDAB\", scale = 0.01 }},\n\
+           {{ name = \"heart_rate\", address = 4 }},\n\
+           {{ name = \"resistance\", address = 5, type = \"i16\", order = \"BA\" }},\n\
+           {{ name = \"serial\", address = 6, type = \"string\", count = 4 }},\n\
+           {{ name = \"count\", table = \"input\", address = 0 }},\n\
+           {{ name = \"relay\", table = \"coil\", address = 0 }},\n\
+         ]\n\n\
+         [[sensor]]\nname = \"meter2\"\ndevice = {device:?}\nframing = \"modbus_rtu\"\nunit = 2\npoll = \"100ms\"\n\
+         registers = [{{ name = \"level\", address = 0 }}, {{ name = \"door\", table = \"discrete\", address = 1 }}]\n\n\
+         [[sensor]]\nname = \"ghost\"\ndevice = {device:?}\nframing = \"modbus_rtu\"\nunit = 5\npoll = \"100ms\"\n\
+         registers = [{{ name = \"x\", address = 0 }}]\n\n"
+    );
+    let config = rig.gateway_config_with("modbus.toml", &tables, "");
+    let sub = rig.subscriber();
+    let mut gw = support::GatewayProcess::start(&config);
+    // 20 polls of each answering slave, whatever the absent one costs.
+    let wanted = 20;
+    let enough =
+        |o: &support::Opened| o.seqs("meter1").len() >= wanted && o.seqs("meter2").len() >= wanted;
+    let mut opened = support::Opened::default();
+    support::wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
+        opened = support::open_all(&rig, &sub.received());
+        enough(&opened)
+    });
+    assert!(
+        enough(&opened),
+        "meter1 {} and meter2 {} records; log:\n{}",
+        opened.seqs("meter1").len(),
+        opened.seqs("meter2").len(),
+        support::excerpt(&gw.log())
+    );
+    assert_eq!(gw.stop(), 0);
+    let opened = support::open_all(&rig, &sub.received());
+    assert!(opened.rejected.is_empty(), "{:?}", opened.rejected);
+    assert!(
+        !opened.records.contains_key("ghost"),
+        "the absent slave made records"
+    );
+    for sensor in ["meter1", "meter2"] {
+        let seqs = opened.seqs(sensor);
+        let n = seqs.len() as u64;
+        assert_eq!(
+            seqs,
+            (0..n).collect::<Vec<_>>(),
+            "{sensor}: every poll's record, in order"
+        );
+    }
+    for r in &opened.records["meter1"] {
+        let f = &r.fields;
+        assert_eq!(f["incline"], json!(230.5), "{r:?}");
+        assert_eq!(f["energy"], json!(1234.56), "{r:?}");
+        assert_eq!(f["heart_rate"], json!(72), "{r:?}");
+        assert_eq!(f["resistance"], json!(-5), "{r:?}");
+        assert_eq!(f["serial"], json!("SN-12"), "{r:?}");
+        assert_eq!(f["count"], json!(11), "{r:?}");
+        assert_eq!(f["relay"], json!(true), "{r:?}");
+        assert_eq!(f.len(), 7, "{r:?}");
+    }
+    for r in &opened.records["meter2"] {
+        assert_eq!(r.fields["level"], json!(500), "{r:?}");
+        assert_eq!(r.fields["door"], json!(true), "{r:?}");
+    }
+    let log = gw.log();
+    support::assert_no_panic(&log);
+    let failing: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("modbus slave failing"))
+        .collect();
+    assert_eq!(
+        failing.len(),
+        1,
+        "logged once when it fails:\n{}",
+        failing.join("\n")
+    );
+    assert!(
+        failing[0].contains("ghost") && failing[0].contains("no_answer"),
+        "{}",
+        failing[0]
+    );
 }

@@ -80,6 +80,9 @@ choice_enum! {
         /// COBS-encoded binary frames ending in a 0x00 byte, with an
         /// optional CRC trailer (`crc`).
         Cobs = "cobs",
+        /// Not a stream: the gateway polls a Modbus RTU slave (`unit`) for
+        /// its `registers`; sensors that name the same device share the bus.
+        ModbusRtu = "modbus_rtu",
     }
 }
 
@@ -177,6 +180,41 @@ choice_enum! {
         I64 = "i64",
         F64 = "f64",
         Bool = "bool",
+        String = "string",
+    }
+}
+
+choice_enum! {
+    /// A Modbus data table, by the function that reads it.
+    pub enum RegisterTable ("register table") {
+        /// Function 3: holding registers, read/write.
+        #[default]
+        Holding = "holding",
+        /// Function 4: input registers, read-only.
+        Input = "input",
+        /// Function 1: coils, read/write bits.
+        Coil = "coil",
+        /// Function 2: discrete inputs, read-only bits.
+        Discrete = "discrete",
+    }
+}
+
+choice_enum! {
+    /// How a Modbus value's registers are read.
+    pub enum RegisterType ("register type") {
+        #[default]
+        U16 = "u16",
+        I16 = "i16",
+        U32 = "u32",
+        I32 = "i32",
+        U64 = "u64",
+        I64 = "i64",
+        F32 = "f32",
+        F64 = "f64",
+        /// One register, true when not zero; the type of coils and
+        /// discrete inputs.
+        Bool = "bool",
+        /// `count` registers of text, two bytes each.
         String = "string",
     }
 }

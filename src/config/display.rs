@@ -15,7 +15,7 @@ use std::time::Duration;
 use toml_writer::{TomlString, TomlStringBuilder, TomlWrite as _, WriteTomlValue};
 
 use super::units::format_size;
-use super::{Column, ColumnType, Config, LayoutField};
+use super::{Column, ColumnType, Config, Framing, LayoutField, Register};
 
 impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -44,6 +44,16 @@ impl fmt::Display for Config {
             w.layout(&s.layout)?;
             w.optional("time_field", s.time_field.as_deref())?;
             w.string("time_format", s.time_format.as_str())?;
+            if s.framing == Framing::ModbusRtu {
+                match s.unit {
+                    Some(unit) => w.value("unit", i64::from(unit))?,
+                    None => w.unset("unit")?,
+                }
+                w.string("poll", &duration(s.poll))?;
+                w.optional("timeout", s.timeout.map(duration).as_deref())?;
+                w.value("max_gap", i64::from(s.max_gap))?;
+                w.registers(&s.registers)?;
+            }
         }
         let m = &self.mqtt;
         w.table("[mqtt]")?;
@@ -166,6 +176,41 @@ impl Writer<'_, '_> {
                 self.out.value(scale)?;
             }
             if let Some(offset) = f.offset {
+                write!(self.out, ", offset = ")?;
+                self.out.value(offset)?;
+            }
+            write!(self.out, " }}")?;
+        }
+        writeln!(self.out, "]")
+    }
+
+    fn registers(&mut self, registers: &[Register]) -> fmt::Result {
+        write!(self.out, "registers = [")?;
+        for (i, r) in registers.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(self.out, "{sep}{{ name = ")?;
+            self.out.value(quoted(&r.name))?;
+            write!(self.out, ", table = ")?;
+            self.out.value(quoted(r.table.as_str()))?;
+            write!(self.out, ", address = ")?;
+            self.out.value(i64::from(r.address))?;
+            if let Some(ty) = r.ty {
+                write!(self.out, ", type = ")?;
+                self.out.value(quoted(ty.as_str()))?;
+            }
+            if let Some(order) = &r.order {
+                write!(self.out, ", order = ")?;
+                self.out.value(quoted(order))?;
+            }
+            if let Some(count) = r.count {
+                write!(self.out, ", count = ")?;
+                self.out.value(i64::from(count))?;
+            }
+            if let Some(scale) = r.scale {
+                write!(self.out, ", scale = ")?;
+                self.out.value(scale)?;
+            }
+            if let Some(offset) = r.offset {
                 write!(self.out, ", offset = ")?;
                 self.out.value(offset)?;
             }

@@ -235,7 +235,7 @@ mod tests {
         assert_eq!(cfg.mqtt.host, "a.example");
         // untouched keys keep the main file's values
         assert_eq!(cfg.mqtt.topic, "sensorgate/{gateway}/{sensor}");
-        assert_eq!(cfg.sensor.len(), 4);
+        assert_eq!(cfg.sensor.len(), 5);
     }
 
     #[test]

@@ -41,12 +41,12 @@ mod test_support;
 
 pub use choice::{
     ColumnType, Crc, Durability, Endian, FlowControl, Format, Framing, Fsync, LayoutType,
-    LogFormat, Nested, Parity, TimeFormat, WhenFull,
+    LogFormat, Nested, Parity, RegisterTable, RegisterType, TimeFormat, WhenFull,
 };
 pub use error::{ConfigError, Problem};
 pub use schema::{
-    Batch, Buffer, Column, ColumnTable, Config, Gateway, LayoutField, Log, Metrics, Mqtt, Seal,
-    Sensor,
+    Batch, Buffer, Column, ColumnTable, Config, Gateway, LayoutField, Log, Metrics, Mqtt, Register,
+    Seal, Sensor,
 };
 pub use secret::Secret;
 pub use units::{Percent, format_size, parse_percent, parse_size};
@@ -139,7 +139,7 @@ mod tests {
     fn the_example_configuration_loads() {
         let cfg = load_with_env(&example(), &[]).unwrap();
         assert_eq!(cfg.gateway.id, "bike-pi-01");
-        assert_eq!(cfg.sensor.len(), 4);
+        assert_eq!(cfg.sensor.len(), 5);
         assert_eq!(cfg.sensor[0].columns.len(), 6);
         assert_eq!(
             cfg.sensor[1].columns[1],
@@ -165,6 +165,19 @@ mod tests {
                 scale: Some(0.01),
                 offset: None
             }
+        );
+        let meter = &cfg.sensor[4];
+        assert_eq!(
+            (meter.framing, meter.unit, meter.poll, meter.max_gap),
+            (Framing::ModbusRtu, Some(1), Duration::from_secs(1), 0)
+        );
+        assert_eq!(
+            (
+                meter.registers[1].address,
+                meter.registers[1].ty,
+                meter.registers[1].scale
+            ),
+            (10, Some(RegisterType::U32), Some(0.01))
         );
         assert_eq!(cfg.sensor[0].max_frame, 1024);
         assert_eq!(cfg.sensor[1].max_frame, 256);

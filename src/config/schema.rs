@@ -11,10 +11,12 @@ use serde::Deserialize;
 
 use super::choice::{
     ColumnType, Crc, Durability, Endian, FlowControl, Format, Framing, Fsync, LayoutType,
-    LogFormat, Nested, Parity, TimeFormat, WhenFull,
+    LogFormat, Nested, Parity, RegisterTable, RegisterType, TimeFormat, WhenFull,
 };
 use super::secret::Secret;
-use super::units::{KIB, MIB, Percent, de_duration, de_percent, de_size_u64, de_size_usize};
+use super::units::{
+    KIB, MIB, Percent, de_duration, de_opt_duration, de_percent, de_size_u64, de_size_usize,
+};
 
 /// The whole, validated configuration of one gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -122,7 +124,55 @@ pub struct Sensor {
     pub time_field: Option<String>,
     #[serde(default)]
     pub time_format: TimeFormat,
+    /// modbus_rtu: the slave's unit id, 1 to 247.
+    #[serde(default)]
+    pub unit: Option<u32>,
+    /// modbus_rtu: how often the slave is read; one record per poll.
+    #[serde(default = "default_poll", deserialize_with = "de_duration")]
+    pub poll: Duration,
+    /// modbus_rtu: how long an answer may take; by default 100 ms plus the
+    /// time the longest answer takes on the wire at `baud`.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub timeout: Option<Duration>,
+    /// modbus_rtu: unread registers (or bits) between two values that one
+    /// request reads through rather than splitting in two.
+    #[serde(default)]
+    pub max_gap: u16,
+    /// modbus_rtu: the values read at each poll.
+    #[serde(default)]
+    pub registers: Vec<Register>,
 }
+
+/// One value of a Modbus slave: `count` registers (or one bit) from
+/// `address` in `table`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Register {
+    pub name: String,
+    #[serde(default)]
+    pub table: RegisterTable,
+    /// The protocol address, 0 to 65535 (data sheets often number from 1,
+    /// with the table as a leading digit: holding register 40001 is
+    /// address 0 of table "holding").
+    pub address: u32,
+    /// `u16` by default in the register tables, `bool` in the bit tables.
+    #[serde(rename = "type", default)]
+    pub ty: Option<RegisterType>,
+    /// Byte and word order: `ABCD` (default), `CDAB`, `BADC`, `DCBA`; `AB`
+    /// or `BA` for 16-bit values and text.
+    #[serde(default)]
+    pub order: Option<String>,
+    /// `string`: how many registers (two characters each).
+    #[serde(default)]
+    pub count: Option<u32>,
+    #[serde(default)]
+    pub scale: Option<f64>,
+    #[serde(default)]
+    pub offset: Option<f64>,
+}
+
+// A NaN scale is refused by validation, so equality by value is total here.
+impl Eq for Register {}
 
 /// One named value of a text format, with its declared type. Written as a
 /// plain name (`"speed"`, typed from its text) or as a table
@@ -377,6 +427,9 @@ fn default_stop_bits() -> u8 {
 }
 fn default_delimiter() -> char {
     ','
+}
+fn default_poll() -> Duration {
+    Duration::from_secs(1)
 }
 fn default_max_frame() -> usize {
     KIB as usize

@@ -41,6 +41,13 @@ pub(super) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D
     d.deserialize_any(V)
 }
 
+/// [`de_duration`] for an optional key (absent: `None`, by `serde(default)`).
+pub(super) fn de_opt_duration<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Duration>, D::Error> {
+    de_duration(d).map(Some)
+}
+
 pub(super) fn de_size_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     struct V;
     impl Visitor<'_> for V {

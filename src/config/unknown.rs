@@ -13,7 +13,8 @@ use serde::de::{self, Deserializer, Visitor};
 use super::error::Problem;
 use super::origin::Context;
 use super::{
-    Batch, Buffer, ColumnTable, Config, Gateway, LayoutField, Log, Metrics, Mqtt, Seal, Sensor,
+    Batch, Buffer, ColumnTable, Config, Gateway, LayoutField, Log, Metrics, Mqtt, Register, Seal,
+    Sensor,
 };
 
 impl Context<'_> {
@@ -64,9 +65,10 @@ impl Context<'_> {
                     if let ValueKind::Table(t) = &s.kind {
                         let prefix = format!("sensor[{i}].");
                         self.unknown_in(t, &prefix, "[[sensor]]", fields_of::<Sensor>(), &mut out);
-                        let nested: [(&str, &[&str]); 2] = [
+                        let nested: [(&str, &[&str]); 3] = [
                             ("columns", fields_of::<ColumnTable>()),
                             ("layout", fields_of::<LayoutField>()),
+                            ("registers", fields_of::<Register>()),
                         ];
                         for (key, fields) in nested {
                             let Some(Value {

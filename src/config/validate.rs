@@ -76,14 +76,10 @@ impl Found<'_> {
             }
             if s.device.as_os_str().is_empty() {
                 self.fail(k("device"), "must not be empty");
-            } else if let Some(j) = devices.insert(&s.device, i) {
-                self.fail(
-                    k("device"),
-                    format!(
-                        "{} is already the device of sensor[{j}]",
-                        s.device.display()
-                    ),
-                );
+            } else if let Some(&j) = devices.get(s.device.as_path()) {
+                self.shared_device(i, s, j, &cfg.sensor[j]);
+            } else {
+                devices.insert(&s.device, i);
             }
             if !STANDARD_BAUD_RATES.contains(&s.baud) {
                 self.fail(
@@ -108,7 +104,12 @@ impl Found<'_> {
             if !(1..=2).contains(&s.stop_bits) {
                 self.fail(k("stop_bits"), format!("{} is not 1 or 2", s.stop_bits));
             }
-            self.sensor_format(i, s);
+            if s.framing == Framing::ModbusRtu {
+                self.sensor_modbus(i, s);
+            } else {
+                self.sensor_format(i, s);
+                self.not_modbus(i, s);
+            }
             if s.delimiter == '\n' || s.delimiter == '\r' {
                 self.fail(
                     k("delimiter"),
@@ -543,6 +544,221 @@ impl Found<'_> {
         }
     }
 
+    /// Sensor `i` names the device of sensor `j` (the first to name it):
+    /// only Modbus slaves share a device, on a bus whose port settings
+    /// agree, each with its own unit id.
+    fn shared_device(&mut self, i: usize, s: &Sensor, j: usize, first: &Sensor) {
+        let k = |f: &str| format!("sensor[{i}].{f}");
+        let device = s.device.display();
+        if s.framing != Framing::ModbusRtu || first.framing != Framing::ModbusRtu {
+            self.fail(
+                k("device"),
+                format!(
+                    "{device} is already the device of sensor[{j}]; only framing = \"modbus_rtu\" sensors (slaves on one bus) share a device"
+                ),
+            );
+            return;
+        }
+        let port = |s: &Sensor| (s.baud, s.data_bits, s.parity, s.stop_bits, s.flow_control);
+        if port(s) != port(first) {
+            self.fail(
+                k("device"),
+                format!(
+                    "{device} is also the bus of sensor[{j}] (\"{}\"), whose port settings differ: baud {} / {}, data_bits {} / {}, parity {} / {}, stop_bits {} / {}, flow_control {} / {}; the slaves of one bus share its settings",
+                    first.name, s.baud, first.baud, s.data_bits, first.data_bits, s.parity,
+                    first.parity, s.stop_bits, first.stop_bits, s.flow_control, first.flow_control
+                ),
+            );
+        }
+        if s.unit.is_some() && s.unit == first.unit {
+            self.fail(
+                k("unit"),
+                format!(
+                    "{} is also the unit of sensor[{j}] (\"{}\") on {device}; each slave on a bus has its own unit id",
+                    s.unit.unwrap_or_default(),
+                    first.name
+                ),
+            );
+        }
+    }
+
+    /// The keys of a Modbus slave.
+    fn sensor_modbus(&mut self, i: usize, s: &Sensor) {
+        let k = |f: &str| format!("sensor[{i}].{f}");
+        match s.unit {
+            None => self.fail(k("unit"), "is required with framing = \"modbus_rtu\": the slave's unit id, 1 to 247"),
+            Some(u) if !(1..=247).contains(&u) => self.fail(
+                k("unit"),
+                format!("{u} is not a slave's unit id: use 1 to 247 (0 is broadcast, which no slave answers)"),
+            ),
+            Some(_) => {}
+        }
+        if s.poll < Duration::from_millis(10) || s.poll > Duration::from_secs(24 * 3600) {
+            self.fail(
+                k("poll"),
+                format!(
+                    "{} is out of range; use 10ms to 24h",
+                    humantime::format_duration(s.poll)
+                ),
+            );
+        }
+        if let Some(t) = s.timeout {
+            if t < Duration::from_millis(10) || t > Duration::from_secs(10) {
+                self.fail(
+                    k("timeout"),
+                    format!(
+                        "{} is out of range; use 10ms to 10s",
+                        humantime::format_duration(t)
+                    ),
+                );
+            }
+        }
+        if s.registers.is_empty() {
+            self.fail(
+                k("registers"),
+                "must list the values to read, e.g. [{ name = \"voltage\", table = \"input\", address = 0, type = \"f32\" }]",
+            );
+        }
+        for (key, set) in [
+            ("columns", !s.columns.is_empty()),
+            ("layout", !s.layout.is_empty()),
+            ("time_field", s.time_field.is_some()),
+        ] {
+            if set {
+                self.fail(k(key), "is not used with framing = \"modbus_rtu\" (the values are `registers`); remove it");
+            }
+        }
+        let mut names = HashSet::new();
+        for (r, reg) in s.registers.iter().enumerate() {
+            let key = |x: &str| format!("sensor[{i}].registers[{r}].{x}");
+            if reg.name.trim().is_empty() || reg.name.chars().any(char::is_control) {
+                self.fail(
+                    key("name"),
+                    "must be a non-empty name without control characters",
+                );
+            } else if !names.insert(reg.name.as_str()) {
+                self.fail(
+                    key("name"),
+                    format!(
+                        "\"{}\" appears twice; register names must be unique",
+                        reg.name
+                    ),
+                );
+            }
+            self.register(&key, reg);
+        }
+    }
+
+    /// One register of a Modbus slave.
+    fn register(&mut self, key: &dyn Fn(&str) -> String, reg: &super::Register) {
+        use super::{RegisterTable, RegisterType};
+        use crate::modbus::plan::Table;
+        let bits = matches!(reg.table, RegisterTable::Coil | RegisterTable::Discrete);
+        if bits && reg.ty.is_some_and(|t| t != RegisterType::Bool) {
+            self.fail(
+                key("type"),
+                format!(
+                    "a {} is one bit: its type is bool (or leave type out)",
+                    reg.table
+                ),
+            );
+            return;
+        }
+        let string = reg.ty == Some(RegisterType::String);
+        match (string, reg.count) {
+            (true, None) => {
+                self.fail(
+                    key("count"),
+                    "is required for type = \"string\": how many registers (two characters each)",
+                );
+                return;
+            }
+            (true, Some(c)) if !(1..=125).contains(&c) => {
+                self.fail(
+                    key("count"),
+                    format!("{c} registers cannot be read in one request; use 1 to 125"),
+                );
+                return;
+            }
+            (false, Some(_)) => {
+                self.fail(
+                    key("count"),
+                    "is only used with type = \"string\"; remove it",
+                );
+            }
+            _ => {}
+        }
+        let kind = crate::modbus::poller::kind(reg);
+        if let Some(order) = &reg.order {
+            if let Err(takes) = crate::modbus::value::Order::parse(order, kind) {
+                let ty = reg.ty.unwrap_or_default();
+                self.fail(key("order"), format!("\"{order}\": a {ty} {takes}"));
+            }
+        }
+        if let Some(scale) = reg.scale {
+            if !scale.is_finite() || scale == 0.0 {
+                self.fail(
+                    key("scale"),
+                    format!("{scale} must be a finite, non-zero number"),
+                );
+            }
+        }
+        if let Some(offset) = reg.offset {
+            if !offset.is_finite() {
+                self.fail(key("offset"), format!("{offset} must be a finite number"));
+            }
+        }
+        if (bits || matches!(reg.ty, Some(RegisterType::Bool | RegisterType::String)))
+            && (reg.scale.is_some() || reg.offset.is_some())
+        {
+            self.fail(
+                key("scale"),
+                "a bool or string value takes no scale or offset",
+            );
+        }
+        let Ok(address) = u16::try_from(reg.address) else {
+            self.fail(
+                key("address"),
+                format!(
+                    "{} is not a protocol address (0 to 65535); data sheets that number registers 40001, 30001... mean address 0 of table \"holding\", \"input\"...",
+                    reg.address
+                ),
+            );
+            return;
+        };
+        // Only the span's kind of table matters here: bits or registers.
+        let span = crate::modbus::plan::Span {
+            table: if bits { Table::Coil } else { Table::Holding },
+            address,
+            len: if bits { 1 } else { kind.registers() },
+        };
+        if let Err(e) = crate::modbus::plan::check(&span) {
+            self.fail(
+                key("address"),
+                format!("{address}: a {} value here {e}", reg.ty.unwrap_or_default()),
+            );
+        }
+    }
+
+    /// Keys that only a Modbus slave takes.
+    fn not_modbus(&mut self, i: usize, s: &Sensor) {
+        for (key, set) in [
+            ("unit", s.unit.is_some()),
+            ("registers", !s.registers.is_empty()),
+            ("timeout", s.timeout.is_some()),
+        ] {
+            if set {
+                self.fail(
+                    format!("sensor[{i}].{key}"),
+                    format!(
+                        "is only used with framing = \"modbus_rtu\", not \"{}\"; remove it",
+                        s.framing
+                    ),
+                );
+            }
+        }
+    }
+
     fn metrics(&mut self, cfg: &Config) {
         if let Some(listen) = &cfg.metrics.listen {
             if listen.parse::<std::net::SocketAddr>().is_err() {
@@ -567,7 +783,11 @@ impl Found<'_> {
                     _ => &[],
                 };
                 let layout = s.layout.iter().map(|f| f.name.as_str());
-                columns.chain(layout).chain(nmea.iter().copied())
+                let registers = s.registers.iter().map(|r| r.name.as_str());
+                columns
+                    .chain(layout)
+                    .chain(registers)
+                    .chain(nmea.iter().copied())
             })
             .collect();
         // json and kv records also carry keys the configuration does not
@@ -1077,6 +1297,130 @@ stats_interval = "500ms"
             if let Err(e) = d.load() {
                 panic!("{good}: {e}");
             }
+        }
+    }
+
+    #[test]
+    fn modbus_slaves_and_their_registers_are_checked() {
+        let sensor =
+            |body: &str| MINIMAL.replace("columns = [\"a\", \"b\"]\n", &format!("{body}\n"));
+        let modbus = |rest: &str| format!("framing = \"modbus_rtu\"\nunit = 1\n{rest}");
+        let regs = |list: &str| modbus(&format!("registers = [{list}]"));
+        let second = |rest: &str| {
+            format!(
+                "{}\n\n[[sensor]]\nname = \"s2\"\ndevice = \"/dev/ttyUSB0\"\n{rest}",
+                regs("{ name = \"v\", address = 0 }")
+            )
+        };
+        let cases: Vec<(String, &str, &str)> = vec![
+            (modbus(""), "sensor[0].registers", "must list the values"),
+            (
+                "framing = \"modbus_rtu\"\nregisters = [{ name = \"v\", address = 0 }]".into(),
+                "sensor[0].unit",
+                "is required",
+            ),
+            (
+                regs("{ name = \"v\", address = 0 }").replace("unit = 1", "unit = 0"),
+                "sensor[0].unit",
+                "0 is broadcast",
+            ),
+            (
+                regs("{ name = \"v\", table = \"register\", address = 0 }"),
+                "sensor[0].registers[0].table",
+                "\"holding\", \"input\", \"coil\", \"discrete\"",
+            ),
+            (
+                regs("{ name = \"sn\", address = 0, type = \"string\" }"),
+                "sensor[0].registers[0].count",
+                "is required for type = \"string\"",
+            ),
+            (
+                regs("{ name = \"sn\", address = 0, type = \"string\", count = 126 }"),
+                "sensor[0].registers[0].count",
+                "use 1 to 125",
+            ),
+            (
+                regs("{ name = \"v\", address = 0 }, { name = \"v\", address = 1 }"),
+                "sensor[0].registers[1].name",
+                "appears twice",
+            ),
+            (
+                regs("{ name = \"e\", address = 65535, type = \"u32\" }"),
+                "sensor[0].registers[0].address",
+                "ends past the last address",
+            ),
+            (
+                regs("{ name = \"v\", address = 40001 }").replace("40001", "400001"),
+                "sensor[0].registers[0].address",
+                "40001, 30001",
+            ),
+            (
+                regs("{ name = \"v\", address = 0, type = \"u16\", order = \"CDAB\" }"),
+                "sensor[0].registers[0].order",
+                "takes \"AB\" or \"BA\"",
+            ),
+            (
+                regs("{ name = \"r\", table = \"coil\", address = 0, type = \"f32\" }"),
+                "sensor[0].registers[0].type",
+                "its type is bool",
+            ),
+            (
+                regs("{ name = \"v\", address = 0, type = \"f23\" }"),
+                "sensor[0].registers[0].type",
+                "\"f32\"",
+            ),
+            (
+                regs("{ name = \"v\", address = 0, scael = 0.1 }"),
+                "sensor[0].registers[0].scael",
+                "scale",
+            ),
+            (
+                format!(
+                    "{}\ncolumns = [\"a\"]",
+                    regs("{ name = \"v\", address = 0 }")
+                ),
+                "sensor[0].columns",
+                "not used with framing = \"modbus_rtu\"",
+            ),
+            (
+                "columns = [\"a\"]\nunit = 3".into(),
+                "sensor[0].unit",
+                "only used with framing",
+            ),
+            (
+                second("columns = [\"a\"]"),
+                "sensor[1].device",
+                "only framing = \"modbus_rtu\" sensors",
+            ),
+            (
+                second(&regs("{ name = \"w\", address = 1 }")),
+                "sensor[1].unit",
+                "each slave on a bus has its own unit id",
+            ),
+            (
+                second(
+                    &regs("{ name = \"w\", address = 1 }")
+                        .replace("unit = 1", "unit = 2\nbaud = 19200"),
+                ),
+                "sensor[1].device",
+                "baud 19200 / 9600",
+            ),
+        ];
+        for (body, key, message) in &cases {
+            let d = Dir::new(&sensor(body));
+            let e = d.load().unwrap_err();
+            let p = problem_at(&e, key);
+            assert!(p.message.contains(message), "{body}: {p}");
+        }
+        let good = second(&regs(
+            "{ name = \"voltage\", table = \"input\", address = 0, type = \"f32\", order = \"CDAB\" }, \
+             { name = \"energy\", address = 10, type = \"u64\", order = \"HGFEDCBA\", scale = 0.01 }, \
+             { name = \"sn\", address = 30, type = \"string\", count = 4, order = \"BA\" }, \
+             { name = \"relay\", table = \"coil\", address = 65535 }",
+        )
+        .replace("unit = 1", "unit = 247\npoll = \"250ms\"\ntimeout = \"150ms\"\nmax_gap = 8"));
+        if let Err(e) = Dir::new(&sensor(&good)).load() {
+            panic!("{good}: {e}");
         }
     }
 

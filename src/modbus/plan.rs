@@ -341,6 +341,24 @@ mod tests {
         assert!(Plan::new(&[span(Table::Coil, 0, 2001)], 0).is_err());
     }
 
+    #[test]
+    fn the_energy_meter_of_serial_md_takes_five_requests_or_three_with_max_gap_4() {
+        // docs/SERIAL.md, "A worked example": five f32 input registers.
+        let spans: Vec<Span> = [0, 6, 12, 70, 342]
+            .into_iter()
+            .map(|a| span(Table::Input, a, 2))
+            .collect();
+        assert_eq!(Plan::new(&spans, 0).unwrap().requests.len(), 5);
+        assert_eq!(
+            Plan::new(&spans, 4).unwrap().requests,
+            [
+                req(Table::Input, 0, 14),
+                req(Table::Input, 70, 2),
+                req(Table::Input, 342, 2)
+            ]
+        );
+    }
+
     fn any_span() -> impl Strategy<Value = Span> {
         (0usize..4, 0u16..300, 1u16..8).prop_map(|(t, address, len)| Span {
             table: Table::ALL[t],

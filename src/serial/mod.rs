@@ -124,33 +124,8 @@ impl SensorSource {
         })
     }
 
-    /// Opens the configured path anew, with every port setting. The path is
-    /// resolved by the kernel at each open, so a `/dev/serial/by-id/` link
-    /// follows an adapter that came back under another `ttyUSBn`.
     fn open(&self) -> Result<tokio_serial::SerialStream, tokio_serial::Error> {
-        let s = &self.sensor;
-        tokio_serial::new(s.device.to_string_lossy(), s.baud)
-            .data_bits(match s.data_bits {
-                5 => tokio_serial::DataBits::Five,
-                6 => tokio_serial::DataBits::Six,
-                7 => tokio_serial::DataBits::Seven,
-                _ => tokio_serial::DataBits::Eight,
-            })
-            .parity(match s.parity {
-                config::Parity::None => tokio_serial::Parity::None,
-                config::Parity::Odd => tokio_serial::Parity::Odd,
-                config::Parity::Even => tokio_serial::Parity::Even,
-            })
-            .stop_bits(match s.stop_bits {
-                2 => tokio_serial::StopBits::Two,
-                _ => tokio_serial::StopBits::One,
-            })
-            .flow_control(match s.flow_control {
-                config::FlowControl::None => tokio_serial::FlowControl::None,
-                config::FlowControl::Software => tokio_serial::FlowControl::Software,
-                config::FlowControl::Hardware => tokio_serial::FlowControl::Hardware,
-            })
-            .open_native_async()
+        open_port(&self.sensor)
     }
 
     /// Reads records, batches them with `batcher` and sends each batch to
@@ -302,6 +277,34 @@ impl SensorSource {
             }
         }
     }
+}
+
+/// Opens the configured path anew, with every port setting. The path is
+/// resolved by the kernel at each open, so a `/dev/serial/by-id/` link
+/// follows an adapter that came back under another `ttyUSBn`.
+pub fn open_port(s: &config::Sensor) -> Result<tokio_serial::SerialStream, tokio_serial::Error> {
+    tokio_serial::new(s.device.to_string_lossy(), s.baud)
+        .data_bits(match s.data_bits {
+            5 => tokio_serial::DataBits::Five,
+            6 => tokio_serial::DataBits::Six,
+            7 => tokio_serial::DataBits::Seven,
+            _ => tokio_serial::DataBits::Eight,
+        })
+        .parity(match s.parity {
+            config::Parity::None => tokio_serial::Parity::None,
+            config::Parity::Odd => tokio_serial::Parity::Odd,
+            config::Parity::Even => tokio_serial::Parity::Even,
+        })
+        .stop_bits(match s.stop_bits {
+            2 => tokio_serial::StopBits::Two,
+            _ => tokio_serial::StopBits::One,
+        })
+        .flow_control(match s.flow_control {
+            config::FlowControl::None => tokio_serial::FlowControl::None,
+            config::FlowControl::Software => tokio_serial::FlowControl::Software,
+            config::FlowControl::Hardware => tokio_serial::FlowControl::Hardware,
+        })
+        .open_native_async()
 }
 
 /// Where a device path leads now (the `ttyUSBn` behind a by-id link), for

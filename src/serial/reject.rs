@@ -38,10 +38,15 @@ pub enum Reject {
     Length,
     /// The configured time field is missing or not a time.
     Timestamp,
+    /// Modbus: the slave did not answer a request within its timeout.
+    NoAnswer,
+    /// Modbus: the slave answered a request with an exception (an illegal
+    /// address, a busy device...).
+    Exception,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 15] = [
+    pub const ALL: [Reject; 17] = [
         Reject::TooLong,
         Reject::Partial,
         Reject::Garbage,
@@ -57,6 +62,8 @@ impl Reject {
         Reject::Nmea,
         Reject::Length,
         Reject::Timestamp,
+        Reject::NoAnswer,
+        Reject::Exception,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -76,6 +83,8 @@ impl Reject {
             Reject::Nmea => "nmea",
             Reject::Length => "length",
             Reject::Timestamp => "timestamp",
+            Reject::NoAnswer => "no_answer",
+            Reject::Exception => "exception",
         }
     }
 

@@ -10,12 +10,19 @@ usage: rtu_server.py DEVICE SPEC
 
 SPEC is JSON:
   {"baud": 9600,
+   "pace_bits": 11,
    "units": {"1": {"holding": [u16, ...], "input": [...],
                    "coil": [true, ...], "discrete": [...],
                    "delay": 0.0}}}
 Each table's values start at protocol address 0; reading past them is an
 exception 2 (illegal data address). "delay" (seconds) holds that unit's
-answers back, as a slow slave would. Prints "ready" once serving.
+answers back, as a slow slave would. With "pace_bits", an answer is held
+back as long as a real bus would take: the request's 8 characters, the
+silence between frames (3.5 characters; 1.75 ms above 19200 baud, as the
+Modbus serial line specification fixes it) and the answer's characters,
+at "baud" with that many bits a character (a PTY has no baud rate: it
+moves bytes at once).
+Prints "ready" once serving.
 """
 import asyncio
 import json
@@ -45,13 +52,16 @@ def device(spec):
     )
 
 
-def delay_answers(delays):
-    """Holds back the answers of the units in `delays` (unit id: seconds):
-    the first byte of an RTU frame is its unit id."""
+def delay_answers(delays, char_time, gap):
+    """Holds back the answers of the units in `delays` (unit id: seconds),
+    and every answer by its time on a real bus (`char_time` seconds a
+    character and a `gap` between frames, 0 for none): the first byte of an
+    RTU frame is its unit id."""
     write = SerialTransport.write
 
     def delayed(self, data):
         seconds = delays.get(data[0], 0.0) if data else 0.0
+        seconds += (8 + len(data)) * char_time + gap
         if seconds > 0:
             self.async_loop.call_later(seconds, write, self, data)
         else:
@@ -64,14 +74,20 @@ async def main():
     path, spec = sys.argv[1], json.loads(sys.argv[2])
     logging.basicConfig(level=logging.ERROR)
     units = {int(u): s for u, s in spec["units"].items()}
-    delay_answers({u: float(s.get("delay", 0.0)) for u, s in units.items()})
+    baud = spec.get("baud", 9600)
+    pace = spec.get("pace_bits", 0)
+    char_time = pace / baud if pace else 0.0
+    gap = 0.0 if not pace else 0.00175 if baud > 19200 else 3.5 * char_time
+    delay_answers(
+        {u: float(s.get("delay", 0.0)) for u, s in units.items()}, char_time, gap
+    )
     context = ModbusServerContext(
         devices={u: device(s) for u, s in units.items()}, single=False
     )
     server = ModbusSerialServer(
         context,
         port=path,
-        baudrate=spec.get("baud", 9600),
+        baudrate=baud,
         ignore_missing_devices=True,
     )
     await server.serve_forever(background=True)

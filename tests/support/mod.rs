@@ -29,6 +29,8 @@ use rumqttc::{
 };
 use sensorgate::demo::pki::{self, Identity, Pki};
 
+pub mod modbus;
+
 /// Largest MQTT packet test clients send or accept: a sealed batch may
 /// reach 256 KiB.
 pub const MAX_PACKET: usize = 1024 * 1024;
@@ -46,6 +48,20 @@ pub fn free_port() -> u16 {
 
 /// Calls `f` every `poll` until it returns true or `timeout` has passed;
 /// returns whether it did. `f` runs at least once.
+/// `GET path` over HTTP/1.0 on a loopback port: the status code and the
+/// body, or `None` when nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
 pub fn wait_until(timeout: Duration, poll: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {

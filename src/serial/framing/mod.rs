@@ -105,6 +105,9 @@ impl Framer {
                 sensor.crc,
                 sensor.endian,
             )),
+            config::Framing::ModbusRtu => {
+                unreachable!("modbus_rtu sensors are polled (modbus::poller), not framed")
+            }
         }
     }
 
