@@ -171,14 +171,7 @@ impl Writer<'_, '_> {
             self.out.value(quoted(&f.name))?;
             write!(self.out, ", type = ")?;
             self.out.value(quoted(f.ty.as_str()))?;
-            if let Some(scale) = f.scale {
-                write!(self.out, ", scale = ")?;
-                self.out.value(scale)?;
-            }
-            if let Some(offset) = f.offset {
-                write!(self.out, ", offset = ")?;
-                self.out.value(offset)?;
-            }
+            self.linear(f.scale, f.offset)?;
             write!(self.out, " }}")?;
         }
         writeln!(self.out, "]")
@@ -206,17 +199,23 @@ impl Writer<'_, '_> {
                 write!(self.out, ", count = ")?;
                 self.out.value(i64::from(count))?;
             }
-            if let Some(scale) = r.scale {
-                write!(self.out, ", scale = ")?;
-                self.out.value(scale)?;
-            }
-            if let Some(offset) = r.offset {
-                write!(self.out, ", offset = ")?;
-                self.out.value(offset)?;
-            }
+            self.linear(r.scale, r.offset)?;
             write!(self.out, " }}")?;
         }
         writeln!(self.out, "]")
+    }
+
+    /// `, scale = x, offset = y` inside an inline table, each when set.
+    fn linear(&mut self, scale: Option<f64>, offset: Option<f64>) -> fmt::Result {
+        if let Some(scale) = scale {
+            write!(self.out, ", scale = ")?;
+            self.out.value(scale)?;
+        }
+        if let Some(offset) = offset {
+            write!(self.out, ", offset = ")?;
+            self.out.value(offset)?;
+        }
+        Ok(())
     }
 
     fn optional(&mut self, key: &str, value: Option<&str>) -> fmt::Result {

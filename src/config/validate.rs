@@ -451,19 +451,7 @@ impl Found<'_> {
                     ),
                 );
             }
-            if let Some(scale) = field.scale {
-                if !scale.is_finite() || scale == 0.0 {
-                    self.fail(
-                        key("scale"),
-                        format!("{scale} must be a finite, non-zero number"),
-                    );
-                }
-            }
-            if let Some(offset) = field.offset {
-                if !offset.is_finite() {
-                    self.fail(key("offset"), format!("{offset} must be a finite number"));
-                }
-            }
+            self.linear(&key, field.scale, field.offset);
             if field.ty == LayoutType::Bool && (field.scale.is_some() || field.offset.is_some()) {
                 self.fail(key("type"), "a bool field takes no scale or offset");
             }
@@ -695,19 +683,7 @@ impl Found<'_> {
                 self.fail(key("order"), format!("\"{order}\": a {ty} {takes}"));
             }
         }
-        if let Some(scale) = reg.scale {
-            if !scale.is_finite() || scale == 0.0 {
-                self.fail(
-                    key("scale"),
-                    format!("{scale} must be a finite, non-zero number"),
-                );
-            }
-        }
-        if let Some(offset) = reg.offset {
-            if !offset.is_finite() {
-                self.fail(key("offset"), format!("{offset} must be a finite number"));
-            }
-        }
+        self.linear(key, reg.scale, reg.offset);
         if (bits || matches!(reg.ty, Some(RegisterType::Bool | RegisterType::String)))
             && (reg.scale.is_some() || reg.offset.is_some())
         {
@@ -737,6 +713,23 @@ impl Found<'_> {
                 key("address"),
                 format!("{address}: a {} value here {e}", reg.ty.unwrap_or_default()),
             );
+        }
+    }
+
+    /// A value's `scale` and `offset` (binary fields, Modbus registers).
+    fn linear(&mut self, key: &dyn Fn(&str) -> String, scale: Option<f64>, offset: Option<f64>) {
+        if let Some(scale) = scale {
+            if !scale.is_finite() || scale == 0.0 {
+                self.fail(
+                    key("scale"),
+                    format!("{scale} must be a finite, non-zero number"),
+                );
+            }
+        }
+        if let Some(offset) = offset {
+            if !offset.is_finite() {
+                self.fail(key("offset"), format!("{offset} must be a finite number"));
+            }
         }
     }
 
