@@ -437,20 +437,7 @@ impl Found<'_> {
         let mut seen = HashSet::new();
         for (f, field) in s.layout.iter().enumerate() {
             let key = |x: &str| format!("sensor[{i}].layout[{f}].{x}");
-            if field.name.trim().is_empty() || field.name.chars().any(char::is_control) {
-                self.fail(
-                    key("name"),
-                    "must be a non-empty name without control characters",
-                );
-            } else if !seen.insert(field.name.as_str()) {
-                self.fail(
-                    key("name"),
-                    format!(
-                        "\"{}\" appears twice; field names must be unique",
-                        field.name
-                    ),
-                );
-            }
+            self.unique_name(key("name"), &field.name, &mut seen, "field");
             self.linear(&key, field.scale, field.offset);
             if field.ty == LayoutType::Bool && (field.scale.is_some() || field.offset.is_some()) {
                 self.fail(key("type"), "a bool field takes no scale or offset");
@@ -619,20 +606,7 @@ impl Found<'_> {
         let mut names = HashSet::new();
         for (r, reg) in s.registers.iter().enumerate() {
             let key = |x: &str| format!("sensor[{i}].registers[{r}].{x}");
-            if reg.name.trim().is_empty() || reg.name.chars().any(char::is_control) {
-                self.fail(
-                    key("name"),
-                    "must be a non-empty name without control characters",
-                );
-            } else if !names.insert(reg.name.as_str()) {
-                self.fail(
-                    key("name"),
-                    format!(
-                        "\"{}\" appears twice; register names must be unique",
-                        reg.name
-                    ),
-                );
-            }
+            self.unique_name(key("name"), &reg.name, &mut names, "register");
             self.register(&key, reg);
         }
     }
@@ -712,6 +686,25 @@ impl Found<'_> {
             self.fail(
                 key("address"),
                 format!("{address}: a {} value here {e}", reg.ty.unwrap_or_default()),
+            );
+        }
+    }
+
+    /// The name of a binary field or a Modbus register (`what`): not empty,
+    /// no control characters, not one of `seen`.
+    fn unique_name<'a>(
+        &mut self,
+        key: String,
+        name: &'a str,
+        seen: &mut HashSet<&'a str>,
+        what: &str,
+    ) {
+        if name.trim().is_empty() || name.chars().any(char::is_control) {
+            self.fail(key, "must be a non-empty name without control characters");
+        } else if !seen.insert(name) {
+            self.fail(
+                key,
+                format!("\"{name}\" appears twice; {what} names must be unique"),
             );
         }
     }

@@ -333,10 +333,7 @@ impl Streams<'_> {
                         return None;
                     }
                 }
-                Err((request, BusError::Port(e))) => {
-                    let _ = request;
-                    return Some(e.to_string());
-                }
+                Err((_, BusError::Port(e))) => return Some(e.to_string()),
                 Err((request, error)) => {
                     let reason = match error {
                         BusError::Timeout(_) => Reject::NoAnswer,
