@@ -46,6 +46,9 @@ fn sensor() -> config::Sensor {
         parity: config::Parity::None,
         stop_bits: 1,
         flow_control: config::FlowControl::None,
+        rs485: false,
+        rs485_delay_before: std::time::Duration::ZERO,
+        rs485_delay_after: std::time::Duration::ZERO,
         required: false,
         framing: config::Framing::Lines,
         format: config::Format::Csv,
@@ -62,6 +65,7 @@ fn sensor() -> config::Sensor {
         poll: std::time::Duration::from_secs(1),
         timeout: None,
         max_gap: 0,
+        local_echo: false,
         registers: Vec::new(),
     }
 }

@@ -169,10 +169,22 @@ pub fn journald_layer() -> io::Result<tracing_journald::Layer> {
 /// an `EnvFilter`: that one's span and field matching needs a regular
 /// expression engine, about half a megabyte of the binary (issue 17).
 fn filter(level: &str) -> tracing_subscriber::filter::Targets {
+    use tracing::level_filters::LevelFilter;
     use tracing_subscriber::filter::Targets;
     // The demo's embedded broker logs every client disconnect as an error;
-    // its own failures reach the demo as errors anyway.
-    let quiet = |t: Targets| t.with_target("rumqttd", tracing::level_filters::LevelFilter::OFF);
+    // its own failures reach the demo as errors anyway. The Modbus client
+    // warns at every byte of a frame it cannot decode (ten lines a poll for
+    // a slave answering garbage); the poller logs the failure once, with
+    // the bytes. Naming `tokio_modbus` in the level shows them again.
+    let quiet = |t: Targets| {
+        let modbus = t.iter().any(|(target, _)| target == "tokio_modbus");
+        let t = t.with_target("rumqttd", LevelFilter::OFF);
+        if modbus {
+            t
+        } else {
+            t.with_target("tokio_modbus", LevelFilter::ERROR)
+        }
+    };
     std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| v.parse::<Targets>().ok())
@@ -561,6 +573,21 @@ impl<K: Hash + Eq> RateLimits<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_modbus_clients_per_byte_warnings_are_off_unless_asked_for() {
+        use tracing::Level;
+        // RUST_LOG, when set, takes the place of the level.
+        if std::env::var_os("RUST_LOG").is_some() {
+            return;
+        }
+        let f = filter("debug");
+        assert!(f.would_enable("sensorgate::modbus::poller", &Level::DEBUG));
+        assert!(!f.would_enable("tokio_modbus::codec::rtu", &Level::WARN));
+        assert!(f.would_enable("tokio_modbus::codec::rtu", &Level::ERROR));
+        let f = filter("info,tokio_modbus=debug");
+        assert!(f.would_enable("tokio_modbus::codec::rtu", &Level::DEBUG));
+    }
 
     #[test]
     fn rate_limit_counts_what_it_suppresses() {

@@ -377,3 +377,203 @@ fn the_gateway_polls_several_slaves_on_one_bus_into_their_own_streams() {
         failing[0]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_an_echo_are_told_apart_from_silence_and_the_echo_can_be_dropped() {
+    // The bus hears every request before its answer, as through a
+    // transceiver whose receiver stays on; unit 2 answers with a wrong CRC.
+    let rig = Server::start(&json!({
+        "baud": 9600,
+        "echo": true,
+        "units": { "1": { "holding": [100, 101, 102] }, "2": { "holding": [7], "garbage": true } }
+    }));
+    let mut bus = bus(&rig);
+    let echoed = bus.read(1, &holding(0, 1), TIMEOUT).await;
+    let Err(BusError::Echo(heard)) = &echoed else {
+        panic!("{echoed:?}")
+    };
+    // The request (unit 1, function 3, address 0, count 1, CRC), then the
+    // answer.
+    assert!(
+        heard.starts_with("01 03 00 00 00 01 84 0a 01 03 02 00 64"),
+        "{heard}"
+    );
+    assert!(
+        echoed
+            .unwrap_err()
+            .to_string()
+            .contains("local_echo = true"),
+        "the error says what to do"
+    );
+
+    let mut bus = bus.local_echo(true);
+    for round in 0..3u16 {
+        assert_eq!(
+            bus.read(1, &holding(round, 1), TIMEOUT).await.unwrap(),
+            Answer::Registers(vec![100 + round]),
+            "round {round}"
+        );
+        let spoiled = bus.read(2, &holding(0, 1), TIMEOUT).await;
+        assert!(
+            matches!(&spoiled, Err(BusError::Garbage(g)) if g.contains("02 03 02 00 07")),
+            "round {round}: {spoiled:?}"
+        );
+        // An absent unit: only its echo comes back, which is no answer.
+        let absent = bus.read(9, &holding(0, 1), TIMEOUT).await;
+        assert!(
+            matches!(absent, Err(BusError::Timeout(_))),
+            "round {round}: {absent:?}"
+        );
+    }
+}
+
+/// Registers named as the rig's encrypted columns (which must exist), at
+/// addresses 0 to 2.
+const REGISTERS: &str = "registers = [{ name = \"incline\", address = 0 }, \
+    { name = \"heart_rate\", address = 1 }, { name = \"resistance\", address = 2 }]";
+
+/// A gateway and its config for `sensors` (TOML `[[sensor]]` tables) on
+/// the rig's broker.
+fn gateway(rig: &support::Rig, sensors: &str) -> std::path::PathBuf {
+    rig.gateway_config_with("modbus.toml", sensors, "")
+}
+
+/// The bus's adapter unplugged for a while and plugged back: the bus is
+/// reopened, both slaves' streams go on without a gap, and a slave that
+/// answers garbage costs the others nothing.
+#[test]
+fn an_unplugged_bus_is_reopened_and_a_slave_answering_garbage_hurts_no_other() {
+    let mut server = Server::start(&json!({
+        "baud": 9600,
+        "units": {
+            "1": { "holding": [11, 12, 13] },
+            "2": { "holding": [21, 22, 23] },
+            "3": { "holding": [31, 32, 33], "garbage": true },
+        }
+    }));
+    let rig = support::Rig::new();
+    let device = server.path().to_path_buf();
+    let mut sensors = String::new();
+    for (name, unit) in [("a", 1), ("b", 2), ("noisy", 3)] {
+        sensors += &format!(
+            "[[sensor]]\nname = \"{name}\"\ndevice = {device:?}\nframing = \"modbus_rtu\"\nunit = {unit}\n\
+             poll = \"100ms\"\ntimeout = \"100ms\"\n{REGISTERS}\n\n"
+        );
+    }
+    let config = gateway(&rig, &sensors);
+    let sub = rig.subscriber();
+    let mut gw = support::GatewayProcess::start(&config);
+    let count = |at_least: usize| {
+        let mut opened = support::Opened::default();
+        let ok = support::wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
+            opened = support::open_all(&rig, &sub.received());
+            opened.seqs("a").len() >= at_least && opened.seqs("b").len() >= at_least
+        });
+        (ok, opened)
+    };
+    let (ok, before) = count(10);
+    assert!(
+        ok,
+        "no records before the unplug; log:\n{}",
+        support::excerpt(&gw.log())
+    );
+
+    server.unplug();
+    assert!(
+        gw.wait_for_log("modbus bus lost", Duration::from_secs(10)),
+        "{}",
+        support::excerpt(&gw.log())
+    );
+    assert!(
+        gw.wait_for_log("cannot open the modbus bus", Duration::from_secs(10)),
+        "{}",
+        support::excerpt(&gw.log())
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    server.replug();
+    let more = before.seqs("a").len().max(before.seqs("b").len()) + 10;
+    let (ok, _) = count(more);
+    assert!(
+        ok,
+        "no records after the replug; log:\n{}",
+        support::excerpt(&gw.log())
+    );
+    assert_eq!(gw.stop(), 0);
+
+    let opened = support::open_all(&rig, &sub.received());
+    assert!(opened.rejected.is_empty(), "{:?}", opened.rejected);
+    assert!(
+        !opened.records.contains_key("noisy"),
+        "garbage made records"
+    );
+    for (sensor, value) in [("a", 11), ("b", 21)] {
+        let seqs = opened.seqs(sensor);
+        let n = seqs.len() as u64;
+        assert_eq!(
+            seqs,
+            (0..n).collect::<Vec<_>>(),
+            "{sensor}: no gap across the replug"
+        );
+        assert!(
+            opened.records[sensor]
+                .iter()
+                .all(|r| r.fields["incline"] == json!(value))
+        );
+    }
+    let log = gw.log();
+    support::assert_no_panic(&log);
+    let lines = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(lines("modbus bus opened"), 2, "{}", support::excerpt(&log));
+    assert_eq!(lines("modbus bus lost"), 1, "{}", support::excerpt(&log));
+    let failing: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("modbus slave failing"))
+        .collect();
+    assert!(
+        !failing.is_empty()
+            && failing
+                .iter()
+                .all(|l| l.contains("noisy") && l.contains("garbage")),
+        "{failing:#?}"
+    );
+}
+
+/// `rs485 = true` on a port whose driver has no RS-485 mode (a PTY here,
+/// a USB adapter in the field): a clear error naming the device and what
+/// to do; exit 78 for a required sensor, retried in the background for
+/// another.
+#[test]
+fn rs485_mode_refused_by_the_port_says_so() {
+    let server =
+        Server::start(&json!({ "baud": 9600, "units": { "1": { "holding": [1, 2, 3] } } }));
+    let rig = support::Rig::new();
+    let device = server.path().to_path_buf();
+    let sensor = |required: bool| {
+        format!(
+            "[[sensor]]\nname = \"m\"\ndevice = {device:?}\nframing = \"modbus_rtu\"\nunit = 1\n\
+             rs485 = true\nrs485_delay_before = \"1ms\"\nrequired = {required}\n\
+             {REGISTERS}\n\n"
+        )
+    };
+    let config = gateway(&rig, &sensor(true));
+    let mut run = std::process::Command::new(support::gateway_binary());
+    run.args(["run", "--config"]).arg(&config);
+    let out = support::run_bounded(run, b"", Duration::from_secs(30));
+    assert_eq!(out.code, 78, "{}", out.shown());
+    for needle in [
+        device.to_str().unwrap(),
+        "cannot be put in RS-485 mode",
+        "set rs485 = false",
+    ] {
+        assert!(out.stderr.contains(needle), "{needle}: {}", out.shown());
+    }
+
+    let config = gateway(&rig, &sensor(false));
+    let mut gw = support::GatewayProcess::start(&config);
+    assert!(
+        gw.wait_for_log("cannot be put in RS-485 mode", Duration::from_secs(20)),
+        "{}",
+        support::excerpt(&gw.log())
+    );
+    assert_eq!(gw.stop(), 0);
+}

@@ -32,6 +32,11 @@ impl fmt::Display for Config {
             w.string("parity", s.parity.as_str())?;
             w.value("stop_bits", s.stop_bits)?;
             w.string("flow_control", s.flow_control.as_str())?;
+            w.value("rs485", s.rs485)?;
+            if s.rs485 {
+                w.string("rs485_delay_before", &duration(s.rs485_delay_before))?;
+                w.string("rs485_delay_after", &duration(s.rs485_delay_after))?;
+            }
             w.value("required", s.required)?;
             w.string("framing", s.framing.as_str())?;
             w.string("format", s.format.as_str())?;
@@ -52,6 +57,7 @@ impl fmt::Display for Config {
                 w.string("poll", &duration(s.poll))?;
                 w.optional("timeout", s.timeout.map(duration).as_deref())?;
                 w.value("max_gap", i64::from(s.max_gap))?;
+                w.value("local_echo", s.local_echo)?;
                 w.registers(&s.registers)?;
             }
         }
@@ -306,6 +312,11 @@ mod tests {
             bin.flow_control,
             bin.required,
         ) = (Parity::Even, 7, 2, FlowControl::Software, true);
+        (bin.rs485, bin.rs485_delay_before, bin.rs485_delay_after) = (
+            true,
+            std::time::Duration::from_millis(2),
+            std::time::Duration::ZERO,
+        );
         odd.sensor.push(bin);
         odd.mqtt.clean_session = false;
         odd.mqtt.username = Some("user?api-version=2021-06-30".to_string());

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::modbus::value::Kind;
+
 use super::choice::{
     ColumnType, Crc, Durability, Endian, FlowControl, Format, Framing, Fsync, LayoutType,
     LogFormat, Nested, Parity, RegisterTable, RegisterType, TimeFormat, WhenFull,
@@ -85,6 +87,19 @@ pub struct Sensor {
     pub stop_bits: u8,
     #[serde(default)]
     pub flow_control: FlowControl,
+    /// Puts the port in the kernel's RS-485 mode (TIOCSRS485): the driver
+    /// raises RTS, wired to the transceiver's driver enable, while it
+    /// sends. For a UART whose transceiver has no automatic direction
+    /// control (the Pi's own UART with an RS-485 HAT); USB RS-485 adapters
+    /// switch direction themselves.
+    #[serde(default)]
+    pub rs485: bool,
+    /// rs485: how long RTS is raised before the first bit is sent.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub rs485_delay_before: Duration,
+    /// rs485: how long RTS stays raised after the last bit was sent.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub rs485_delay_after: Duration,
     /// When true, a device that cannot be opened at start stops the gateway
     /// (exit 66 when missing, 77 when not permitted) instead of being
     /// retried in the background.
@@ -138,6 +153,10 @@ pub struct Sensor {
     /// request reads through rather than splitting in two.
     #[serde(default)]
     pub max_gap: u16,
+    /// modbus_rtu: the bus hears each request the gateway sends before the
+    /// answer (a transceiver whose receiver stays on): drop that echo.
+    #[serde(default)]
+    pub local_echo: bool,
     /// modbus_rtu: the values read at each poll.
     #[serde(default)]
     pub registers: Vec<Register>,
@@ -169,6 +188,29 @@ pub struct Register {
     pub scale: Option<f64>,
     #[serde(default)]
     pub offset: Option<f64>,
+}
+
+impl Register {
+    /// How this register is read: its `type`, or the table's default.
+    pub fn kind(&self) -> Kind {
+        let bits = matches!(self.table, RegisterTable::Coil | RegisterTable::Discrete);
+        match self.ty {
+            None if bits => Kind::Bool,
+            None => Kind::U16,
+            Some(RegisterType::U16) => Kind::U16,
+            Some(RegisterType::I16) => Kind::I16,
+            Some(RegisterType::U32) => Kind::U32,
+            Some(RegisterType::I32) => Kind::I32,
+            Some(RegisterType::U64) => Kind::U64,
+            Some(RegisterType::I64) => Kind::I64,
+            Some(RegisterType::F32) => Kind::F32,
+            Some(RegisterType::F64) => Kind::F64,
+            Some(RegisterType::Bool) => Kind::Bool,
+            Some(RegisterType::String) => Kind::Text {
+                registers: self.count.unwrap_or(1).min(u32::from(u16::MAX)) as u16,
+            },
+        }
+    }
 }
 
 // A NaN scale is refused by validation, so equality by value is total here.
@@ -425,7 +467,7 @@ fn default_data_bits() -> u8 {
 fn default_stop_bits() -> u8 {
     1
 }
-fn default_delimiter() -> char {
+pub(super) fn default_delimiter() -> char {
     ','
 }
 fn default_poll() -> Duration {

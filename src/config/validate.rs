@@ -12,7 +12,8 @@ use super::origin::Context;
 use super::units::{KIB, MIB, format_size};
 use super::unknown::closest;
 use super::{
-    Config, Crc, Format, Framing, LayoutType, NMEA_FIELDS, Nested, STANDARD_BAUD_RATES, Sensor,
+    Config, Crc, Endian, FlowControl, Format, Framing, LayoutType, NMEA_FIELDS, Nested,
+    STANDARD_BAUD_RATES, Sensor,
 };
 
 impl Context<'_> {
@@ -104,6 +105,7 @@ impl Found<'_> {
             if !(1..=2).contains(&s.stop_bits) {
                 self.fail(k("stop_bits"), format!("{} is not 1 or 2", s.stop_bits));
             }
+            self.rs485(i, s);
             if s.framing == Framing::ModbusRtu {
                 self.sensor_modbus(i, s);
             } else {
@@ -534,14 +536,30 @@ impl Found<'_> {
             );
             return;
         }
-        let port = |s: &Sensor| (s.baud, s.data_bits, s.parity, s.stop_bits, s.flow_control);
+        let port = |s: &Sensor| {
+            (
+                s.baud,
+                s.data_bits,
+                s.parity,
+                s.stop_bits,
+                s.flow_control,
+                s.rs485,
+                s.rs485_delay_before,
+                s.rs485_delay_after,
+                s.local_echo,
+            )
+        };
         if port(s) != port(first) {
+            let ms = |d: Duration| d.as_millis();
             self.fail(
                 k("device"),
                 format!(
-                    "{device} is also the bus of sensor[{j}] (\"{}\"), whose port settings differ: baud {} / {}, data_bits {} / {}, parity {} / {}, stop_bits {} / {}, flow_control {} / {}; the slaves of one bus share its settings",
+                    "{device} is also the bus of sensor[{j}] (\"{}\"), whose port settings differ: baud {} / {}, data_bits {} / {}, parity {} / {}, stop_bits {} / {}, flow_control {} / {}, rs485 {} / {} (delays {}+{} / {}+{} ms), local_echo {} / {}; the slaves of one bus share its settings",
                     first.name, s.baud, first.baud, s.data_bits, first.data_bits, s.parity,
-                    first.parity, s.stop_bits, first.stop_bits, s.flow_control, first.flow_control
+                    first.parity, s.stop_bits, first.stop_bits, s.flow_control, first.flow_control,
+                    s.rs485, first.rs485, ms(s.rs485_delay_before), ms(s.rs485_delay_after),
+                    ms(first.rs485_delay_before), ms(first.rs485_delay_after), s.local_echo,
+                    first.local_echo
                 ),
             );
         }
@@ -553,6 +571,37 @@ impl Found<'_> {
                     s.unit.unwrap_or_default(),
                     first.name
                 ),
+            );
+        }
+    }
+
+    /// The RS-485 keys: delays the kernel can hold, only with `rs485`, and
+    /// RTS not claimed by hardware flow control as well.
+    fn rs485(&mut self, i: usize, s: &Sensor) {
+        let k = |f: &str| format!("sensor[{i}].{f}");
+        for (key, delay) in [
+            ("rs485_delay_before", s.rs485_delay_before),
+            ("rs485_delay_after", s.rs485_delay_after),
+        ] {
+            if delay.is_zero() {
+                continue;
+            }
+            if !s.rs485 {
+                self.fail(k(key), "is only used with rs485 = true; remove it");
+            } else if delay > RS485_MAX_DELAY || delay.subsec_nanos() % 1_000_000 != 0 {
+                self.fail(
+                    k(key),
+                    format!(
+                        "{} is not a delay the kernel can hold: use whole milliseconds, 0ms to 100ms",
+                        humantime::format_duration(delay)
+                    ),
+                );
+            }
+        }
+        if s.rs485 && s.flow_control == FlowControl::Hardware {
+            self.fail(
+                k("rs485"),
+                "RS-485 mode drives RTS for the transmit direction, so it cannot be used with flow_control = \"hardware\" (RTS/CTS); set flow_control = \"none\"",
             );
         }
     }
@@ -598,6 +647,14 @@ impl Found<'_> {
             ("columns", !s.columns.is_empty()),
             ("layout", !s.layout.is_empty()),
             ("time_field", s.time_field.is_some()),
+            ("format", s.format != Format::default()),
+            ("nested", s.nested != Nested::default()),
+            ("crc", s.crc != Crc::default()),
+            ("endian", s.endian != Endian::default()),
+            (
+                "delimiter",
+                s.delimiter != super::schema::default_delimiter(),
+            ),
         ] {
             if set {
                 self.fail(k(key), "is not used with framing = \"modbus_rtu\" (the values are `registers`); remove it");
@@ -650,7 +707,7 @@ impl Found<'_> {
             }
             _ => {}
         }
-        let kind = crate::modbus::poller::kind(reg);
+        let kind = reg.kind();
         if let Some(order) = &reg.order {
             if let Err(takes) = crate::modbus::value::Order::parse(order, kind) {
                 let ty = reg.ty.unwrap_or_default();
@@ -732,6 +789,7 @@ impl Found<'_> {
             ("unit", s.unit.is_some()),
             ("registers", !s.registers.is_empty()),
             ("timeout", s.timeout.is_some()),
+            ("local_echo", s.local_echo),
         ] {
             if set {
                 self.fail(
@@ -876,6 +934,9 @@ fn topic_level_problem(s: &str) -> Option<String> {
         None
     }
 }
+
+/// The longest RTS delay the kernel keeps (`RS485_MAX_RTS_DELAY`, ms).
+const RS485_MAX_DELAY: Duration = Duration::from_millis(100);
 
 /// The longest UTF-8 string an MQTT packet can carry (a 16-bit length).
 const MQTT_STRING_MAX: usize = u16::MAX as usize;
@@ -1264,6 +1325,26 @@ stats_interval = "500ms"
                 "sensor[0].columns[0].typ",
                 "did you mean `type`",
             ),
+            (
+                "rs485_delay_before = \"1ms\"",
+                "sensor[0].rs485_delay_before",
+                "only used with rs485 = true",
+            ),
+            (
+                "rs485 = true\nrs485_delay_after = \"150ms\"",
+                "sensor[0].rs485_delay_after",
+                "0ms to 100ms",
+            ),
+            (
+                "rs485 = true\nrs485_delay_before = \"500us\"",
+                "sensor[0].rs485_delay_before",
+                "whole milliseconds",
+            ),
+            (
+                "rs485 = true\nflow_control = \"hardware\"",
+                "sensor[0].rs485",
+                "cannot be used with flow_control = \"hardware\"",
+            ),
         ];
         for (body, key, message) in cases {
             let d = Dir::new(&sensor(body));
@@ -1278,6 +1359,7 @@ stats_interval = "500ms"
             "format = \"nmea\"",
             "framing = \"cobs\"\nformat = \"binary\"\ncrc = \"crc32\"\nendian = \"big\"\nlayout = [{ name = \"t\", type = \"i16\", scale = 0.01 }]\ntime_field = \"t\"",
             "framing = \"cobs\"\ncolumns = [\"a\", \"b\"]\nparity = \"even\"\ndata_bits = 7\nstop_bits = 2\nflow_control = \"hardware\"\nrequired = true",
+            "columns = [\"a\"]\nrs485 = true\nrs485_delay_before = \"2ms\"\nrs485_delay_after = \"100ms\"",
         ] {
             let d = Dir::new(&sensor(good));
             if let Err(e) = d.load() {
@@ -1367,6 +1449,19 @@ stats_interval = "500ms"
                 ),
                 "sensor[0].columns",
                 "not used with framing = \"modbus_rtu\"",
+            ),
+            (
+                format!("{}\nformat = \"kv\"", regs("{ name = \"v\", address = 0 }")),
+                "sensor[0].format",
+                "not used with framing = \"modbus_rtu\"",
+            ),
+            (
+                second(
+                    &regs("{ name = \"w\", address = 1 }")
+                        .replace("unit = 1", "unit = 2\nrs485 = true"),
+                ),
+                "sensor[1].device",
+                "rs485 true / false",
             ),
             (
                 "columns = [\"a\"]\nunit = 3".into(),

@@ -14,12 +14,17 @@
 //! - after a timeout or garbage, a pause ([`AFTER_FAILURE`]) for a late
 //!   answer to finish arriving, and a new client (the client's reader stops
 //!   for good at an undecodable frame);
-//! - the length of the answer checked against the request.
+//! - the length of the answer checked against the request;
+//! - the bytes heard since the request kept (the first [`HEARD_MAX`]), so
+//!   that a request that timed out says whether nothing came, garbage, or
+//!   the request's own echo; and with `local_echo`, that echo dropped
+//!   before the client reads the answer.
 
+use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context as TaskContext, Poll};
+use std::task::{Context as TaskContext, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -33,6 +38,9 @@ use super::plan::{Request, Table};
 /// The pause after a request that timed out or was answered with garbage,
 /// before the next: a slave answering late is still sending.
 pub const AFTER_FAILURE: Duration = Duration::from_millis(20);
+
+/// How many of the bytes heard after a request are kept for the log.
+pub const HEARD_MAX: usize = 64;
 
 /// What a request read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +61,12 @@ pub enum BusError {
     /// bytes that are no frame (line noise, an echo, two slaves at once).
     #[error("not an answer to the request: {0}")]
     Garbage(String),
+    /// The request came back before any answer: the bus hears the
+    /// gateway's own sending.
+    #[error(
+        "the request came back as an echo ({0}): the transceiver's receiver hears the gateway's own sending; set local_echo = true to drop the echo, or rs485 = true on a UART whose driver switches the direction"
+    )]
+    Echo(String),
     /// The port failed (the adapter was unplugged): reopen it.
     #[error("{0}")]
     Port(io::Error),
@@ -98,11 +112,26 @@ impl Bus {
     /// data, parity and stop bits) at `baud`.
     pub fn new(port: SerialStream, baud: u32, bits_per_char: u32) -> Bus {
         Bus {
-            port: SharedPort(Arc::new(Mutex::new(port))),
+            port: SharedPort(Arc::new(Mutex::new(Port {
+                stream: port,
+                local_echo: false,
+                sent: Vec::new(),
+                echoed: Some(0),
+                heard: Vec::new(),
+                pending: VecDeque::new(),
+            }))),
             client: None,
             silence: silence(baud, bits_per_char),
             quiet_until: Instant::now(),
         }
+    }
+
+    /// A bus that hears each of its own requests before the answer (a
+    /// transceiver whose receiver stays on while the gateway sends): the
+    /// echo is checked and dropped.
+    pub fn local_echo(self, on: bool) -> Bus {
+        self.port.lock().local_echo = on;
+        self
     }
 
     /// Reads `request` from slave `unit`, waiting at most `timeout` for
@@ -116,7 +145,7 @@ impl Bus {
         tokio::time::sleep_until(self.quiet_until).await;
         self.port
             .lock()
-            .clear(ClearBuffer::Input)
+            .start()
             .map_err(|e| BusError::Port(e.into()))?;
         let port = &self.port;
         let client = self
@@ -142,11 +171,14 @@ impl Bus {
             }
         };
         let result = match tokio::time::timeout(timeout, call).await {
-            Err(_) => Err(BusError::Timeout(timeout)),
+            Err(_) => Err(self.port.lock().unanswered(timeout)),
             Ok(result) => result.and_then(|answer| checked(answer, count)),
         };
         self.quiet_until = Instant::now() + self.silence;
-        if let Err(BusError::Timeout(_) | BusError::Garbage(_) | BusError::Port(_)) = result {
+        if let Err(
+            BusError::Timeout(_) | BusError::Garbage(_) | BusError::Echo(_) | BusError::Port(_),
+        ) = result
+        {
             self.client = None;
             self.quiet_until += AFTER_FAILURE;
         }
@@ -196,13 +228,86 @@ fn checked(answer: Answer, count: u16) -> Result<Answer, BusError> {
     }
 }
 
-/// The port, shared by the bus (to discard its input) and the client (to
+/// The port and what went over it since the request began.
+struct Port {
+    stream: SerialStream,
+    local_echo: bool,
+    /// The request, as written.
+    sent: Vec<u8>,
+    /// With `local_echo`: how much of `sent` has come back; `None` once
+    /// the echo is over (or turned out not to be one).
+    echoed: Option<usize>,
+    /// The first [`HEARD_MAX`] bytes heard since the request.
+    heard: Vec<u8>,
+    /// Bytes heard and not yet read by the client.
+    pending: VecDeque<u8>,
+}
+
+impl Port {
+    /// A new request begins: the tty's input discarded, nothing sent or
+    /// heard yet.
+    fn start(&mut self) -> Result<(), tokio_serial::Error> {
+        self.stream.clear(ClearBuffer::Input)?;
+        self.sent.clear();
+        self.heard.clear();
+        self.pending.clear();
+        self.echoed = Some(0);
+        Ok(())
+    }
+
+    /// Takes in bytes from the wire: kept for the log, and for the client
+    /// unless they are the request's echo.
+    fn hear(&mut self, bytes: &[u8]) {
+        let room = HEARD_MAX.saturating_sub(self.heard.len());
+        self.heard.extend(bytes.iter().take(room));
+        for &b in bytes {
+            if let (true, Some(n)) = (self.local_echo, self.echoed) {
+                if self.sent.get(n) == Some(&b) {
+                    self.echoed = (n + 1 < self.sent.len()).then_some(n + 1);
+                    continue;
+                }
+                // Not the echo after all: what was held back is the answer's.
+                self.pending.extend(&self.sent[..n]);
+                self.echoed = None;
+            }
+            self.pending.push_back(b);
+        }
+    }
+
+    /// Why a request that timed out went unanswered, from what was heard.
+    fn unanswered(&self, timeout: Duration) -> BusError {
+        let heard = &self.heard;
+        let echo_only = self.local_echo && heard.len() <= self.sent.len();
+        if heard.is_empty() || (echo_only && self.sent.starts_with(heard)) {
+            BusError::Timeout(timeout)
+        } else if !self.local_echo && !self.sent.is_empty() && heard.starts_with(&self.sent) {
+            BusError::Echo(hex(heard))
+        } else {
+            BusError::Garbage(format!(
+                "no answer within {} ms, but bytes that are none: {}",
+                timeout.as_millis(),
+                hex(heard)
+            ))
+        }
+    }
+}
+
+/// Bytes in hex, with "..." when [`HEARD_MAX`] cut them short.
+fn hex(bytes: &[u8]) -> String {
+    let mut out: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    if bytes.len() >= HEARD_MAX {
+        out.push("...".into());
+    }
+    out.join(" ")
+}
+
+/// The port, shared by the bus (to start each request) and the client (to
 /// send and receive). Locked only within a poll, never across an await.
 #[derive(Clone)]
-struct SharedPort(Arc<Mutex<SerialStream>>);
+struct SharedPort(Arc<Mutex<Port>>);
 
 impl SharedPort {
-    fn lock(&self) -> MutexGuard<'_, SerialStream> {
+    fn lock(&self) -> MutexGuard<'_, Port> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -213,7 +318,26 @@ impl AsyncRead for SharedPort {
         cx: &mut TaskContext<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.lock()).poll_read(cx, buf)
+        let mut port = self.lock();
+        loop {
+            if !port.pending.is_empty() {
+                let n = buf.remaining().min(port.pending.len());
+                let (a, b) = port.pending.as_slices();
+                let from_a = n.min(a.len());
+                buf.put_slice(&a[..from_a]);
+                buf.put_slice(&b[..n - from_a]);
+                port.pending.drain(..n);
+                return Poll::Ready(Ok(()));
+            }
+            let mut bytes = [0u8; 256];
+            let mut read = ReadBuf::new(&mut bytes);
+            ready!(Pin::new(&mut port.stream).poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            let filled = read.filled().len();
+            port.hear(&bytes[..filled]);
+        }
     }
 }
 
@@ -223,15 +347,18 @@ impl AsyncWrite for SharedPort {
         cx: &mut TaskContext<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.lock()).poll_write(cx, buf)
+        let mut port = self.lock();
+        let n = ready!(Pin::new(&mut port.stream).poll_write(cx, buf))?;
+        port.sent.extend_from_slice(&buf[..n]);
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.lock()).poll_flush(cx)
+        Pin::new(&mut self.lock().stream).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.lock()).poll_shutdown(cx)
+        Pin::new(&mut self.lock().stream).poll_shutdown(cx)
     }
 }
 

@@ -24,10 +24,10 @@ use super::bus::{Answer, Bus, BusError};
 use super::plan::{Request, Span, Table};
 use super::schedule::{Change, MAX_BACKOFF, Outcome, Schedule};
 use super::slave::{Point, Reading};
-use super::value::{Kind, Order};
+use super::value::Order;
 use crate::backoff::Backoff;
 use crate::batch::Batcher;
-use crate::config::{self, RegisterTable, RegisterType};
+use crate::config::{self, RegisterTable};
 use crate::record::Record;
 use crate::serial::counters::SensorCounters;
 use crate::serial::reject::Reject;
@@ -96,7 +96,7 @@ fn point(r: &config::Register) -> Point {
         RegisterTable::Coil => Table::Coil,
         RegisterTable::Discrete => Table::Discrete,
     };
-    let kind = kind(r);
+    let kind = r.kind();
     let len = if table.is_bits() { 1 } else { kind.registers() };
     let order = r
         .order
@@ -114,27 +114,6 @@ fn point(r: &config::Register) -> Point {
         order,
         linear: (r.scale.is_some() || r.offset.is_some())
             .then(|| (r.scale.unwrap_or(1.0), r.offset.unwrap_or(0.0))),
-    }
-}
-
-/// How a configured register is read: its `type`, or the table's default.
-pub fn kind(r: &config::Register) -> Kind {
-    let bits = matches!(r.table, RegisterTable::Coil | RegisterTable::Discrete);
-    match r.ty {
-        None if bits => Kind::Bool,
-        None => Kind::U16,
-        Some(RegisterType::U16) => Kind::U16,
-        Some(RegisterType::I16) => Kind::I16,
-        Some(RegisterType::U32) => Kind::U32,
-        Some(RegisterType::I32) => Kind::I32,
-        Some(RegisterType::U64) => Kind::U64,
-        Some(RegisterType::I64) => Kind::I64,
-        Some(RegisterType::F32) => Kind::F32,
-        Some(RegisterType::F64) => Kind::F64,
-        Some(RegisterType::Bool) => Kind::Bool,
-        Some(RegisterType::String) => Kind::Text {
-            registers: r.count.unwrap_or(1).min(u32::from(u16::MAX)) as u16,
-        },
     }
 }
 
@@ -246,19 +225,24 @@ impl BusSource {
         while !stop.is_cancelled() {
             match open_port(&self.settings) {
                 Ok(port) => {
-                    info!(%device, baud = self.settings.baud, slaves = self.slaves.len(),
-                        "modbus bus opened");
+                    info!(%device, baud = self.settings.baud, rs485 = self.settings.rs485,
+                        slaves = self.slaves.len(), "modbus bus opened");
                     backoff.reset();
                     reported_absent = false;
                     for c in self.counters() {
                         c.opens.fetch_add(1, Ordering::Relaxed);
                         c.open.store(true, Ordering::Relaxed);
                     }
-                    let bus = Bus::new(port, self.settings.baud, bits_per_char(&self.settings));
+                    Stats::add(&stats.sensors_open, self.slaves.len() as u64);
+                    let bus = Bus::new(port, self.settings.baud, bits_per_char(&self.settings))
+                        .local_echo(self.settings.local_echo);
                     let lost = streams.poll(bus, &stop).await;
                     for c in self.counters() {
                         c.open.store(false, Ordering::Relaxed);
                     }
+                    stats
+                        .sensors_open
+                        .fetch_sub(self.slaves.len() as u64, Ordering::Relaxed);
                     match lost {
                         None => break,
                         Some(error) => {

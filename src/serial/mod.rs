@@ -70,12 +70,16 @@ pub struct OpenError {
 
 impl OpenError {
     /// sysexits: 66 when the device does not exist, 77 when it may not be
-    /// opened (the service user is not in `dialout`), 69 otherwise.
+    /// opened (the service user is not in `dialout`), 78 when it refuses a
+    /// configured setting, 69 otherwise.
     pub fn exit_code(&self) -> i32 {
         use tokio_serial::ErrorKind;
         match self.error.kind() {
             ErrorKind::NoDevice | ErrorKind::Io(std::io::ErrorKind::NotFound) => 66,
             ErrorKind::Io(std::io::ErrorKind::PermissionDenied) => 77,
+            // A setting the port refuses (RS-485 mode, a parity): the
+            // configuration's.
+            ErrorKind::InvalidInput => 78,
             _ => 69,
         }
     }
@@ -283,6 +287,9 @@ impl SensorSource {
 /// resolved by the kernel at each open, so a `/dev/serial/by-id/` link
 /// follows an adapter that came back under another `ttyUSBn`.
 pub fn open_port(s: &config::Sensor) -> Result<tokio_serial::SerialStream, tokio_serial::Error> {
+    if s.rs485 {
+        rs485_mode(s)?;
+    }
     tokio_serial::new(s.device.to_string_lossy(), s.baud)
         .data_bits(match s.data_bits {
             5 => tokio_serial::DataBits::Five,
@@ -305,6 +312,37 @@ pub fn open_port(s: &config::Sensor) -> Result<tokio_serial::SerialStream, tokio
             config::FlowControl::Hardware => tokio_serial::FlowControl::Hardware,
         })
         .open_native_async()
+}
+
+/// Puts the port in the kernel's RS-485 mode, with the sensor's RTS
+/// delays. The mode belongs to the port, not to an open file: the kernel
+/// keeps it after this short-lived handle is closed, for the stream
+/// opened next. The mode is read back, since some drivers accept the
+/// request and ignore it.
+fn rs485_mode(s: &config::Sensor) -> Result<(), tokio_serial::Error> {
+    use serial2::rs4xx::{Rs485Config, TransceiverMode};
+    let refused = |why: String| {
+        tokio_serial::Error::new(
+            tokio_serial::ErrorKind::InvalidInput,
+            format!(
+                "{} cannot be put in RS-485 mode ({why}); rs485 = true is for a UART whose driver drives the transceiver's direction (the Pi's own UART with an RS-485 HAT), while a USB RS-485 adapter switches direction itself: set rs485 = false for it",
+                s.device.display()
+            ),
+        )
+    };
+    let port = serial2::SerialPort::open(&s.device, serial2::KeepSettings)?;
+    let mut config = Rs485Config::new();
+    config.set_delay_before_send(s.rs485_delay_before);
+    config.set_delay_after_send(s.rs485_delay_after);
+    port.set_rs4xx_mode(config)
+        .map_err(|e| refused(format!("the driver refused TIOCSRS485: {e}")))?;
+    match port.get_rs4xx_mode() {
+        Ok(TransceiverMode::Rs485(_)) => Ok(()),
+        Ok(mode) => Err(refused(format!(
+            "the driver accepted TIOCSRS485 but reports {mode:?} mode"
+        ))),
+        Err(e) => Err(refused(format!("the driver cannot report its mode: {e}"))),
+    }
 }
 
 /// Where a device path leads now (the `ttyUSBn` behind a by-id link), for

@@ -13,10 +13,14 @@ SPEC is JSON:
    "pace_bits": 11,
    "units": {"1": {"holding": [u16, ...], "input": [...],
                    "coil": [true, ...], "discrete": [...],
-                   "delay": 0.0}}}
+                   "delay": 0.0, "garbage": false}},
+   "echo": false}
 Each table's values start at protocol address 0; reading past them is an
 exception 2 (illegal data address). "delay" (seconds) holds that unit's
-answers back, as a slow slave would. With "pace_bits", an answer is held
+answers back, as a slow slave would; with "garbage", its answers arrive
+with a wrong CRC, as through line noise. With "echo", every request comes
+back to the sender as it arrives, before any answer, as on an RS-485 bus
+whose transceiver's receiver stays enabled while the gateway sends. With "pace_bits", an answer is held
 back as long as a real bus would take: the request's 8 characters, the
 silence between frames (3.5 characters; 1.75 ms above 19200 baud, as the
 Modbus serial line specification fixes it) and the answer's characters,
@@ -52,14 +56,17 @@ def device(spec):
     )
 
 
-def delay_answers(delays, char_time, gap):
+def delay_answers(delays, garbage, char_time, gap):
     """Holds back the answers of the units in `delays` (unit id: seconds),
     and every answer by its time on a real bus (`char_time` seconds a
-    character and a `gap` between frames, 0 for none): the first byte of an
-    RTU frame is its unit id."""
+    character and a `gap` between frames, 0 for none); spoils the CRC of
+    the answers of the units in `garbage`. The first byte of an RTU frame
+    is its unit id."""
     write = SerialTransport.write
 
     def delayed(self, data):
+        if data and data[0] in garbage:
+            data = data[:-1] + bytes([data[-1] ^ 0xFF])
         seconds = delays.get(data[0], 0.0) if data else 0.0
         seconds += (8 + len(data)) * char_time + gap
         if seconds > 0:
@@ -68,6 +75,29 @@ def delay_answers(delays, char_time, gap):
             write(self, data)
 
     SerialTransport.write = delayed
+
+
+def echo_requests():
+    """Sends every byte the server receives straight back."""
+    read_ready = SerialTransport.intern_read_ready
+
+    def echoing(self):
+        port = self.sync_serial
+        real_read = port.read
+
+        def read(size):
+            data = real_read(size)
+            if data:
+                port.write(data)
+            return data
+
+        port.read = read
+        try:
+            read_ready(self)
+        finally:
+            port.read = real_read
+
+    SerialTransport.intern_read_ready = echoing
 
 
 async def main():
@@ -79,8 +109,13 @@ async def main():
     char_time = pace / baud if pace else 0.0
     gap = 0.0 if not pace else 0.00175 if baud > 19200 else 3.5 * char_time
     delay_answers(
-        {u: float(s.get("delay", 0.0)) for u, s in units.items()}, char_time, gap
+        {u: float(s.get("delay", 0.0)) for u, s in units.items()},
+        {u for u, s in units.items() if s.get("garbage")},
+        char_time,
+        gap,
     )
+    if spec.get("echo"):
+        echo_requests()
     context = ModbusServerContext(
         devices={u: device(s) for u, s in units.items()}, single=False
     )

@@ -19,24 +19,61 @@ fn root() -> PathBuf {
 
 /// A pymodbus server on one end of a linked PTY pair.
 pub struct Server {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     bus_path: PathBuf,
+    spec: String,
     children: Vec<Child>,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.kill();
     }
 }
 
 impl Server {
     /// Serves `spec` (rtu_server.py's JSON: units, their tables, delays,
-    /// pacing) and waits until it says it is ready.
+    /// pacing, garbage, echo) and waits until it says it is ready.
     pub fn start(spec: &serde_json::Value) -> Server {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let mut server = Server {
+            bus_path: dir.path().join("bus"),
+            dir,
+            spec: spec.to_string(),
+            children: Vec::new(),
+        };
+        server.spawn();
+        server
+    }
+
+    /// The bus's end: the device a gateway (or a [`sensorgate::modbus::bus::Bus`]) opens.
+    pub fn path(&self) -> &Path {
+        &self.bus_path
+    }
+
+    /// Takes the bus away as an unplugged USB adapter does: the PTY pair
+    /// closes under whoever has it open, and its path goes.
+    pub fn unplug(&mut self) {
+        self.kill();
+        // Killed, socat leaves its links behind, dangling.
+        for link in [&self.bus_path, &self.dir.path().join("server")] {
+            let _ = std::fs::remove_file(link);
+        }
+    }
+
+    /// Brings the bus back at the same path, with the same slaves.
+    pub fn replug(&mut self) {
+        self.spawn();
+    }
+
+    fn kill(&mut self) {
+        for mut child in self.children.drain(..) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn spawn(&mut self) {
         let python = root().join("target/interop-venv/bin/python");
         assert!(
             python.is_file(),
@@ -44,35 +81,29 @@ impl Server {
              pymodbus. Run scripts/install-test-deps (or scripts/test, which runs it).",
             python.display()
         );
-        let dir = tempfile::tempdir().expect("a temporary folder");
-        let bus_path = dir.path().join("bus");
-        let server_path = dir.path().join("server");
+        let server_path = self.dir.path().join("server");
         let socat = Command::new("socat")
-            .arg(format!("pty,raw,echo=0,link={}", bus_path.display()))
+            .arg(format!("pty,raw,echo=0,link={}", self.bus_path.display()))
             .arg(format!("pty,raw,echo=0,link={}", server_path.display()))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("socat (scripts/install-test-deps installs it)");
-        let mut server = Server {
-            _dir: dir,
-            bus_path,
-            children: vec![socat],
-        };
+        self.children.push(socat);
         let deadline = Instant::now() + START;
-        while !(server.bus_path.exists() && server_path.exists()) {
+        while !(self.bus_path.exists() && server_path.exists()) {
             assert!(Instant::now() < deadline, "socat made no PTY pair");
             std::thread::sleep(Duration::from_millis(10));
         }
         let mut child = Command::new(python)
             .arg(root().join("tests/modbus/rtu_server.py"))
             .arg(&server_path)
-            .arg(spec.to_string())
+            .arg(&self.spec)
             .stdout(Stdio::piped())
             .spawn()
             .expect("the pymodbus server");
         let stdout = child.stdout.take().expect("its stdout");
-        server.children.push(child);
+        self.children.push(child);
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut line = String::new();
@@ -81,12 +112,6 @@ impl Server {
         });
         let line = rx.recv_timeout(START).expect("the pymodbus server started");
         assert_eq!(line.trim(), "ready", "the pymodbus server said {line:?}");
-        server
-    }
-
-    /// The bus's end: the device a gateway (or a [`sensorgate::modbus::bus::Bus`]) opens.
-    pub fn path(&self) -> &Path {
-        &self.bus_path
     }
 }
 
