@@ -24,7 +24,8 @@
 //! Scenarios: all N slaves answering at 9600, 19200 and 115200 baud; and at
 //! 19200 and 9600 with one of the N absent (its polls time out, then back
 //! off): the others' polls per second against their share of the limit
-//! (limit / N). Prints `name value unit` lines.
+//! (limit / N). Prints `name value unit` lines. Arguments that are baud
+//! rates (`cargo bench --bench modbus -- 115200`) keep only those.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -159,7 +160,14 @@ fn measure(baud: u32, absent: &[u32], window: Duration) -> Vec<f64> {
 
 fn main() {
     let start = Instant::now();
-    for baud in [9600, 19_200, 115_200] {
+    // `cargo bench --bench modbus -- 115200`: only the scenarios at the
+    // baud rates named (cargo adds `--bench` itself).
+    let only: Vec<u32> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let wanted = |baud: &u32| only.is_empty() || only.contains(baud);
+    for baud in [9600, 19_200, 115_200].into_iter().filter(wanted) {
         let window = Duration::from_secs(if baud == 9600 { 30 } else { 15 });
         let bare = bare_client(baud, window);
         let rates = measure(baud, &[], window);
@@ -180,7 +188,7 @@ fn main() {
                 .join(" ")
         );
     }
-    for baud in [9600, 19_200] {
+    for baud in [9600, 19_200].into_iter().filter(wanted) {
         let window = Duration::from_secs(if baud == 9600 { 30 } else { 15 });
         let rates = measure(baud, &[SLAVES], window);
         let share = limit(baud) / f64::from(SLAVES);

@@ -32,6 +32,7 @@ import asyncio
 import json
 import logging
 import sys
+import time
 
 from pymodbus.datastore import (
     ModbusDeviceContext,
@@ -56,39 +57,52 @@ def device(spec):
     )
 
 
-def delay_answers(delays, garbage, char_time, gap):
+def pace_answers(delays, garbage, char_time, gap):
     """Holds back the answers of the units in `delays` (unit id: seconds),
     and every answer by its time on a real bus (`char_time` seconds a
-    character and a `gap` between frames, 0 for none); spoils the CRC of
-    the answers of the units in `garbage`. The first byte of an RTU frame
-    is its unit id."""
+    character and a `gap` between frames, 0 for none), counted from when
+    the request arrived, so that the server's own work is not added to it;
+    spoils the CRC of the answers of the units in `garbage`. The first byte
+    of an RTU frame is its unit id."""
     write = SerialTransport.write
 
-    def delayed(self, data):
+    def paced(self, data):
         if data and data[0] in garbage:
             data = data[:-1] + bytes([data[-1] ^ 0xFF])
         seconds = delays.get(data[0], 0.0) if data else 0.0
         seconds += (8 + len(data)) * char_time + gap
-        if seconds > 0:
-            self.async_loop.call_later(seconds, write, self, data)
-        else:
+        if seconds <= 0:
+            write(self, data)
+            return
+        at = getattr(self, "request_at", time.monotonic()) + seconds
+
+        def on_time():
+            # The event loop's timers are a millisecond coarse: the last
+            # stretch is waited out here.
+            while time.monotonic() < at:
+                pass
             write(self, data)
 
-    SerialTransport.write = delayed
+        self.async_loop.call_later(max(0.0, at - time.monotonic() - 0.002), on_time)
+
+    SerialTransport.write = paced
 
 
-def echo_requests():
-    """Sends every byte the server receives straight back."""
+def note_requests(echo):
+    """Notes when each request's bytes arrived; with `echo`, sends every
+    byte received straight back."""
     read_ready = SerialTransport.intern_read_ready
 
-    def echoing(self):
+    def reading(self):
         port = self.sync_serial
         real_read = port.read
 
         def read(size):
             data = real_read(size)
             if data:
-                port.write(data)
+                self.request_at = time.monotonic()
+                if echo:
+                    port.write(data)
             return data
 
         port.read = read
@@ -97,7 +111,7 @@ def echo_requests():
         finally:
             port.read = real_read
 
-    SerialTransport.intern_read_ready = echoing
+    SerialTransport.intern_read_ready = reading
 
 
 async def main():
@@ -108,14 +122,13 @@ async def main():
     pace = spec.get("pace_bits", 0)
     char_time = pace / baud if pace else 0.0
     gap = 0.0 if not pace else 0.00175 if baud > 19200 else 3.5 * char_time
-    delay_answers(
+    pace_answers(
         {u: float(s.get("delay", 0.0)) for u, s in units.items()},
         {u for u, s in units.items() if s.get("garbage")},
         char_time,
         gap,
     )
-    if spec.get("echo"):
-        echo_requests()
+    note_requests(bool(spec.get("echo")))
     context = ModbusServerContext(
         devices={u: device(s) for u, s in units.items()}, single=False
     )
