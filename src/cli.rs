@@ -13,6 +13,7 @@ use crate::telemetry::{self, Stats};
 use crate::uplink;
 
 pub const EX_OK: u8 = 0;
+pub const EX_USAGE: u8 = 64;
 pub const EX_DATAERR: u8 = 65;
 pub const EX_SOFTWARE: u8 = 70;
 pub const EX_OSERR: u8 = 71;
@@ -91,10 +92,10 @@ pub fn check_config(config_path: &Path) -> u8 {
     };
     let mut problems: Vec<(i32, String)> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
-    match seal::load_signing_key(&cfg.seal.signing_key) {
+    match seal::load_gateway_key(&cfg.seal.signing_key) {
         Ok(k) => notes.push(format!(
             "seal.signing_key {}: ok, kid {}",
-            cfg.seal.signing_key.display(),
+            cfg.seal.signing_key,
             k.kid()
         )),
         Err(e) => problems.push((e.exit_code(), e.to_string())),
@@ -190,6 +191,27 @@ pub fn keygen(out: &Path, name: &str, recipient: bool) -> u8 {
                 );
             }
             println!("{}", k.kid);
+            EX_OK
+        }
+        Err(e) => fail(e.exit_code(), e),
+    }
+}
+
+/// `sensorgate keygen --pkcs11 URI`: the pair made in the token.
+pub fn keygen_pkcs11(uri: &str, out: &Path, name: &str) -> u8 {
+    let uri = match crate::pkcs11::KeyUri::parse(uri) {
+        Ok(uri) => uri,
+        Err(e) => return fail(i32::from(EX_USAGE), format!("--pkcs11: {e}")),
+    };
+    match seal::keygen_pkcs11(&uri, out, name) {
+        Ok((pub_path, kid)) => {
+            eprintln!(
+                "made the key pair {} (sensitive, not extractable: the private key stays in the token) and wrote {}",
+                uri.key_name(),
+                pub_path.display()
+            );
+            eprintln!("set [seal] signing_key = \"{uri}\"");
+            println!("{kid}");
             EX_OK
         }
         Err(e) => fail(e.exit_code(), e),

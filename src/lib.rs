@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod modbus;
 pub mod notify;
 pub mod pipeline;
+pub mod pkcs11;
 pub mod record;
 pub mod rfc3339;
 pub mod seal;

@@ -45,8 +45,15 @@ enum Command {
         /// The pair is the cloud side's recipient key (what the sensitive
         /// fields are encrypted for): same key type, but only the .pub goes
         /// to the gateways.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "pkcs11")]
         recipient: bool,
+        /// Make the pair inside a PKCS#11 token instead (a TPM, a secure
+        /// element, SoftHSM): the private key never leaves it; only
+        /// DIR/NAME.pub is written. Its URI, e.g.
+        /// "pkcs11:token=sensorgate;object=gateway-sign?module-path=/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so&pin-source=file:/etc/sensorgate/keys/token.pin",
+        /// goes into [seal] signing_key.
+        #[arg(long, value_name = "URI")]
+        pkcs11: Option<String>,
     },
     /// Verify and decrypt sealed messages read from stdin (binary COSE
     /// messages back to back or one per line, hex lines, or version 1 JSON
@@ -109,7 +116,14 @@ fn main() -> ExitCode {
         Command::Keygen {
             out,
             name,
+            recipient: _,
+            pkcs11: Some(uri),
+        } => cli::keygen_pkcs11(&uri, &out, &name),
+        Command::Keygen {
+            out,
+            name,
             recipient,
+            pkcs11: None,
         } => cli::keygen(&out, &name, recipient),
         Command::Open {
             recipient_key,

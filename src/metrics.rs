@@ -223,6 +223,12 @@ impl Collector for Metrics {
         )?;
         gauge(
             &mut e,
+            "signing_key_unavailable",
+            "1 while the signing key's token fails: sealing waits for it, the queue holds what is read meanwhile.",
+            g(s.signing_key_unavailable),
+        )?;
+        gauge(
+            &mut e,
             "spool_memory_only_messages",
             "Sealed messages held only in memory, not acknowledged yet: what a crash or power cut would lose now.",
             g(s.spool_memory_only_messages),

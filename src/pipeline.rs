@@ -120,7 +120,7 @@ pub async fn run(
     stop: CancellationToken,
 ) -> Result<Stopped, StartError> {
     let state = StateDir::open(&cfg.gateway.state_dir)?;
-    let key = seal::load_signing_key(&cfg.seal.signing_key)?;
+    let key = seal::load_gateway_key(&cfg.seal.signing_key)?;
     let recipient = seal::load_public_key(&cfg.seal.recipient_key)?;
     info!(gateway = %cfg.gateway.id, kid = %key.kid(), recipient_kid = %recipient.kid(),
         epoch = %state.epoch(), "sealing keys loaded");
@@ -635,6 +635,8 @@ fn tls_error_kind(e: &(dyn std::error::Error + 'static)) -> &'static str {
 /// Seals `records`, splitting them until each message fits `limit` bytes.
 /// A single record too large on its own cannot be sent: counted and logged
 /// (at most once a minute per sensor, with `suppressed=N`).
+/// Fails only when the signing key's token does: then nothing is lost and
+/// the caller seals the batch again later.
 fn seal_fitting(
     sealer: &mut Sealer,
     records: &[Record],
@@ -642,16 +644,17 @@ fn seal_fitting(
     out: &mut Vec<SealedMessage>,
     stats: &Stats,
     logs: &mut RateLimits<Arc<str>>,
-) {
+) -> Result<(), crate::pkcs11::TokenError> {
     match sealer.seal(records) {
         Ok(msg) if msg.bytes.len() <= limit => out.push(msg),
         Ok(msg) if records.len() > 1 => {
             debug!(sensor = %msg.sensor, records = records.len(), bytes = msg.bytes.len(), limit,
                 "sealed batch larger than max_packet; splitting");
             let mid = records.len() / 2;
-            seal_fitting(sealer, &records[..mid], limit, out, stats, logs);
-            seal_fitting(sealer, &records[mid..], limit, out, stats, logs);
+            seal_fitting(sealer, &records[..mid], limit, out, stats, logs)?;
+            seal_fitting(sealer, &records[mid..], limit, out, stats, logs)?;
         }
+        Err(seal::SealError::Sign(e)) => return Err(e),
         Ok(msg) => {
             Stats::add(&stats.seal_errors, 1);
             Stats::add(&stats.records_dropped, 1);
@@ -670,6 +673,7 @@ fn seal_fitting(
             }
         }
     }
+    Ok(())
 }
 
 /// At most one seal error line per sensor per this period.
@@ -717,15 +721,32 @@ fn seal_stage(
     stats: &Stats,
     stage: &Stage,
 ) {
-    declare_gaps(&mut sealer, notices, spool);
+    let mut key = KeyWait::new();
+    declare_gaps(&mut sealer, notices, spool, &mut key, &batches, stats);
     let mut sealed = Vec::new();
     let mut logs = RateLimits::new(SEAL_LOG_PERIOD);
     while let Some(batch) = batches.rx.blocking_recv() {
-        {
-            let _busy = stage.busy();
-            #[cfg(feature = "fault-injection")]
-            fault::maybe_hang_seal(stats);
-            seal_fitting(&mut sealer, &batch, limit, &mut sealed, stats, &mut logs);
+        loop {
+            let signed = {
+                let _busy = stage.busy();
+                #[cfg(feature = "fault-injection")]
+                fault::maybe_hang_seal(stats);
+                seal_fitting(&mut sealer, &batch, limit, &mut sealed, stats, &mut logs)
+            };
+            match signed {
+                Ok(()) => {
+                    key.back(stats);
+                    break;
+                }
+                Err(e) => {
+                    // Nothing of the batch is kept: it is sealed again whole.
+                    sealed.clear();
+                    if !key.wait(&e, &batches, stats) {
+                        key.abandon(&batch, stats);
+                        break;
+                    }
+                }
+            }
         }
         batches.spent.give_back(batch);
         for msg in sealed.drain(..) {
@@ -734,16 +755,102 @@ fn seal_stage(
             // False only when a stop ran out of time; the spool counted it.
             spool.push(msg);
         }
-        declare_drops(&mut sealer, spool);
+        declare_drops(&mut sealer, spool, &mut key, &batches, stats);
     }
-    declare_drops(&mut sealer, spool);
+    declare_drops(&mut sealer, spool, &mut key, &batches, stats);
+}
+
+/// The seal stage waiting for its signing key's token: the batch in hand
+/// is sealed again after a pause (1 s, doubling to 30 s) while the queue
+/// before the stage fills and then holds the readers back. The outage is
+/// logged once when it starts and once when it ends. At a stop (the
+/// readers gone) the wait ends: what is not sealed then is lost, and said.
+struct KeyWait {
+    since: Option<Instant>,
+    backoff: crate::backoff::Backoff,
+    /// Given up at a stop: later batches are not waited for.
+    abandoned: bool,
+}
+
+impl KeyWait {
+    fn new() -> KeyWait {
+        KeyWait {
+            since: None,
+            backoff: crate::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
+            abandoned: false,
+        }
+    }
+
+    /// After a failed signature: false when the stage should give up (a
+    /// stop), else true once it has waited its turn.
+    fn wait(&mut self, e: &crate::pkcs11::TokenError, batches: &Batches, stats: &Stats) -> bool {
+        if self.since.is_none() {
+            self.since = Some(Instant::now());
+            Stats::set(&stats.signing_key_unavailable, 1);
+            error!(error = %e, error_kind = "signing_key",
+                "cannot sign: sealing waits for the signing key's token; what is read meanwhile waits in the queue, and reading stops when it is full");
+        } else {
+            debug!(error = %e, "the signing key's token is still unavailable");
+        }
+        if self.abandoned || batches.rx.is_closed() {
+            return false;
+        }
+        std::thread::sleep(self.backoff.next_delay());
+        !batches.rx.is_closed()
+    }
+
+    /// After a signature that worked.
+    fn back(&mut self, stats: &Stats) {
+        if let Some(since) = self.since.take() {
+            Stats::set(&stats.signing_key_unavailable, 0);
+            info!(
+                after_s = since.elapsed().as_secs_f64(),
+                "signing key back; sealing resumes"
+            );
+            self.backoff.reset();
+        }
+    }
+
+    /// The stop came while the token was away: `batch` is lost.
+    fn abandon(&mut self, batch: &[Record], stats: &Stats) {
+        self.abandoned = true;
+        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+            return;
+        };
+        Stats::add(&stats.seal_errors, 1);
+        Stats::add(&stats.records_dropped, batch.len() as u64);
+        error!(sensor = %first.sensor, seq_first = first.seq, seq_last = last.seq,
+            records = batch.len(), error_kind = "signing_key",
+            "stopping while the signing key's token is unavailable: these records were never sealed and are lost");
+    }
 }
 
 /// Seals and stores a gap notice for each range (`docs/FORMAT.md`, "Gap
 /// notices"), ahead of what comes next.
-fn declare_gaps(sealer: &mut Sealer, notices: &[seal::GapNotice], spool: &Spool) {
+fn declare_gaps(
+    sealer: &mut Sealer,
+    notices: &[seal::GapNotice],
+    spool: &Spool,
+    key: &mut KeyWait,
+    batches: &Batches,
+    stats: &Stats,
+) {
     for notice in notices {
-        match sealer.seal_notice(notice) {
+        let sealed = loop {
+            match sealer.seal_notice(notice) {
+                Ok(sealed) => {
+                    key.back(stats);
+                    break sealed;
+                }
+                Err(seal::SealError::Sign(e)) if key.wait(&e, batches, stats) => continue,
+                Err(e) => {
+                    error!(sensor = %notice.sensor, seq_first = notice.first, seq_last = notice.last,
+                        error = %e, "cannot seal the gap notice for this range; it is not declared");
+                    break None;
+                }
+            }
+        };
+        match sealed {
             Some(msg) => {
                 info!(sensor = %notice.sensor, seq_first = notice.first, seq_last = notice.last,
                     cause = notice.cause.as_str(), "gap notice sealed: the cloud side will see this range declared");
@@ -759,7 +866,13 @@ fn declare_gaps(sealer: &mut Sealer, notices: &[seal::GapNotice], spool: &Spool)
 
 /// Declares what `drop_oldest` dropped since the last call. A notice may
 /// itself need room and drop more: that is declared at the next call.
-fn declare_drops(sealer: &mut Sealer, spool: &Spool) {
+fn declare_drops(
+    sealer: &mut Sealer,
+    spool: &Spool,
+    key: &mut KeyWait,
+    batches: &Batches,
+    stats: &Stats,
+) {
     let dropped = spool.take_dropped();
     let notices: Vec<seal::GapNotice> = dropped
         .iter()
@@ -772,7 +885,7 @@ fn declare_drops(sealer: &mut Sealer, spool: &Spool) {
             cause: seal::GapCause::SpoolFull,
         })
         .collect();
-    declare_gaps(sealer, &notices, spool);
+    declare_gaps(sealer, &notices, spool, key, batches, stats);
 }
 
 /// Test-only faults, switched on by `SENSORGATE_FAULT` in builds with the

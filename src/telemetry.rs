@@ -394,6 +394,9 @@ counters! {
     records_sealed,
     /// Batches that could not be sealed (records lost, logged).
     seal_errors,
+    /// Gauge: 1 while the signing key's token fails; sealing waits for it
+    /// and the queue holds what is read meanwhile.
+    signing_key_unavailable,
     /// Publishes handed to the MQTT client (resends included).
     messages_published,
     /// Messages and records acknowledged by the broker (PUBACK).

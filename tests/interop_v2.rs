@@ -795,6 +795,7 @@ fn both_consumers_read_a_gateway_gap_notice() {
             exact: false,
             cause: GapCause::UncleanStop,
         })
+        .expect("the key signs")
         .expect("a version 2 sealer seals notices");
     let messages = vec![
         sealer.seal(&before).expect("seal a batch").bytes,

@@ -103,7 +103,11 @@ impl fmt::Display for Config {
         w.string("fsync_interval", &duration(self.buffer.fsync_interval))?;
         w.string("min_free", &self.buffer.min_free.to_string())?;
         w.table("[seal]")?;
-        w.string("signing_key", &path(&self.seal.signing_key))?;
+        let signing_key = match &self.seal.signing_key {
+            super::KeyRef::File(p) => path(p).into_owned(),
+            uri => uri.to_string(),
+        };
+        w.string("signing_key", &signing_key)?;
         w.string("recipient_key", &path(&self.seal.recipient_key))?;
         w.strings("encrypt", &self.seal.encrypt)?;
         w.value("rotate_after_messages", self.seal.rotate_after_messages)?;

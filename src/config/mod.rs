@@ -28,6 +28,7 @@ use std::path::Path;
 mod choice;
 mod display;
 mod error;
+mod keyref;
 mod load;
 mod origin;
 mod schema;
@@ -44,6 +45,7 @@ pub use choice::{
     LogFormat, Nested, Parity, RegisterTable, RegisterType, TimeFormat, WhenFull,
 };
 pub use error::{ConfigError, Problem};
+pub use keyref::KeyRef;
 pub use schema::{
     Batch, Buffer, Column, ColumnTable, Config, Gateway, LayoutField, Log, Metrics, Mqtt, Register,
     Seal, Sensor,

@@ -103,7 +103,9 @@ impl Context<'_> {
                 resolve(key, p);
             }
         }
-        resolve("seal.signing_key", &mut cfg.seal.signing_key);
+        if let Some(p) = cfg.seal.signing_key.path_mut() {
+            resolve("seal.signing_key", p);
+        }
         resolve("seal.recipient_key", &mut cfg.seal.recipient_key);
     }
 }
@@ -297,7 +299,7 @@ mod tests {
         assert_eq!(cfg.mqtt.ca_file.unwrap(), root.join("tls/ca.pem"));
         assert_eq!(cfg.mqtt.cert_file.unwrap(), Path::new("/abs/c.pem"));
         assert_eq!(cfg.mqtt.key_file.unwrap(), root.join("conf.d/keys/c.key"));
-        assert_eq!(cfg.seal.signing_key, Path::new("rel/gw.key"));
+        assert_eq!(cfg.seal.signing_key.path(), Some(Path::new("rel/gw.key")));
     }
 
     #[test]

@@ -387,12 +387,13 @@ pub struct Buffer {
     pub min_free: Percent,
 }
 
-/// The keys that sign and encrypt. Only paths: key material is loaded (and
-/// permission-checked) by the `seal` module, never kept here.
+/// The keys that sign and encrypt. Only where they are: key material is
+/// loaded (and permission-checked) by the `seal` module, never kept here.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Seal {
-    pub signing_key: PathBuf,
+    /// A file, or a key in a PKCS#11 token.
+    pub signing_key: super::KeyRef,
     pub recipient_key: PathBuf,
     /// Column names whose values are encrypted for the recipient.
     #[serde(default)]

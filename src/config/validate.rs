@@ -886,10 +886,10 @@ impl Found<'_> {
             );
         }
         for (key, path) in [
-            ("seal.signing_key", &cfg.seal.signing_key),
-            ("seal.recipient_key", &cfg.seal.recipient_key),
+            ("seal.signing_key", cfg.seal.signing_key.path()),
+            ("seal.recipient_key", Some(cfg.seal.recipient_key.as_path())),
         ] {
-            if path.as_os_str().is_empty() {
+            if path.is_some_and(|p| p.as_os_str().is_empty()) {
                 self.fail(key, "must not be empty");
             }
         }

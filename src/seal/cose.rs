@@ -92,14 +92,19 @@ pub(crate) fn sign1_protected(kid: &[u8; 32]) -> Vec<u8> {
 
 /// Signs `payload` into a tagged COSE_Sign1: the signature covers
 /// `["Signature1", protected, h'', payload]`.
-pub(crate) fn sign1(key: &GatewayKey, nonces: Nonces, protected: &[u8], payload: &[u8]) -> Vec<u8> {
+pub(crate) fn sign1(
+    key: &GatewayKey,
+    nonces: Nonces,
+    protected: &[u8],
+    payload: &[u8],
+) -> Result<Vec<u8>, crate::pkcs11::TokenError> {
     let mut to_sign = Vec::with_capacity(protected.len() + payload.len() + 32);
     cbor::array(&mut to_sign, 4);
     cbor::text(&mut to_sign, "Signature1");
     cbor::bytes(&mut to_sign, protected);
     cbor::bytes(&mut to_sign, b"");
     cbor::bytes(&mut to_sign, payload);
-    let signature = key.sign(&to_sign, nonces);
+    let signature = key.sign(&to_sign, nonces)?;
 
     let mut out = Vec::with_capacity(protected.len() + payload.len() + 96);
     cbor::tag(&mut out, TAG_SIGN1);
@@ -108,7 +113,7 @@ pub(crate) fn sign1(key: &GatewayKey, nonces: Nonces, protected: &[u8], payload:
     cbor::map(&mut out, 0);
     cbor::bytes(&mut out, payload);
     cbor::bytes(&mut out, &signature);
-    out
+    Ok(out)
 }
 
 /// Encrypts `plaintext` (in place; afterwards it holds ciphertext) under

@@ -134,6 +134,9 @@ pub enum KeyError {
     BadName { dir: PathBuf, name: String },
     #[error("cannot generate a key for {path}: the system random generator failed: {detail}")]
     Random { path: PathBuf, detail: String },
+    /// The key is in a PKCS#11 token, which failed or refused.
+    #[error("{0}")]
+    Token(#[from] crate::pkcs11::TokenError),
     #[error(
         "trusted key directory {path} (--trust) holds no .pub file; copy the gateways' .pub files into it"
     )]
@@ -158,6 +161,7 @@ impl KeyError {
             KeyError::Exists { .. } | KeyError::Write { .. } => 73,
             KeyError::BadName { .. } => 64,
             KeyError::Random { .. } => 71,
+            KeyError::Token(e) => e.exit_code(),
             KeyError::NoPublicKeys { .. } => 66,
         }
     }
@@ -174,6 +178,8 @@ impl KeyError {
             | KeyError::Random { path, .. }
             | KeyError::NoPublicKeys { path } => path,
             KeyError::BadName { dir, .. } => dir,
+            // The token's module stands for the key.
+            KeyError::Token(_) => Path::new(""),
         }
     }
 }
@@ -256,14 +262,52 @@ impl fmt::Debug for PublicKey {
 /// process anyway. Test vectors sign with `p256` and RFC 6979's
 /// deterministic nonces instead ([`Nonces::Rfc6979`]), so that they are
 /// reproducible byte for byte.
+///
+/// Or the key stays in a PKCS#11 token ([`GatewayKey::from_token`]): the
+/// token signs SHA-256 digests, and a signature can then fail (the token
+/// went away).
 pub struct GatewayKey {
-    key: SigningKey,
-    signer: ring::signature::EcdsaKeyPair,
-    rng: ring::rand::SystemRandom,
+    backend: Backend,
     public: PublicKey,
 }
 
+enum Backend {
+    File(Box<FileKey>),
+    Token(std::sync::Arc<crate::pkcs11::TokenKey>),
+}
+
+/// A key loaded from a file: the `p256` key and *ring*'s copy of it.
+struct FileKey {
+    key: SigningKey,
+    signer: ring::signature::EcdsaKeyPair,
+    rng: ring::rand::SystemRandom,
+}
+
 impl GatewayKey {
+    /// The key in a token.
+    pub fn from_token(
+        token: crate::pkcs11::TokenKey,
+    ) -> Result<GatewayKey, crate::pkcs11::TokenError> {
+        let public = p256::PublicKey::from_sec1_bytes(token.public_sec1()).map_err(|e| {
+            crate::pkcs11::TokenError::NotP256 {
+                uri: token.uri().to_string(),
+                detail: format!("its public key is not a P-256 point: {e}"),
+            }
+        })?;
+        Ok(GatewayKey {
+            public: PublicKey::from_p256(public),
+            backend: Backend::Token(std::sync::Arc::new(token)),
+        })
+    }
+
+    /// The token's URI, when the key is in one.
+    pub fn token(&self) -> Option<&crate::pkcs11::KeyUri> {
+        match &self.backend {
+            Backend::Token(t) => Some(t.uri()),
+            Backend::File(_) => None,
+        }
+    }
+
     pub(crate) fn from_signing_key(key: SigningKey) -> GatewayKey {
         let verifying = key.verifying_key();
         let public = PublicKey::from_p256(p256::PublicKey::from(verifying));
@@ -278,9 +322,7 @@ impl GatewayKey {
         )
         .expect("ring accepts every valid P-256 key pair");
         GatewayKey {
-            key,
-            signer,
-            rng,
+            backend: Backend::File(Box::new(FileKey { key, signer, rng })),
             public,
         }
     }
@@ -310,11 +352,24 @@ impl GatewayKey {
 
     /// The ES256 signature of `message`: `r || s`, 64 bytes (RFC 7518
     /// §3.4, RFC 9053 §2.1).
-    pub(crate) fn sign(&self, message: &[u8], nonces: Nonces) -> [u8; 64] {
-        match nonces {
-            Nonces::Hedged => self
-                .signer
-                .sign(&self.rng, message)
+    /// A key in a token makes its own nonces whatever `nonces` says, and
+    /// fails when the token does.
+    pub(crate) fn sign(
+        &self,
+        message: &[u8],
+        nonces: Nonces,
+    ) -> Result<[u8; 64], crate::pkcs11::TokenError> {
+        let FileKey { key, signer, rng } = match &self.backend {
+            Backend::File(file) => &**file,
+            Backend::Token(token) => {
+                use sha2::Digest;
+                let digest: [u8; 32] = sha2::Sha256::digest(message).into();
+                return token.sign_digest(&digest);
+            }
+        };
+        Ok(match nonces {
+            Nonces::Hedged => signer
+                .sign(rng, message)
                 .expect("the system random generator failed")
                 .as_ref()
                 .try_into()
@@ -322,10 +377,10 @@ impl GatewayKey {
             Nonces::Rfc6979 => {
                 use p256::ecdsa::Signature;
                 use p256::ecdsa::signature::Signer;
-                let signature: Signature = self.key.sign(message);
+                let signature: Signature = key.sign(message);
                 signature.to_bytes().into()
             }
-        }
+        })
     }
 }
 
@@ -578,6 +633,18 @@ fn load_private(path: &Path, origin: KeyOrigin) -> Result<p256::SecretKey, KeyEr
     })
 }
 
+/// Loads the gateway's signing key wherever `seal.signing_key` says: a
+/// file ([`load_signing_key`]) or a key in a token, which stays there.
+pub fn load_gateway_key(key: &crate::config::KeyRef) -> Result<GatewayKey, KeyError> {
+    match key {
+        crate::config::KeyRef::File(path) => load_signing_key(path),
+        crate::config::KeyRef::Pkcs11(uri) => {
+            let token = crate::pkcs11::TokenKey::open(uri)?;
+            Ok(GatewayKey::from_token(token)?)
+        }
+    }
+}
+
 /// Loads the gateway's signing key, the file of `seal.signing_key` (which
 /// its errors name). The file must not be readable by group or others (see
 /// [`crate::secret_file`]).
@@ -730,6 +797,34 @@ pub fn keygen(out_dir: &Path, name: &str) -> Result<KeygenOutput, KeyError> {
         pub_path,
         kid: public.kid,
     })
+}
+
+/// Generates a P-256 key pair inside the token `uri` names (sensitive,
+/// never extractable) and writes only its public half, `DIR/NAME.pub`.
+/// Refuses a `.pub` that exists and a key the token already holds.
+pub fn keygen_pkcs11(
+    uri: &crate::pkcs11::KeyUri,
+    out_dir: &Path,
+    name: &str,
+) -> Result<(PathBuf, String), KeyError> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." || name.contains('\0') {
+        return Err(KeyError::BadName {
+            dir: out_dir.to_path_buf(),
+            name: name.to_string(),
+        });
+    }
+    let pub_path = out_dir.join(format!("{name}.pub"));
+    if fs::symlink_metadata(&pub_path).is_ok() {
+        return Err(KeyError::Exists { path: pub_path });
+    }
+    fs::create_dir_all(out_dir).map_err(|source| KeyError::Write {
+        path: pub_path.clone(),
+        source,
+    })?;
+    let key = GatewayKey::from_token(crate::pkcs11::keygen::generate(uri)?)?;
+    let public = key.public();
+    write_new(&pub_path, public.to_pem().as_bytes(), 0o644)?;
+    Ok((pub_path, public.kid))
 }
 
 /// Creates `path` (never replacing an existing file) with `mode` and writes

@@ -31,9 +31,9 @@ pub use cose::COSE_TYP;
 pub use format::{FORMAT_VERSION, FieldMap, JWS_ALG, JWS_TYP};
 pub use jwe::{JWE_ALG, JWE_ENC};
 pub use keys::{
-    GatewayKey, KeyError, KeyOrigin, KeygenOutput, PublicKey, RecipientKey, keygen,
-    load_public_key, load_public_key_from, load_recipient_key, load_recipient_key_from,
-    load_signing_key, load_trusted_keys,
+    GatewayKey, KeyError, KeyOrigin, KeygenOutput, PublicKey, RecipientKey, keygen, keygen_pkcs11,
+    load_gateway_key, load_public_key, load_public_key_from, load_recipient_key,
+    load_recipient_key_from, load_signing_key, load_trusted_keys,
 };
 pub use opener::{
     DeclaredGap, MAX_GAP_LINES, MAX_MESSAGE_BYTES, MessageSink, OpenError, OpenSummary,

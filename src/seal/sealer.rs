@@ -41,6 +41,9 @@ pub enum SealError {
     Random(String),
     #[error("the data key's IV counter is used up; a new data key is needed")]
     KeyExhausted,
+    /// The signing key's token failed; the batch can be sealed again.
+    #[error("cannot sign: {0}")]
+    Sign(#[from] crate::pkcs11::TokenError),
 }
 
 /// The most messages one data key may encrypt: the NIST SP 800-38D limit
@@ -274,9 +277,9 @@ impl Sealer {
     /// statement that a range of one sensor's sequence numbers will never
     /// be sent. Version 2 only: `None` when the sealer writes version 1,
     /// whose consumers would reject it.
-    pub fn seal_notice(&mut self, notice: &GapNotice) -> Option<SealedMessage> {
+    pub fn seal_notice(&mut self, notice: &GapNotice) -> Result<Option<SealedMessage>, SealError> {
         if self.options.format != WireFormat::V2 || notice.first > notice.last {
-            return None;
+            return Ok(None);
         }
         let header = BatchHeader {
             gateway: &self.gateway,
@@ -287,13 +290,13 @@ impl Sealer {
         };
         let mut payload = Vec::with_capacity(128);
         v2::write_notice(&mut payload, &header, notice);
-        Some(SealedMessage {
+        Ok(Some(SealedMessage {
             sensor: Arc::clone(&notice.sensor),
             first_seq: notice.first,
             last_seq: notice.last,
             records: 0,
-            bytes: cose::sign1(&self.key, self.nonces, &self.cose_protected, &payload),
-        })
+            bytes: cose::sign1(&self.key, self.nonces, &self.cose_protected, &payload)?,
+        }))
     }
 
     /// Version 2: the batch by column in a COSE_Sign1, the encrypted
@@ -342,7 +345,7 @@ impl Sealer {
             selection,
             enc.as_deref().map(|e| (positions.as_slice(), e)),
         );
-        let bytes = cose::sign1(&self.key, self.nonces, &self.cose_protected, payload);
+        let bytes = cose::sign1(&self.key, self.nonces, &self.cose_protected, payload)?;
         Ok(SealedMessage {
             sensor: Arc::clone(sensor),
             first_seq: first,
@@ -413,7 +416,7 @@ impl Sealer {
             first_seq: first,
             last_seq: last,
             records: count,
-            bytes,
+            bytes: bytes?,
         })
     }
 }
@@ -426,7 +429,7 @@ pub(crate) fn sign_jws(
     nonces: Nonces,
     protected: &str,
     payload_json: &[u8],
-) -> Vec<u8> {
+) -> Result<Vec<u8>, crate::pkcs11::TokenError> {
     let payload_b64_len = payload_json.len().div_ceil(3) * 4;
     let mut out = String::with_capacity(protected.len() + payload_b64_len + 160);
     out.push_str(r#"{"protected":""#);
@@ -439,11 +442,11 @@ pub(crate) fn sign_jws(
     to_sign.extend_from_slice(protected.as_bytes());
     to_sign.push(b'.');
     to_sign.extend_from_slice(&out.as_bytes()[payload_start..payload_end]);
-    let signature = key.sign(&to_sign, nonces);
+    let signature = key.sign(&to_sign, nonces)?;
     out.push_str(r#"","signature":""#);
     b64::encode_into(signature, &mut out);
     out.push_str(r#""}"#);
-    out.into_bytes()
+    Ok(out.into_bytes())
 }
 
 /// How a data key's KEK is derived in each format.

@@ -124,7 +124,7 @@ fn parts(message: &[u8]) -> (String, String, String, Json) {
 /// sit behind the signature.
 fn resign(keys: &Keys, protected: &str, payload: &Json) -> Vec<u8> {
     let json = serde_json::to_vec(payload).unwrap();
-    sealer::sign_jws(&keys.gateway(), Nonces::Hedged, protected, &json)
+    sealer::sign_jws(&keys.gateway(), Nonces::Hedged, protected, &json).unwrap()
 }
 
 #[test]
@@ -1347,7 +1347,8 @@ mod tampering {
         let mut opener = keys.opener();
 
         // Under its own kid: not trusted.
-        let forged = sealer::sign_jws(&stranger, Nonces::Hedged, &header(&stranger_kid), &json);
+        let forged =
+            sealer::sign_jws(&stranger, Nonces::Hedged, &header(&stranger_kid), &json).unwrap();
         let e = opener.open(&forged).unwrap_err();
         assert!(
             matches!(&e, OpenError::UntrustedKey { kid } if *kid == stranger_kid),
@@ -1357,7 +1358,8 @@ mod tampering {
 
         // Claiming the trusted kid: the signature does not verify with it.
         let trusted_kid = keys.gateway().kid().to_string();
-        let forged = sealer::sign_jws(&stranger, Nonces::Hedged, &header(&trusted_kid), &json);
+        let forged =
+            sealer::sign_jws(&stranger, Nonces::Hedged, &header(&trusted_kid), &json).unwrap();
         let e = opener.open(&forged).unwrap_err();
         assert!(
             matches!(&e, OpenError::BadSignature { kid, .. } if *kid == trusted_kid),

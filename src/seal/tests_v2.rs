@@ -149,7 +149,7 @@ fn encrypted_columns_moved_to_another_message_do_not_open() {
         Some((&positions, a_batch.enc.unwrap())),
     );
     let protected = cose::sign1_protected(&keys.gateway().public().kid_bytes());
-    let message = cose::sign1(&keys.gateway(), Nonces::Hedged, &protected, &forged);
+    let message = cose::sign1(&keys.gateway(), Nonces::Hedged, &protected, &forged).unwrap();
     let err = keys.opener().open(&message).unwrap_err();
     assert!(matches!(err, OpenError::Decryption { .. }), "{err}");
     // The same payload with its own encryption opens: the forgery differs
@@ -245,7 +245,8 @@ fn hostile_payloads_are_refused_after_the_signature() {
     // refused with a reason, none panics or allocates its claimed size.
     let keys = Keys::new();
     let protected = cose::sign1_protected(&keys.gateway().public().kid_bytes());
-    let sign = |payload: &[u8]| cose::sign1(&keys.gateway(), Nonces::Hedged, &protected, payload);
+    let sign =
+        |payload: &[u8]| cose::sign1(&keys.gateway(), Nonces::Hedged, &protected, payload).unwrap();
     type Writer<'w> = &'w dyn Fn(&mut Vec<u8>);
     let map = |entries: &[(&str, Writer<'_>)]| {
         let mut out = Vec::new();
@@ -465,7 +466,7 @@ fn the_payload_reads_in_any_key_order() {
     let mut reversed = Vec::new();
     ciborium::into_writer(&ciborium::Value::Map(entries), &mut reversed).unwrap();
     let protected = cose::sign1_protected(&keys.gateway().public().kid_bytes());
-    let message = cose::sign1(&keys.gateway(), Nonces::Hedged, &protected, &reversed);
+    let message = cose::sign1(&keys.gateway(), Nonces::Hedged, &protected, &reversed).unwrap();
     assert_eq!(opened(&keys, &message), opened(&keys, &sealed.bytes));
     // And a reader of our own finds the keys in the order written.
     let mut r = Reader::new(&payload);
@@ -487,6 +488,7 @@ fn a_gap_notice_declares_its_range_and_the_summary_tells_declared_from_unexplain
             exact: false,
             cause: GapCause::UncleanStop,
         })
+        .unwrap()
         .unwrap();
     assert_eq!(
         (notice.first_seq, notice.last_seq, notice.records),
@@ -539,6 +541,7 @@ fn a_gap_notice_declares_its_range_and_the_summary_tells_declared_from_unexplain
                 exact: true,
                 cause: GapCause::SpoolDamage,
             })
+            .unwrap()
             .is_none()
     );
 }
@@ -557,6 +560,7 @@ fn a_gap_notice_that_claims_more_than_its_range_is_refused() {
                 exact,
                 cause: GapCause::SpoolDamage,
             })
+            .unwrap()
             .unwrap();
         let err = keys.opener().open(&notice.bytes).unwrap_err();
         assert!(matches!(err, OpenError::BadPayload(_)), "{err}");

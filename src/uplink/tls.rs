@@ -32,7 +32,8 @@ use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore};
 use rustls::{SignatureScheme, crypto::CryptoProvider};
-use x509_parser::certificate::X509Certificate;
+use x509_cert::Certificate;
+use x509_cert::der::Decode as _;
 
 use crate::config::Mqtt;
 use crate::secret_file::{self, SecretFileError};
@@ -275,7 +276,7 @@ pub fn not_after(mqtt: &Mqtt) -> Option<i64> {
     let path = mqtt.cert_file.as_deref()?;
     let chain = read_certs(path, "client certificate file", "mqtt.cert_file").ok()?;
     let cert = parse_leaf(&chain[0], path).ok()?;
-    Some(cert.validity().not_after.timestamp())
+    Some(unix_seconds(cert.tbs_certificate().validity().not_after))
 }
 
 /// The leaf certificate `config` presents for client authentication.
@@ -288,24 +289,76 @@ fn leaf_in_use(config: &ClientConfig) -> Option<CertificateDer<'static>> {
     key.cert.first().cloned()
 }
 
-fn parse_leaf<'a>(leaf: &'a [u8], path: &Path) -> Result<X509Certificate<'a>, TlsError> {
-    x509_parser::parse_x509_certificate(leaf)
-        .map(|(_, cert)| cert)
-        .map_err(|e| TlsError::Invalid {
-            what: format!("client certificate file {}", path.display()),
-            problem: format!("the first certificate cannot be parsed ({e})"),
+fn parse_leaf(leaf: &[u8], path: &Path) -> Result<Certificate, TlsError> {
+    Certificate::from_der(leaf).map_err(|e| TlsError::Invalid {
+        what: format!("client certificate file {}", path.display()),
+        problem: format!("the first certificate cannot be parsed ({e})"),
+    })
+}
+
+/// A certificate time in Unix seconds (X.509 times start in 1950).
+fn unix_seconds(t: x509_cert::time::Time) -> i64 {
+    i64::try_from(t.to_unix_duration().as_secs()).unwrap_or(i64::MAX)
+}
+
+/// A name as RFC 4514 writes it (`CN=bike-pi-01, O=Example`), the RDNs
+/// in the certificate's order. The common attributes by their short names,
+/// others by their OID: a table of every known name would add tens of
+/// kilobytes to the binary for nothing an operator needs.
+fn name_text(name: &x509_cert::name::Name) -> String {
+    use x509_cert::der::asn1::{Ia5StringRef, PrintableStringRef, Utf8StringRef};
+    use x509_cert::der::{Tag, Tagged};
+    let short = |oid: &str| -> Option<&'static str> {
+        Some(match oid {
+            "2.5.4.3" => "CN",
+            "2.5.4.6" => "C",
+            "2.5.4.7" => "L",
+            "2.5.4.8" => "ST",
+            "2.5.4.10" => "O",
+            "2.5.4.11" => "OU",
+            "2.5.4.5" => "serialNumber",
+            "0.9.2342.19200300.100.1.25" => "DC",
+            "1.2.840.113549.1.9.1" => "emailAddress",
+            _ => return None,
         })
+    };
+    name.iter_rdn()
+        .map(|rdn| {
+            rdn.iter()
+                .map(|atv| {
+                    let oid = atv.oid.to_string();
+                    let key = short(&oid).map_or(oid.clone(), str::to_string);
+                    let value = match atv.value.tag() {
+                        Tag::Utf8String => Utf8StringRef::try_from(&atv.value)
+                            .ok()
+                            .map(|s| s.as_str().to_string()),
+                        Tag::PrintableString => PrintableStringRef::try_from(&atv.value)
+                            .ok()
+                            .map(|s| s.as_str().to_string()),
+                        Tag::Ia5String => Ia5StringRef::try_from(&atv.value)
+                            .ok()
+                            .map(|s| s.as_str().to_string()),
+                        _ => None,
+                    };
+                    format!("{key}={}", value.unwrap_or_else(|| "#…".into()))
+                })
+                .collect::<Vec<_>>()
+                .join(" + ")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The client certificate's standing at `now`.
 fn expiry_at(
-    cert: &X509Certificate<'_>,
+    cert: &Certificate,
     path: &Path,
     warn_days: u32,
     now: i64,
 ) -> Result<ExpiryReport, TlsError> {
-    let not_before = cert.validity().not_before.timestamp();
-    let not_after = cert.validity().not_after.timestamp();
+    let validity = cert.tbs_certificate().validity();
+    let not_before = unix_seconds(validity.not_before);
+    let not_after = unix_seconds(validity.not_after);
     if now > not_after {
         return Err(TlsError::Expired {
             path: path.to_path_buf(),
@@ -363,16 +416,16 @@ fn check_at(mqtt: &Mqtt, now: i64) -> Result<TlsReport, TlsError> {
 
     for (i, ca) in m.roots.iter().enumerate() {
         let what = || format!("CA certificate {} in {}", i + 1, files.ca.display());
-        let (_, c) = x509_parser::parse_x509_certificate(ca).map_err(|e| TlsError::Invalid {
+        let c = Certificate::from_der(ca).map_err(|e| TlsError::Invalid {
             what: what(),
             problem: format!("cannot be parsed ({e})"),
         })?;
-        let not_after = c.validity().not_after.timestamp();
+        let not_after = unix_seconds(c.tbs_certificate().validity().not_after);
         if not_after < now {
             warnings.push(format!(
                 "{} ({}) expired on {}; a broker certificate issued under it will be refused",
                 what(),
-                c.subject(),
+                name_text(c.tbs_certificate().subject()),
                 fmt_time(not_after)
             ));
         }
@@ -384,7 +437,7 @@ fn check_at(mqtt: &Mqtt, now: i64) -> Result<TlsReport, TlsError> {
     let expiry = expiry_at(&cert, files.cert, mqtt.cert_warn_days, now)?;
     warnings.extend(expiry.warning);
     Ok(TlsReport {
-        client_cert_subject: cert.subject().to_string(),
+        client_cert_subject: name_text(cert.tbs_certificate().subject()),
         not_after: expiry.not_after,
         days_left: expiry.days_left,
         ca_certs,
@@ -405,9 +458,8 @@ fn fmt_time(ts: i64) -> String {
         Ok(secs) => {
             humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
         }
-        Err(_) => x509_parser::time::ASN1Time::from_timestamp(ts)
-            .map(|t| t.to_string())
-            .unwrap_or_else(|_| format!("{ts} s after 1970")),
+        // Certificates cannot say a time before 1950; nothing here makes one.
+        Err(_) => format!("{} s before 1970", ts.unsigned_abs()),
     }
 }
 

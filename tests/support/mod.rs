@@ -30,6 +30,7 @@ use rumqttc::{
 use sensorgate::demo::pki::{self, Identity, Pki};
 
 pub mod modbus;
+pub mod softhsm;
 
 /// Largest MQTT packet test clients send or accept: a sealed batch may
 /// reach 256 KiB.
@@ -752,7 +753,11 @@ fn open_into(opener: &mut sensorgate::seal::Opener, opened: &mut Opened, payload
 /// Opens every payload with a fresh opener, counting duplicates and
 /// rejections.
 pub fn open_all(rig: &Rig, payloads: &[Vec<u8>]) -> Opened {
-    let mut opener = rig.opener();
+    open_all_with(rig.opener(), payloads)
+}
+
+/// [`open_all`] with another opener (trusting other keys).
+pub fn open_all_with(mut opener: sensorgate::seal::Opener, payloads: &[Vec<u8>]) -> Opened {
     let mut out = Opened::default();
     for p in payloads {
         open_into(&mut opener, &mut out, p);
@@ -764,7 +769,16 @@ pub fn open_all(rig: &Rig, payloads: &[Vec<u8>]) -> Opened {
 /// (bounded by `timeout`), and returns what was opened. Each payload is
 /// opened once, as it arrives: thousands of records stay cheap.
 pub fn wait_for_records(rig: &Rig, sub: &Subscriber, records: usize, timeout: Duration) -> Opened {
-    let mut opener = rig.opener();
+    wait_for_records_with(rig.opener(), sub, records, timeout)
+}
+
+/// [`wait_for_records`] with another opener (trusting other keys).
+pub fn wait_for_records_with(
+    mut opener: sensorgate::seal::Opener,
+    sub: &Subscriber,
+    records: usize,
+    timeout: Duration,
+) -> Opened {
     let mut opened = Opened::default();
     let mut consumed = 0;
     sub.wait_for(timeout, |payloads| {
