@@ -300,6 +300,12 @@ impl GatewayKey {
         })
     }
 
+    /// The ES256 signature (`r || s`) of `message`, with fresh nonces:
+    /// what sealing does once per message (benches, embedders).
+    pub fn sign_message(&self, message: &[u8]) -> Result<[u8; 64], crate::pkcs11::TokenError> {
+        self.sign(message, Nonces::Hedged)
+    }
+
     /// The token's URI, when the key is in one.
     pub fn token(&self) -> Option<&crate::pkcs11::KeyUri> {
         match &self.backend {
