@@ -51,17 +51,50 @@ fn private_keys_under(dir: &Path) -> Vec<std::path::PathBuf> {
 #[test]
 fn a_gateway_whose_signing_key_is_in_a_token_delivers_every_record_signed_by_it() {
     let hsm = SoftHsm::new();
+    delivers_every_record_signed_by(&hsm.uri("gateway-sign"), &hsm.env());
+}
+
+/// The same against a TPM 2.0 (scripts/test-tpm starts swtpm, tpm2-abrmd
+/// and a tpm2-pkcs11 token, and says where in `SENSORGATE_TPM_MODULE` and
+/// `SENSORGATE_TPM_PIN`; the module's own variables are inherited).
+#[test]
+#[ignore = "needs a TPM 2.0 stack: run scripts/test-tpm"]
+fn a_gateway_whose_signing_key_is_in_a_tpm_delivers_every_record_signed_by_it() {
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run scripts/test-tpm"))
+    };
+    let object = format!("gateway-sign-{}", std::process::id());
+    let uri = format!(
+        "pkcs11:token=sensorgate;object={object}?module-path={}&pin-source=file:{}",
+        var("SENSORGATE_TPM_MODULE"),
+        var("SENSORGATE_TPM_PIN")
+    );
+    delivers_every_record_signed_by(&uri, &[]);
+}
+
+/// `sensorgate keygen --pkcs11 uri`, then a gateway signing with that key:
+/// every record arrives and opens against the token's .pub only, and
+/// nothing the gateway wrote holds a private key.
+fn delivers_every_record_signed_by(uri: &str, env: &[(&str, &str)]) {
     let rig = Rig::new();
     let keys = rig.dir.path().join("token-keys");
-    let (public, kid) = hsm.keygen("gateway-sign", &keys);
-    assert_eq!(kid.len(), 43, "a kid: {kid}");
+    let output = std::process::Command::new(support::gateway_binary())
+        .envs(env.iter().copied())
+        .args(["keygen", "--pkcs11", uri, "--name", "gateway", "--out"])
+        .arg(&keys)
+        .output()
+        .expect("sensorgate keygen");
+    assert!(output.status.success(), "keygen --pkcs11: {output:?}");
+    let kid = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(kid.trim().len(), 43, "a kid: {kid}");
+    let public = keys.join("gateway.pub");
     // Only the public half was written.
     assert!(private_keys_under(&keys).is_empty());
 
     let pty = Pty::open().unwrap();
-    let config = config_with_key(&rig, "gw.toml", pty.path(), &hsm.uri("gateway-sign"));
+    let config = config_with_key(&rig, "gw.toml", pty.path(), uri);
     let sub = rig.subscriber();
-    let mut gw = GatewayProcess::start_with_env(&config, &hsm.env());
+    let mut gw = GatewayProcess::start_with_env(&config, env);
     let writer = SimSensor::spawn(pty.writer().unwrap(), 300, None);
     assert_eq!(writer.join().unwrap().unwrap(), 300);
 
@@ -89,7 +122,7 @@ fn a_gateway_whose_signing_key_is_in_a_token_delivers_every_record_signed_by_it(
     assert!(!by_file_key.rejected.is_empty());
 
     // Nothing the gateway wrote holds a private key: its state folder and
-    // configuration (the rig's own test keys aside).
+    // the keys folder (the rig's own test keys aside).
     assert!(private_keys_under(&rig.dir.path().join("state")).is_empty());
     assert!(private_keys_under(&keys).is_empty());
 }
