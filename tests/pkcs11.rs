@@ -185,6 +185,32 @@ fn a_token_that_cannot_be_used_at_start_says_why_and_what_to_do() {
         out.shown()
     );
     assert!(out.stderr.contains(": ok, kid"), "{}", out.shown());
+
+    // The PIN as a systemd credential (LoadCredential=token.pin:...):
+    // read from $CREDENTIALS_DIRECTORY, and a clear error without it.
+    let by_credential = hsm.uri("gateway-sign").replace(
+        &format!("file:{}", hsm.pin.display()),
+        "credential:token.pin",
+    );
+    let config = config_with_key(&rig, "cred.toml", pty.path(), &by_credential);
+    let check = |credentials: Option<&Path>| {
+        let mut c = hsm.command(support::gateway_binary());
+        c.args(["check-config", "--config"]).arg(&config);
+        c.env_remove("CREDENTIALS_DIRECTORY");
+        if let Some(dir) = credentials {
+            c.env("CREDENTIALS_DIRECTORY", dir);
+        }
+        support::run_bounded(c, b"", Duration::from_secs(30))
+    };
+    let out = check(Some(hsm.dir.path()));
+    assert!(out.stderr.contains(": ok, kid"), "{}", out.shown());
+    let out = check(None);
+    assert_eq!(out.code, 77, "{}", out.shown());
+    assert!(
+        out.stderr.contains("$CREDENTIALS_DIRECTORY is not set"),
+        "{}",
+        out.shown()
+    );
 }
 
 /// The token goes away while the gateway runs (its files moved aside, as a
