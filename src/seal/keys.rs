@@ -755,12 +755,7 @@ pub struct KeygenOutput {
 /// Never overwrites: if either file exists nothing is created, and the
 /// private key is opened with `create_new` so a race cannot clobber one.
 pub fn keygen(out_dir: &Path, name: &str) -> Result<KeygenOutput, KeyError> {
-    if name.is_empty() || name.contains('/') || name == "." || name == ".." || name.contains('\0') {
-        return Err(KeyError::BadName {
-            dir: out_dir.to_path_buf(),
-            name: name.to_string(),
-        });
-    }
+    check_key_name(out_dir, name)?;
     let key_path = out_dir.join(format!("{name}.key"));
     let pub_path = out_dir.join(format!("{name}.pub"));
     // A missing folder is made private: it is about to hold a private key.
@@ -805,6 +800,17 @@ pub fn keygen(out_dir: &Path, name: &str) -> Result<KeygenOutput, KeyError> {
     })
 }
 
+/// A key's NAME in `DIR/NAME.key`: a plain file name.
+fn check_key_name(out_dir: &Path, name: &str) -> Result<(), KeyError> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." || name.contains('\0') {
+        return Err(KeyError::BadName {
+            dir: out_dir.to_path_buf(),
+            name: name.to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// Generates a P-256 key pair inside the token `uri` names (sensitive,
 /// never extractable) and writes only its public half, `DIR/NAME.pub`.
 /// Refuses a `.pub` that exists and a key the token already holds.
@@ -813,12 +819,7 @@ pub fn keygen_pkcs11(
     out_dir: &Path,
     name: &str,
 ) -> Result<(PathBuf, String), KeyError> {
-    if name.is_empty() || name.contains('/') || name == "." || name == ".." || name.contains('\0') {
-        return Err(KeyError::BadName {
-            dir: out_dir.to_path_buf(),
-            name: name.to_string(),
-        });
-    }
+    check_key_name(out_dir, name)?;
     let pub_path = out_dir.join(format!("{name}.pub"));
     if fs::symlink_metadata(&pub_path).is_ok() {
         return Err(KeyError::Exists { path: pub_path });
