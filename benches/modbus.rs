@@ -158,6 +158,21 @@ fn measure(baud: u32, absent: &[u32], window: Duration) -> Vec<f64> {
     rates
 }
 
+/// How long a scenario at `baud` counts polls: longer at 9600, where a
+/// poll takes a quarter of a second.
+fn window(baud: u32) -> Duration {
+    Duration::from_secs(if baud == 9600 { 30 } else { 15 })
+}
+
+/// Polls per second, one per slave, for a `name value unit` line.
+fn listed(rates: &[f64]) -> String {
+    rates
+        .iter()
+        .map(|r| format!("{r:.2}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn main() {
     let start = Instant::now();
     // `cargo bench --bench modbus -- 115200`: only the scenarios at the
@@ -168,7 +183,7 @@ fn main() {
         .collect();
     let wanted = |baud: &u32| only.is_empty() || only.contains(baud);
     for baud in [9600, 19_200, 115_200].into_iter().filter(wanted) {
-        let window = Duration::from_secs(if baud == 9600 { 30 } else { 15 });
+        let window = window(baud);
         let bare = bare_client(baud, window);
         let rates = measure(baud, &[], window);
         let total: f64 = rates.iter().sum();
@@ -181,26 +196,18 @@ fn main() {
         println!("modbus_{baud}_vs_bare_client {:.3} ratio", total / bare);
         println!(
             "modbus_{baud}_per_slave_polls_per_s {} polls/s",
-            rates
-                .iter()
-                .map(|r| format!("{r:.2}"))
-                .collect::<Vec<_>>()
-                .join(" ")
+            listed(&rates)
         );
     }
     for baud in [9600, 19_200].into_iter().filter(wanted) {
-        let window = Duration::from_secs(if baud == 9600 { 30 } else { 15 });
+        let window = window(baud);
         let rates = measure(baud, &[SLAVES], window);
         let share = limit(baud) / f64::from(SLAVES);
         let worst = rates.iter().copied().fold(f64::INFINITY, f64::min);
         println!("modbus_{baud}_one_dead_share_polls_per_s {share:.2} polls/s");
         println!(
             "modbus_{baud}_one_dead_others_polls_per_s {} polls/s",
-            rates
-                .iter()
-                .map(|r| format!("{r:.2}"))
-                .collect::<Vec<_>>()
-                .join(" ")
+            listed(&rates)
         );
         println!(
             "modbus_{baud}_one_dead_worst_vs_share {:.3} ratio",
