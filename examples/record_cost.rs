@@ -39,34 +39,12 @@ const LINE_POOL: u64 = 1000;
 
 fn sensor() -> config::Sensor {
     config::Sensor {
-        name: "bike".into(),
-        device: "/dev/null".into(),
         baud: 921_600,
-        data_bits: 8,
-        parity: config::Parity::None,
-        stop_bits: 1,
-        flow_control: config::FlowControl::None,
-        rs485: false,
-        rs485_delay_before: std::time::Duration::ZERO,
-        rs485_delay_after: std::time::Duration::ZERO,
-        required: false,
         framing: config::Framing::Lines,
         format: config::Format::Csv,
         columns: sim_columns().iter().map(|c| Column::auto(c)).collect(),
-        delimiter: ',',
         max_frame: 1024,
-        nested: config::Nested::Flatten,
-        crc: config::Crc::None,
-        endian: config::Endian::Little,
-        layout: Vec::new(),
-        time_field: None,
-        time_format: config::TimeFormat::Rfc3339,
-        unit: None,
-        poll: std::time::Duration::from_secs(1),
-        timeout: None,
-        max_gap: 0,
-        local_echo: false,
-        registers: Vec::new(),
+        ..config::Sensor::new("bike", "/dev/null")
     }
 }
 

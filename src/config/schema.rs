@@ -162,6 +162,44 @@ pub struct Sensor {
     pub registers: Vec<Register>,
 }
 
+impl Sensor {
+    /// A sensor on `device` with every other key at its default, as a
+    /// `[[sensor]]` table with only `name` and `device` loads (for benches
+    /// and examples that build one in code).
+    pub fn new(name: &str, device: impl Into<PathBuf>) -> Sensor {
+        Sensor {
+            name: name.to_string(),
+            device: device.into(),
+            baud: default_baud(),
+            data_bits: default_data_bits(),
+            parity: Parity::default(),
+            stop_bits: default_stop_bits(),
+            flow_control: FlowControl::default(),
+            rs485: false,
+            rs485_delay_before: Duration::ZERO,
+            rs485_delay_after: Duration::ZERO,
+            required: false,
+            framing: Framing::default(),
+            format: Format::default(),
+            columns: Vec::new(),
+            delimiter: default_delimiter(),
+            max_frame: default_max_frame(),
+            nested: Nested::default(),
+            crc: Crc::default(),
+            endian: Endian::default(),
+            layout: Vec::new(),
+            time_field: None,
+            time_format: TimeFormat::default(),
+            unit: None,
+            poll: default_poll(),
+            timeout: None,
+            max_gap: 0,
+            local_echo: false,
+            registers: Vec::new(),
+        }
+    }
+}
+
 /// One value of a Modbus slave: `count` registers (or one bit) from
 /// `address` in `table`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -583,6 +621,14 @@ fn expand_topic(template: &str, gateway: &str, sensor: &str) -> String {
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+
+    #[test]
+    fn a_sensor_built_in_code_has_the_defaults_a_table_loads_with() {
+        let loaded = Dir::new(MINIMAL).load().unwrap().sensor.remove(0);
+        let mut built = Sensor::new("s1", "/dev/ttyUSB0");
+        built.columns = loaded.columns.clone();
+        assert_eq!(built, loaded);
+    }
 
     use super::super::test_support::{Dir, MINIMAL, example, problem_at};
     use super::super::{
