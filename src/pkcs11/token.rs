@@ -9,10 +9,11 @@
 //! tried again by this process: tokens lock themselves after a few wrong
 //! PINs.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
@@ -119,20 +120,94 @@ struct Open {
     key: ObjectHandle,
 }
 
-/// The module and the session, each opened again after a failure.
-struct State {
+/// A PKCS#11 module, loaded once per process and shared by every key in
+/// it (the signing key and the TLS key are usually in the same token, and
+/// a module is initialised once per process). One lock serialises the
+/// calls into it, so that the module can be finalised and loaded again
+/// (a module learns of a token that came back only then, SoftHSM for one)
+/// while no key is in the middle of a call.
+struct Module {
+    /// The module's file, canonical: the registry's key.
+    path: PathBuf,
+    state: Mutex<ModuleState>,
+}
+
+struct ModuleState {
     /// The module, initialised; none after a failure to reach the token,
-    /// so that the next try finalises and initialises it again (a module
-    /// learns of a token that came back only then, SoftHSM for one).
+    /// so that the next use finalises and initialises it again.
     context: Option<Pkcs11>,
-    /// The session, or none after a failure (opened again at next use).
-    open: Option<Open>,
+    /// Each key's open session, by the key's number; a key whose session
+    /// failed has none and opens a new one at its next use.
+    open: HashMap<u64, Open>,
+}
+
+/// The modules in use, by canonical path.
+static MODULES: Mutex<Vec<Weak<Module>>> = Mutex::new(Vec::new());
+/// Numbers the keys, for [`ModuleState::open`].
+static NEXT_KEY: AtomicU64 = AtomicU64::new(0);
+
+impl Module {
+    /// The module at `uri`'s module-path, shared with every other key in
+    /// it; loaded and initialised when no key uses it yet.
+    fn get(uri: &KeyUri) -> Result<Arc<Module>, TokenError> {
+        let path =
+            std::fs::canonicalize(&uri.module_path).unwrap_or_else(|_| uri.module_path.clone());
+        let mut modules = MODULES.lock().unwrap_or_else(PoisonError::into_inner);
+        modules.retain(|m| m.strong_count() > 0);
+        if let Some(m) = modules
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|m| m.path == path)
+        {
+            return Ok(m);
+        }
+        let module = Arc::new(Module {
+            path,
+            state: Mutex::new(ModuleState {
+                context: Some(load(uri)?),
+                open: HashMap::new(),
+            }),
+        });
+        modules.push(Arc::downgrade(&module));
+        Ok(module)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ModuleState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl ModuleState {
+    /// The initialised module, loaded again if a failure dropped it.
+    fn context(&mut self, uri: &KeyUri) -> Result<&Pkcs11, TokenError> {
+        if self.context.is_none() {
+            self.context = Some(load(uri)?);
+        }
+        Ok(self.context.as_ref().expect("loaded just above"))
+    }
+
+    /// Closes every key's session and finalises the module; the next use
+    /// loads it again.
+    fn reset(&mut self) {
+        self.open.clear();
+        if let Some(context) = self.context.take() {
+            let _ = context.finalize();
+        }
+    }
+}
+
+impl Drop for Module {
+    fn drop(&mut self) {
+        self.lock().reset();
+    }
 }
 
 /// A P-256 private key in a token.
 pub struct TokenKey {
     uri: KeyUri,
-    state: Mutex<State>,
+    module: Arc<Module>,
+    /// This key's number in the module's sessions.
+    number: u64,
     /// The token refused the PIN: never try it again.
     pin_refused: AtomicBool,
     /// The public key, SEC1 uncompressed (`04 || X || Y`).
@@ -147,19 +222,31 @@ impl fmt::Debug for TokenKey {
     }
 }
 
+impl Drop for TokenKey {
+    fn drop(&mut self) {
+        self.module.lock().open.remove(&self.number);
+    }
+}
+
 impl TokenKey {
-    /// Loads the module, logs in and finds the key; fails with what to do.
+    /// Loads the module (or shares it with the keys already in it), logs
+    /// in and finds the key; fails with what to do.
     pub fn open(uri: &KeyUri) -> Result<TokenKey, TokenError> {
-        let context = load(uri)?;
+        let module = Module::get(uri)?;
         let pin_refused = AtomicBool::new(false);
-        let open = login_and_find(&context, uri, &pin_refused)?;
-        let public = public_key(&open.session, uri, open.key)?;
+        let number = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
+        let public = {
+            let mut state = module.lock();
+            let context = state.context(uri)?;
+            let open = login_and_find(context, uri, &pin_refused)?;
+            let public = public_key(&open.session, uri, open.key)?;
+            state.open.insert(number, open);
+            public
+        };
         Ok(TokenKey {
             uri: uri.clone(),
-            state: Mutex::new(State {
-                context: Some(context),
-                open: Some(open),
-            }),
+            module,
+            number,
             pin_refused,
             public,
         })
@@ -174,37 +261,44 @@ impl TokenKey {
         &self.public
     }
 
+    /// The public key as a DER SubjectPublicKeyInfo (id-ecPublicKey,
+    /// prime256v1), as certificates and certificate requests hold it.
+    pub fn public_spki(&self) -> Vec<u8> {
+        /// The SPKI's DER up to the point (RFC 5480): SEQUENCE { SEQUENCE
+        /// { id-ecPublicKey, prime256v1 }, BIT STRING (66 bytes, 0 unused
+        /// bits) }.
+        const PREFIX: [u8; 26] = [
+            0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06,
+            0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+        ];
+        let mut der = PREFIX.to_vec();
+        der.extend_from_slice(&self.public);
+        der
+    }
+
     /// Signs a SHA-256 `digest`: the ECDSA signature `r || s`.
     pub fn sign_digest(&self, digest: &[u8; 32]) -> Result<[u8; 64], TokenError> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if state.open.is_none() {
-            let context = match state.context.take() {
-                Some(c) => c,
-                None => load(&self.uri)?,
-            };
-            match login_and_find(&context, &self.uri, &self.pin_refused) {
+        let mut state = self.module.lock();
+        if !state.open.contains_key(&self.number) {
+            let context = state.context(&self.uri)?;
+            match login_and_find(context, &self.uri, &self.pin_refused) {
                 Ok(open) => {
-                    state.open = Some(open);
-                    state.context = Some(context);
+                    state.open.insert(self.number, open);
                 }
                 Err(e) => {
                     // The next try loads the module afresh.
-                    let _ = context.finalize();
+                    state.reset();
                     return Err(e);
                 }
             }
         }
-        let o = state.open.as_ref().expect("opened just above");
+        let o = &state.open[&self.number];
         let signed = o.session.sign(&Mechanism::Ecdsa, o.key, digest);
-        let failed = |detail: String| TokenError::Unavailable {
-            uri: self.uri.to_string(),
-            detail,
-        };
         match signed {
             Ok(signature) => match <[u8; 64]>::try_from(signature.as_slice()) {
                 Ok(sig) => Ok(sig),
                 Err(_) => {
-                    state.open = None;
+                    state.open.remove(&self.number);
                     Err(TokenError::NotP256 {
                         uri: self.uri.to_string(),
                         detail: format!("the token made a {}-byte signature", signature.len()),
@@ -213,15 +307,30 @@ impl TokenKey {
             },
             Err(e) => {
                 // Whatever failed, the next try starts from a new session.
-                state.open = None;
-                Err(failed(ck(&e)))
+                state.open.remove(&self.number);
+                Err(TokenError::Unavailable {
+                    uri: self.uri.to_string(),
+                    detail: ck(&e),
+                })
             }
         }
     }
 }
 
+/// Runs `f` with a read-write session logged in to the URI's token, on the
+/// module the process shares (`sensorgate keygen --pkcs11`).
+pub(super) fn with_rw_session<T>(
+    uri: &KeyUri,
+    f: impl FnOnce(&Session) -> Result<T, TokenError>,
+) -> Result<T, TokenError> {
+    let module = Module::get(uri)?;
+    let mut state = module.lock();
+    let session = session(state.context(uri)?, uri, true)?;
+    f(&session)
+}
+
 /// Loads and initialises the module.
-pub(super) fn load(uri: &KeyUri) -> Result<Pkcs11, TokenError> {
+fn load(uri: &KeyUri) -> Result<Pkcs11, TokenError> {
     let module = |detail: String| TokenError::Module {
         path: uri.module_path.clone(),
         detail,
@@ -347,7 +456,7 @@ fn login_and_find(
 }
 
 /// A logged-in session on the URI's token; read-write when `write`.
-pub(super) fn session(context: &Pkcs11, uri: &KeyUri, write: bool) -> Result<Session, TokenError> {
+fn session(context: &Pkcs11, uri: &KeyUri, write: bool) -> Result<Session, TokenError> {
     let slot = find_slot(context, uri)?;
     let opened = if write {
         context.open_rw_session(slot)
