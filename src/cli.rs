@@ -210,12 +210,38 @@ pub fn keygen_pkcs11(uri: &str, out: &Path, name: &str) -> u8 {
                 uri.key_name(),
                 pub_path.display()
             );
-            eprintln!("set [seal] signing_key = \"{uri}\"");
+            eprintln!(
+                "set [seal] signing_key = \"{uri}\"; or, for the TLS client key, [mqtt] key_file = \"{uri}\" after `sensorgate csr --key URI --subject CN=...`"
+            );
             println!("{kid}");
             EX_OK
         }
         Err(e) => fail(e.exit_code(), e),
     }
+}
+
+/// `sensorgate csr`: a certificate signing request for the TLS client key
+/// (a file or a `pkcs11:` URI), signed by it, written to `out`.
+pub fn csr(key: &str, subject: &str, out: &Path) -> u8 {
+    let key = match crate::config::KeyRef::parse(key) {
+        Ok(key) => key,
+        Err(e) => return fail(i32::from(EX_USAGE), format!("--key: {e}")),
+    };
+    let pem = match uplink::csr::request_pem(&key, subject) {
+        Ok(pem) => pem,
+        Err(e) => return fail(e.exit_code(), e),
+    };
+    if let Err(e) = std::fs::write(out, pem) {
+        return fail(73, format!("cannot write {}: {e}", out.display()));
+    }
+    eprintln!(
+        "wrote {}: a certificate request for {subject} signed by {key}",
+        out.display()
+    );
+    eprintln!(
+        "have the broker's CA issue a client certificate from it, install that as [mqtt] cert_file, and set [mqtt] key_file = \"{key}\""
+    );
+    EX_OK
 }
 
 /// Where `open` reads sealed messages from.

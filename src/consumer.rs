@@ -84,9 +84,15 @@ pub fn load(path: &Path) -> Result<ConsumerConfig, ConfigError> {
         .map_err(|e| problem("", e.to_string()))?;
     let dir = path.parent().unwrap_or(Path::new(""));
     let m = &mut cfg.mqtt;
-    for file in [&mut m.ca_file, &mut m.cert_file, &mut m.key_file]
-        .into_iter()
-        .flatten()
+    for file in [
+        m.ca_file.as_mut(),
+        m.cert_file.as_mut(),
+        m.key_file
+            .as_mut()
+            .and_then(crate::config::KeyRef::path_mut),
+    ]
+    .into_iter()
+    .flatten()
     {
         if file.is_relative() {
             *file = dir.join(&*file);

@@ -55,6 +55,21 @@ enum Command {
         #[arg(long, value_name = "URI")]
         pkcs11: Option<String>,
     },
+    /// Write a certificate signing request (PEM) for the TLS client key,
+    /// signed by that key: a file, or a key in a PKCS#11 token, which never
+    /// leaves it. The broker's CA issues [mqtt] cert_file from it.
+    Csr {
+        /// The key: a PEM file (P-256, P-384, Ed25519 or RSA), or a
+        /// pkcs11: URI as [mqtt] key_file takes it.
+        #[arg(long, value_name = "PATH|URI")]
+        key: String,
+        /// The certificate's subject, RFC 4514: "CN=gw-0042,O=Example Fleet".
+        #[arg(long)]
+        subject: String,
+        /// Where to write the request.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Verify and decrypt sealed messages read from stdin (binary COSE
     /// messages back to back or one per line, hex lines, or version 1 JSON
     /// lines); print one JSON record per line.
@@ -125,6 +140,7 @@ fn main() -> ExitCode {
             recipient,
             pkcs11: None,
         } => cli::keygen(&out, &name, recipient),
+        Command::Csr { key, subject, out } => cli::csr(&key, &subject, &out),
         Command::Open {
             recipient_key,
             trust,

@@ -581,7 +581,12 @@ async fn reload_tls_on_sighup(
             continue;
         }
         notifier.reloading();
-        let outcome = match uplink::tls::load_client_config(&mqtt) {
+        // A key in a token is opened again (a login: tens of milliseconds
+        // on a TPM), off the runtime's threads.
+        let loading = mqtt.clone();
+        let loaded =
+            tokio::task::spawn_blocking(move || uplink::tls::load_client_config(&loading)).await;
+        let outcome = match loaded.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())) {
             Ok(config) => {
                 info!(cert_file = ?mqtt.cert_file, "SIGHUP: TLS material reloaded");
                 tls.send_replace(Some(config));

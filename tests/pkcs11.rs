@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sensorgate::demo::pty::{Pty, SimSensor};
@@ -49,9 +49,9 @@ fn private_keys_under(dir: &Path) -> Vec<std::path::PathBuf> {
 }
 
 #[test]
-fn a_gateway_whose_signing_key_is_in_a_token_delivers_every_record_signed_by_it() {
+fn a_gateway_whose_keys_are_in_a_token_delivers_every_record_signed_by_it() {
     let hsm = SoftHsm::new();
-    delivers_every_record_signed_by(&hsm.uri("gateway-sign"), &hsm.env());
+    delivers_every_record_with_keys_in(|object| hsm.uri(object), &hsm.env());
 }
 
 /// The same against a TPM 2.0 (scripts/test-tpm starts swtpm, tpm2-abrmd
@@ -59,40 +59,99 @@ fn a_gateway_whose_signing_key_is_in_a_token_delivers_every_record_signed_by_it(
 /// `SENSORGATE_TPM_PIN`; the module's own variables are inherited).
 #[test]
 #[ignore = "needs a TPM 2.0 stack: run scripts/test-tpm"]
-fn a_gateway_whose_signing_key_is_in_a_tpm_delivers_every_record_signed_by_it() {
+fn a_gateway_whose_keys_are_in_a_tpm_delivers_every_record_signed_by_it() {
     let var = |name: &str| {
         std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run scripts/test-tpm"))
     };
-    let object = format!("gateway-sign-{}", std::process::id());
-    let uri = format!(
-        "pkcs11:token=sensorgate;object={object}?module-path={}&pin-source=file:{}",
-        var("SENSORGATE_TPM_MODULE"),
-        var("SENSORGATE_TPM_PIN")
+    let (module, pin) = (var("SENSORGATE_TPM_MODULE"), var("SENSORGATE_TPM_PIN"));
+    let run = std::process::id();
+    delivers_every_record_with_keys_in(
+        |object| {
+            format!(
+                "pkcs11:token=sensorgate;object={object}-{run}?module-path={module}&pin-source=file:{pin}"
+            )
+        },
+        &[],
     );
-    delivers_every_record_signed_by(&uri, &[]);
 }
 
-/// `sensorgate keygen --pkcs11 uri`, then a gateway signing with that key:
-/// every record arrives and opens against the token's .pub only, and
-/// nothing the gateway wrote holds a private key.
-fn delivers_every_record_signed_by(uri: &str, env: &[(&str, &str)]) {
-    let rig = Rig::new();
+/// Makes both of the gateway's keys in the token as an operator would
+/// (`keygen --pkcs11` for the signing key and the TLS key, `csr` for the
+/// latter, the test's CA issuing the client certificate from the request),
+/// deletes the rig's file keys and writes a gateway configuration that
+/// names the token's. Returns it and the signing key's .pub.
+fn keys_in_token(
+    rig: &Rig,
+    uri: impl Fn(&str) -> String,
+    env: &[(&str, &str)],
+    pty: &Path,
+) -> (PathBuf, PathBuf) {
     let keys = rig.dir.path().join("token-keys");
-    let output = std::process::Command::new(support::gateway_binary())
-        .envs(env.iter().copied())
-        .args(["keygen", "--pkcs11", uri, "--name", "gateway", "--out"])
-        .arg(&keys)
-        .output()
-        .expect("sensorgate keygen");
-    assert!(output.status.success(), "keygen --pkcs11: {output:?}");
-    let kid = String::from_utf8(output.stdout).unwrap();
+    let gateway = |args: &[&str]| {
+        let output = std::process::Command::new(support::gateway_binary())
+            .envs(env.iter().copied())
+            .args(args)
+            .output()
+            .expect("sensorgate");
+        assert!(output.status.success(), "{args:?}: {output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let keys_arg = keys.to_str().unwrap();
+    let (sign, tls) = (uri("gateway-sign"), uri("gateway-tls"));
+    let kid = gateway(&[
+        "keygen", "--pkcs11", &sign, "--name", "gateway", "--out", keys_arg,
+    ]);
     assert_eq!(kid.trim().len(), 43, "a kid: {kid}");
-    let public = keys.join("gateway.pub");
-    // Only the public half was written.
+    gateway(&[
+        "keygen", "--pkcs11", &tls, "--name", "tls", "--out", keys_arg,
+    ]);
+    // Only the public halves were written.
     assert!(private_keys_under(&keys).is_empty());
 
+    // The client certificate, issued from a request the token signed.
+    let csr = rig.dir.path().join("tls/token.csr");
+    gateway(&[
+        "csr",
+        "--key",
+        &tls,
+        "--subject",
+        "CN=test-gateway",
+        "--out",
+        csr.to_str().unwrap(),
+    ]);
+    let request = std::fs::read_to_string(&csr).unwrap();
+    let request = rcgen::CertificateSigningRequestParams::from_pem(&request)
+        .expect("a request whose signature verifies");
+    let cert = rig.dir.path().join("tls/token-client.pem");
+    support::write_file(&cert, &rig.pki.sign_request(request).unwrap(), 0o644);
+
+    let config = config_with_key(rig, "gw.toml", pty, &sign);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text
+        .replace(
+            &format!("key_file = {:?}", rig.tls.client_key),
+            &format!("key_file = {tls:?}"),
+        )
+        .replace(
+            &format!("cert_file = {:?}", rig.tls.client_cert),
+            &format!("cert_file = {cert:?}"),
+        );
+    assert!(text.contains(&format!("key_file = {tls:?}")), "{text}");
+    std::fs::write(&config, text).unwrap();
+    // The gateway's file keys are gone: it has only the token's.
+    std::fs::remove_file(&rig.tls.client_key).unwrap();
+    std::fs::remove_file(&rig.gateway_key.key_path).unwrap();
+    (config, keys.join("gateway.pub"))
+}
+
+/// A gateway whose keys are both in the token (see [`keys_in_token`]):
+/// every record arrives over mutual TLS authenticated by the token's key
+/// and opens against the token's .pub only, and nothing the gateway can
+/// read holds a private key of its own.
+fn delivers_every_record_with_keys_in(uri: impl Fn(&str) -> String, env: &[(&str, &str)]) {
+    let rig = Rig::new();
     let pty = Pty::open().unwrap();
-    let config = config_with_key(&rig, "gw.toml", pty.path(), uri);
+    let (config, public) = keys_in_token(&rig, uri, env, pty.path());
     let sub = rig.subscriber();
     let mut gw = GatewayProcess::start_with_env(&config, env);
     let writer = SimSensor::spawn(pty.writer().unwrap(), 300, None);
@@ -115,16 +174,19 @@ fn delivers_every_record_signed_by(uri: &str, env: &[(&str, &str)]) {
     support::assert_no_panic(&log);
     assert!(log.contains("records_acked=300"), "{log}");
 
-    // The rig's file key (which the configuration no longer names) signed
-    // nothing: an opener trusting only it rejects every message.
+    // What signed was the token's key: an opener trusting the rig's file
+    // key (deleted above) rejects every message.
     let by_file_key = support::open_all(&rig, &sub.received());
     assert!(by_file_key.records.is_empty());
     assert!(!by_file_key.rejected.is_empty());
 
-    // Nothing the gateway wrote holds a private key: its state folder and
-    // the keys folder (the rig's own test keys aside).
-    assert!(private_keys_under(&rig.dir.path().join("state")).is_empty());
-    assert!(private_keys_under(&keys).is_empty());
+    // The only private keys left in the rig's folder are the cloud side's
+    // recipient key and the broker's: none of the gateway's.
+    let mut left = private_keys_under(rig.dir.path());
+    left.sort();
+    let mut others = vec![rig.recipient.key_path.clone(), rig.tls.server_key.clone()];
+    others.sort();
+    assert_eq!(left, others);
 }
 
 #[test]
@@ -173,6 +235,27 @@ fn a_token_that_cannot_be_used_at_start_says_why_and_what_to_do() {
             out.shown()
         );
     }
+    // A TLS key in the token that is not the client certificate's.
+    let config = rig.gateway_config("mismatch.toml", &[("bike", pty.path())], "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("key_file = {:?}", rig.tls.client_key),
+        &format!("key_file = {:?}", hsm.uri("gateway-sign")),
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut run = hsm.command(support::gateway_binary());
+    run.args(["run", "--config"]).arg(&config);
+    let out = support::run_bounded(run, b"", Duration::from_secs(30));
+    assert_eq!(out.code, 78, "{}", out.shown());
+    assert!(
+        out.stderr
+            .contains("the private key pkcs11:token=sensorgate;object=gateway-sign")
+            && out
+                .stderr
+                .contains("does not belong to the client certificate"),
+        "{}",
+        out.shown()
+    );
+
     // The wrong PIN was tried once per start, never retried: the token's
     // counter of failed logins has not locked it (the right PIN works).
     let config = config_with_key(&rig, "right.toml", pty.path(), &hsm.uri("gateway-sign"));
@@ -213,16 +296,16 @@ fn a_token_that_cannot_be_used_at_start_says_why_and_what_to_do() {
     );
 }
 
-/// The token goes away while the gateway runs (its files moved aside, as a
-/// removed USB token or a TPM daemon restart): sealing waits, nothing is
-/// lost, and it resumes when the token is back.
+/// The token that holds both keys goes away while the gateway runs (its
+/// files moved aside, as a removed USB token or a TPM daemon restart) and
+/// the broker restarts meanwhile: sealing waits, the reconnection fails
+/// saying why, nothing is lost, and both resume when the token is back.
 #[test]
 fn a_token_that_goes_away_while_running_pauses_sealing_and_loses_nothing() {
     let hsm = SoftHsm::new();
-    let rig = Rig::new();
-    let (public, _) = hsm.keygen("gateway-sign", &rig.dir.path().join("token-keys"));
+    let mut rig = Rig::new();
     let pty = Pty::open().unwrap();
-    let config = config_with_key(&rig, "gw.toml", pty.path(), &hsm.uri("gateway-sign"));
+    let (config, public) = keys_in_token(&rig, |o| hsm.uri(o), &hsm.env(), pty.path());
     let sub = rig.subscriber();
     let mut gw = GatewayProcess::start_with_env(&config, &hsm.env());
     let opener = || {
@@ -246,7 +329,14 @@ fn a_token_that_goes_away_while_running_pauses_sealing_and_loses_nothing() {
         "{}",
         support::excerpt(&gw.log())
     );
-    std::thread::sleep(Duration::from_secs(2));
+    // The broker restarts meanwhile: the handshake needs the TLS key,
+    // which is in the token too. The gateway says so and tries again.
+    rig.broker.restart();
+    assert!(
+        gw.wait_for_log("could not sign the handshake", WAIT),
+        "{}",
+        support::excerpt(&gw.log())
+    );
     assert_eq!(
         support::open_all_with(opener(), &sub.received()).count(),
         100,
@@ -262,6 +352,8 @@ fn a_token_that_goes_away_while_running_pauses_sealing_and_loses_nothing() {
         "{}",
         support::excerpt(&gw.log())
     );
-    assert!(gw.log().contains("signing key back; sealing resumes"));
+    let log = gw.log();
+    assert!(log.contains("signing key back; sealing resumes"), "{log}");
+    assert!(log.contains("error_kind=\"tls_key\""), "{log}");
     assert_eq!(gw.stop(), 0);
 }

@@ -71,7 +71,7 @@ impl fmt::Display for Config {
         w.value("tls", m.tls)?;
         w.optional("ca_file", m.ca_file.as_deref().map(path).as_deref())?;
         w.optional("cert_file", m.cert_file.as_deref().map(path).as_deref())?;
-        w.optional("key_file", m.key_file.as_deref().map(path).as_deref())?;
+        w.optional("key_file", m.key_file.as_ref().map(key_ref).as_deref())?;
         w.optional("server_name", m.server_name.as_deref())?;
         w.string("keepalive", &duration(m.keepalive))?;
         w.string("connect_timeout", &duration(m.connect_timeout))?;
@@ -103,11 +103,7 @@ impl fmt::Display for Config {
         w.string("fsync_interval", &duration(self.buffer.fsync_interval))?;
         w.string("min_free", &self.buffer.min_free.to_string())?;
         w.table("[seal]")?;
-        let signing_key = match &self.seal.signing_key {
-            super::KeyRef::File(p) => path(p).into_owned(),
-            uri => uri.to_string(),
-        };
-        w.string("signing_key", &signing_key)?;
+        w.string("signing_key", &key_ref(&self.seal.signing_key))?;
         w.string("recipient_key", &path(&self.seal.recipient_key))?;
         w.strings("encrypt", &self.seal.encrypt)?;
         w.value("rotate_after_messages", self.seal.rotate_after_messages)?;
@@ -250,6 +246,14 @@ fn quoted(s: &str) -> TomlString<'_> {
 
 fn path(p: &Path) -> Cow<'_, str> {
     p.to_string_lossy()
+}
+
+/// A key's path, or its URI (which holds no PIN).
+fn key_ref(k: &super::KeyRef) -> String {
+    match k {
+        super::KeyRef::File(p) => path(p).into_owned(),
+        uri => uri.to_string(),
+    }
 }
 
 /// A duration as the operator writes it (`"1m 30s"`), not as seconds.

@@ -18,6 +18,15 @@ pub enum KeyRef {
 }
 
 impl KeyRef {
+    /// A `pkcs11:` URI, or else a path.
+    pub fn parse(s: &str) -> Result<KeyRef, crate::pkcs11::UriError> {
+        if KeyUri::is_uri(s) {
+            KeyUri::parse(s).map(KeyRef::Pkcs11)
+        } else {
+            Ok(KeyRef::File(PathBuf::from(s)))
+        }
+    }
+
     /// The file, for a file key.
     pub fn path(&self) -> Option<&Path> {
         match self {
@@ -59,13 +68,7 @@ impl<'de> serde::Deserialize<'de> for KeyRef {
                 f.write_str("a key file's path, or a pkcs11: URI")
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<KeyRef, E> {
-                if KeyUri::is_uri(s) {
-                    KeyUri::parse(s)
-                        .map(KeyRef::Pkcs11)
-                        .map_err(|e| E::custom(format!("PKCS#11 URI: {e}")))
-                } else {
-                    Ok(KeyRef::File(PathBuf::from(s)))
-                }
+                KeyRef::parse(s).map_err(|e| E::custom(format!("PKCS#11 URI: {e}")))
             }
         }
         d.deserialize_str(V)

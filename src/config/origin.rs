@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 
 use config::{Value, ValueKind};
 
-use super::Config;
 use super::error::Problem;
 use super::load::origin_of_file;
+use super::{Config, KeyRef};
 
 /// The merged tree with its origins, for attributing problems.
 pub(super) struct Context<'a> {
@@ -95,16 +95,17 @@ impl Context<'_> {
             resolve(&format!("sensor[{i}].device"), &mut s.device);
         }
         for (key, p) in [
-            ("mqtt.ca_file", &mut cfg.mqtt.ca_file),
-            ("mqtt.cert_file", &mut cfg.mqtt.cert_file),
-            ("mqtt.key_file", &mut cfg.mqtt.key_file),
+            ("mqtt.ca_file", cfg.mqtt.ca_file.as_mut()),
+            ("mqtt.cert_file", cfg.mqtt.cert_file.as_mut()),
+            (
+                "mqtt.key_file",
+                cfg.mqtt.key_file.as_mut().and_then(KeyRef::path_mut),
+            ),
+            ("seal.signing_key", cfg.seal.signing_key.path_mut()),
         ] {
             if let Some(p) = p {
                 resolve(key, p);
             }
-        }
-        if let Some(p) = cfg.seal.signing_key.path_mut() {
-            resolve("seal.signing_key", p);
         }
         resolve("seal.recipient_key", &mut cfg.seal.recipient_key);
     }
@@ -298,7 +299,10 @@ mod tests {
         let root = d.dir.path();
         assert_eq!(cfg.mqtt.ca_file.unwrap(), root.join("tls/ca.pem"));
         assert_eq!(cfg.mqtt.cert_file.unwrap(), Path::new("/abs/c.pem"));
-        assert_eq!(cfg.mqtt.key_file.unwrap(), root.join("conf.d/keys/c.key"));
+        assert_eq!(
+            cfg.mqtt.key_file.unwrap(),
+            KeyRef::File(root.join("conf.d/keys/c.key"))
+        );
         assert_eq!(cfg.seal.signing_key.path(), Some(Path::new("rel/gw.key")));
     }
 

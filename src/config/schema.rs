@@ -345,7 +345,7 @@ pub struct Mqtt {
     #[serde(default)]
     pub cert_file: Option<PathBuf>,
     #[serde(default)]
-    pub key_file: Option<PathBuf>,
+    pub key_file: Option<super::KeyRef>,
     #[serde(default)]
     pub server_name: Option<String>,
     #[serde(default = "default_keepalive", deserialize_with = "de_duration")]

@@ -164,11 +164,11 @@ impl Found<'_> {
         }
         if m.tls {
             for (key, v) in [
-                ("mqtt.ca_file", &m.ca_file),
-                ("mqtt.cert_file", &m.cert_file),
-                ("mqtt.key_file", &m.key_file),
+                ("mqtt.ca_file", m.ca_file.is_some()),
+                ("mqtt.cert_file", m.cert_file.is_some()),
+                ("mqtt.key_file", m.key_file.is_some()),
             ] {
-                if v.is_none() {
+                if !v {
                     self.problems.push(Problem {
                         source: self.ctx.origin_any(&[key, "mqtt.tls", "mqtt.host"]),
                         key: key.to_string(),

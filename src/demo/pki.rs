@@ -173,6 +173,30 @@ impl Pki {
         self.issue(params, &format!("client certificate {common_name:?}"))
     }
 
+    /// A client certificate (PEM) for the key of a certificate request,
+    /// as a CA does it: the request's subject and public key, this CA's
+    /// choice of validity and usages (clientAuth). The request is parsed
+    /// and its signature checked by the caller
+    /// (`rcgen::CertificateSigningRequestParams::from_pem`).
+    pub fn sign_request(
+        &self,
+        mut request: rcgen::CertificateSigningRequestParams,
+    ) -> Result<String, PkiError> {
+        let params = &mut request.params;
+        apply_validity(params);
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        let cert = request
+            .signed_by(&self.issuer)
+            .map_err(|source| PkiError::Generate {
+                what: "client certificate from a request".to_owned(),
+                source,
+            })?;
+        Ok(cert.pem())
+    }
+
     fn issue(&self, params: CertificateParams, what: &str) -> Result<Identity, PkiError> {
         let key = generate_key(what)?;
         let cert = params

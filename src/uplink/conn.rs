@@ -260,6 +260,19 @@ fn tls_failure(
     files: &TlsFiles,
 ) -> Option<ConnError> {
     let tls = refusal::rustls_cause(cause)?;
+    if let rustls::Error::Other(other) = tls
+        && let Some(token) = other.0.downcast_ref::<crate::pkcs11::TokenError>()
+    {
+        return Some(ConnError {
+            message: format!(
+                "the TLS client key (mqtt.key_file) could not sign the handshake: {token}; \
+                 what is read stays in the spool, and the gateway connects again when the \
+                 token answers"
+            ),
+            refused: false,
+            kind: "tls_key",
+        });
+    }
     Some(ConnError {
         message: refusal::explain(tls, files).unwrap_or_else(|| e.to_string()),
         refused: false,

@@ -10,6 +10,7 @@
 //! marks redelivery within one session, does not apply.)
 
 pub mod conn;
+pub mod csr;
 pub mod inflight;
 pub mod refusal;
 pub mod tls;

@@ -26,16 +26,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::pki_types::pem::{self, PemObject};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{
+    CertificateDer, PrivateKeyDer, ServerName, SubjectPublicKeyInfoDer, UnixTime,
+};
+use rustls::sign::{CertifiedKey, Signer, SigningKey};
 use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore};
-use rustls::{SignatureScheme, crypto::CryptoProvider};
+use rustls::{SignatureAlgorithm, SignatureScheme, crypto::CryptoProvider};
 use x509_cert::Certificate;
 use x509_cert::der::Decode as _;
 
-use crate::config::Mqtt;
+use crate::config::{KeyRef, Mqtt};
+use crate::pkcs11::{TokenError, TokenKey};
 use crate::secret_file::{self, SecretFileError};
 
 const DAY: i64 = 24 * 60 * 60;
@@ -65,6 +69,11 @@ pub enum TlsError {
     /// The private key file: not readable, readable by others, not text.
     #[error(transparent)]
     PrivateKey(#[from] SecretFileError),
+
+    /// The private key in a token (`mqtt.key_file = "pkcs11:..."`): no
+    /// module, no token, a refused PIN, no such key.
+    #[error(transparent)]
+    Token(#[from] TokenError),
 
     /// A file (or an in-memory certificate or key) that is not what it should
     /// be; `what` names it, `problem` says what is wrong and what is expected.
@@ -110,6 +119,7 @@ impl TlsError {
                 SecretFileError::Read { source, .. } => io_exit_code(source),
                 _ => 78,
             },
+            TlsError::Token(e) => e.exit_code(),
             TlsError::NotConfigured { .. }
             | TlsError::Invalid { .. }
             | TlsError::KeyMismatch { .. }
@@ -155,11 +165,11 @@ pub struct ExpiryReport {
     pub warning: Option<String>,
 }
 
-/// The three files, from the configuration.
+/// The three files, from the configuration (the key may be in a token).
 struct Files<'a> {
     ca: &'a Path,
     cert: &'a Path,
-    key: &'a Path,
+    key: &'a KeyRef,
 }
 
 impl<'a> Files<'a> {
@@ -171,7 +181,7 @@ impl<'a> Files<'a> {
             cert: mqtt.cert_file.as_deref().ok_or(TlsError::NotConfigured {
                 key: "mqtt.cert_file",
             })?,
-            key: mqtt.key_file.as_deref().ok_or(TlsError::NotConfigured {
+            key: mqtt.key_file.as_ref().ok_or(TlsError::NotConfigured {
                 key: "mqtt.key_file",
             })?,
         })
@@ -182,7 +192,24 @@ impl<'a> Files<'a> {
 struct Material {
     roots: Vec<CertificateDer<'static>>,
     chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+    key: ClientKey,
+}
+
+/// The client's private key: read from its file, or staying in a token.
+pub enum ClientKey {
+    File(PrivateKeyDer<'static>),
+    Token(Arc<TokenKey>),
+}
+
+impl ClientKey {
+    /// The key as rustls signs with it: *ring*'s for a file key, the
+    /// token's otherwise.
+    pub fn signing_key(&self) -> Result<Arc<dyn SigningKey>, rustls::Error> {
+        match self {
+            ClientKey::File(der) => rustls::crypto::ring::sign::any_supported_type(der),
+            ClientKey::Token(token) => Ok(Arc::new(TokenSigningKey(token.clone()))),
+        }
+    }
 }
 
 fn read_material(f: &Files<'_>) -> Result<Material, TlsError> {
@@ -397,7 +424,7 @@ pub fn client_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<Arc<ClientConfig>, TlsError> {
-    build(roots, chain, key, Extras::default()).map_err(BuildError::without_files)
+    build(roots, chain, ClientKey::File(key), Extras::default()).map_err(BuildError::without_files)
 }
 
 /// Checks the TLS material for `check-config`: the files exist and parse,
@@ -510,7 +537,16 @@ fn read_certs(
     Ok(certs)
 }
 
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+/// The key `mqtt.key_file` names: a file's (mode-checked), or a key in a
+/// token, which is opened (logged in to) here.
+pub fn read_key(key: &KeyRef) -> Result<ClientKey, TlsError> {
+    match key {
+        KeyRef::File(path) => read_key_file(path).map(ClientKey::File),
+        KeyRef::Pkcs11(uri) => Ok(ClientKey::Token(Arc::new(TokenKey::open(uri)?))),
+    }
+}
+
+fn read_key_file(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     must_exist(path, "client key file", "mqtt.key_file")?;
     let text = secret_file::read_private(path)?;
     PrivateKeyDer::from_pem_slice(text.as_bytes()).map_err(|e| TlsError::Invalid {
@@ -657,12 +693,16 @@ enum BuildError {
 
 impl BuildError {
     fn with_files(self, f: &Files<'_>) -> TlsError {
+        let key = match f.key {
+            KeyRef::File(path) => format!("client key file {}", path.display()),
+            uri => format!("client key {uri}"),
+        };
         self.describe(
             &format!("CA file {}", f.ca.display()),
             &format!("client certificate file {}", f.cert.display()),
-            &format!("client key file {}", f.key.display()),
+            &key,
             f.cert.display().to_string(),
-            f.key.display().to_string(),
+            f.key.to_string(),
         )
     }
 
@@ -719,7 +759,7 @@ impl BuildError {
 fn build(
     roots: Vec<CertificateDer<'static>>,
     chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+    key: ClientKey,
     extras: Extras,
 ) -> Result<Arc<ClientConfig>, BuildError> {
     if roots.is_empty() {
@@ -746,17 +786,103 @@ fn build(
                 store, provider, name,
             )?)),
     };
-    let mut config = builder
-        .with_client_auth_cert(chain, key)
-        .map_err(|err| match err {
-            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
-                BuildError::Mismatch
+    let mut config = match key {
+        ClientKey::File(key) => {
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|err| match err {
+                    rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                        BuildError::Mismatch
+                    }
+                    rustls::Error::General(_) => BuildError::BadKey(err),
+                    other => BuildError::Other(other),
+                })?
+        }
+        ClientKey::Token(token) => {
+            let certified = CertifiedKey::new(chain, Arc::new(TokenSigningKey(token)));
+            match certified.keys_match() {
+                Ok(()) => {}
+                Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+                    return Err(BuildError::Mismatch);
+                }
+                Err(other) => return Err(BuildError::Other(other)),
             }
-            rustls::Error::General(_) => BuildError::BadKey(err),
-            other => BuildError::Other(other),
-        })?;
+            builder.with_client_cert_resolver(Arc::new(OneCertificate(Arc::new(certified))))
+        }
+    };
     config.alpn_protocols = extras.alpn;
     Ok(Arc::new(config))
+}
+
+// ---------------------------------------------------------------------------
+// A client key in a token
+// ---------------------------------------------------------------------------
+
+/// The client certificate and its key in a token, always presented.
+#[derive(Debug)]
+struct OneCertificate(Arc<CertifiedKey>);
+
+impl ResolvesClientCert for OneCertificate {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _schemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// A P-256 key in a token, as rustls signs with it: ECDSA with SHA-256
+/// (the only scheme a P-256 key has in TLS 1.3), the signature DER-encoded.
+#[derive(Debug)]
+pub struct TokenSigningKey(pub Arc<TokenKey>);
+
+impl SigningKey for TokenSigningKey {
+    fn choose_scheme(&self, offered: &[SignatureScheme]) -> Option<Box<dyn Signer>> {
+        offered
+            .contains(&SignatureScheme::ECDSA_NISTP256_SHA256)
+            .then(|| Box::new(TokenSigner(self.0.clone())) as Box<dyn Signer>)
+    }
+
+    fn public_key(&self) -> Option<SubjectPublicKeyInfoDer<'_>> {
+        Some(SubjectPublicKeyInfoDer::from(self.0.public_spki()))
+    }
+
+    fn algorithm(&self) -> SignatureAlgorithm {
+        SignatureAlgorithm::ECDSA
+    }
+}
+
+#[derive(Debug)]
+struct TokenSigner(Arc<TokenKey>);
+
+impl Signer for TokenSigner {
+    /// Signs in the token. A TPM takes tens of milliseconds, so on the
+    /// gateway's runtime the worker thread is handed over meanwhile; a
+    /// token that fails gives the [`TokenError`] inside the handshake's
+    /// error, which the uplink logs as such.
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
+        use sha2::Digest as _;
+        let digest: [u8; 32] = sha2::Sha256::digest(message).into();
+        let signed = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| self.0.sign_digest(&digest))
+            }
+            _ => self.0.sign_digest(&digest),
+        };
+        let rs = signed.map_err(|e| rustls::Error::Other(rustls::OtherError(Arc::new(e))))?;
+        let signature = p256::ecdsa::Signature::from_slice(&rs)
+            .map_err(|_| rustls::Error::General("the token made an invalid signature".into()))?;
+        Ok(signature.to_der().as_bytes().to_vec())
+    }
+
+    fn scheme(&self) -> SignatureScheme {
+        SignatureScheme::ECDSA_NISTP256_SHA256
+    }
 }
 
 #[cfg(test)]
@@ -852,7 +978,7 @@ mod tests {
                 tls: true,
                 ca_file: Some(self.path("ca.pem")),
                 cert_file: Some(self.path("client.pem")),
-                key_file: Some(self.path("client.key")),
+                key_file: Some(self.path("client.key").into()),
                 server_name: None,
                 keepalive: Duration::from_secs(30),
                 connect_timeout: Duration::from_secs(10),

@@ -112,7 +112,7 @@ impl Default for TempDir {
 }
 
 /// Writes `text` to `path` and sets `mode`.
-fn write_file(path: &Path, text: &str, mode: u32) {
+pub fn write_file(path: &Path, text: &str, mode: u32) {
     fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .unwrap_or_else(|e| panic!("chmod {:o} {}: {e}", mode, path.display()));
