@@ -75,6 +75,91 @@ fn a_gateway_whose_keys_are_in_a_tpm_delivers_every_record_signed_by_it() {
     );
 }
 
+/// A wrong PIN costs the TPM one failed try per start, however many keys
+/// of the token the start opens (`check-config` opens both), and a TPM
+/// locked by too many is said to be locked, with how to clear it. Counted
+/// by the TPM itself (`tpm2_getcap`), its lockout lowered to 3 tries.
+#[test]
+#[ignore = "needs a TPM 2.0 stack: run scripts/test-tpm"]
+fn a_tpm_counts_one_wrong_pin_per_start_and_a_locked_one_is_said() {
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run scripts/test-tpm"))
+    };
+    let (module, pin) = (var("SENSORGATE_TPM_MODULE"), var("SENSORGATE_TPM_PIN"));
+    let tpm2 = |args: &[&str]| {
+        let out = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .output()
+            .expect("tpm2-tools");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let failed_tries = || {
+        let caps = tpm2(&["tpm2_getcap", "properties-variable"]);
+        let line = caps
+            .lines()
+            .find(|l| l.starts_with("TPM2_PT_LOCKOUT_COUNTER:"))
+            .expect("the lockout counter");
+        let hex = line.rsplit("0x").next().unwrap().trim();
+        u32::from_str_radix(hex, 16).unwrap()
+    };
+    let rig = Rig::new();
+    let pty = Pty::open().unwrap();
+    let run = std::process::id();
+    let uri = |object: &str| {
+        format!(
+            "pkcs11:token=sensorgate;object={object}-lock-{run}?module-path={module}&pin-source=file:{pin}"
+        )
+    };
+    let (config, _) = keys_in_token(&rig, uri, &[], pty.path());
+    let wrong_pin = rig.dir.path().join("wrong.pin");
+    support::write_file(&wrong_pin, "999999\n", 0o600);
+    let wrong = rig.dir.path().join("wrong.toml");
+    std::fs::write(
+        &wrong,
+        std::fs::read_to_string(&config).unwrap().replace(
+            &format!("file:{pin}"),
+            &format!("file:{}", wrong_pin.display()),
+        ),
+    )
+    .unwrap();
+    let gateway = |command: &str, config: &Path| {
+        let mut c = std::process::Command::new(support::gateway_binary());
+        c.args([command, "--config"]).arg(config);
+        support::run_bounded(c, b"", Duration::from_secs(60))
+    };
+
+    tpm2(&["tpm2_dictionarylockout", "--clear-lockout"]);
+    tpm2(&[
+        "tpm2_dictionarylockout",
+        "--setup-parameters",
+        "--max-tries=3",
+        "--recovery-time=600",
+        "--lockout-recovery-time=600",
+    ]);
+    assert_eq!(failed_tries(), 0);
+    for tries in 1..=3 {
+        let out = gateway("check-config", &wrong);
+        assert_eq!(out.code, 77, "{}", out.shown());
+        assert!(out.stderr.contains("refused the PIN"), "{}", out.shown());
+        assert_eq!(failed_tries(), tries, "one try per start: {}", out.shown());
+    }
+    // Locked now: even the right PIN is refused, and the error says so.
+    let out = gateway("run", &config);
+    assert_eq!(out.code, 77, "{}", out.shown());
+    assert!(
+        out.stderr.contains("user PIN is locked")
+            && out
+                .stderr
+                .contains("tpm2_dictionarylockout --clear-lockout"),
+        "{}",
+        out.shown()
+    );
+    tpm2(&["tpm2_dictionarylockout", "--clear-lockout"]);
+    let out = gateway("check-config", &config);
+    assert_eq!(out.code, 0, "{}", out.shown());
+}
+
 /// Makes both of the gateway's keys in the token as an operator would
 /// (`keygen --pkcs11` for the signing key and the TLS key, `csr` for the
 /// latter, the test's CA issuing the client certificate from the request),

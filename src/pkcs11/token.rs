@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -51,7 +51,7 @@ pub enum TokenError {
     )]
     PinIncorrect { uri: String },
     #[error(
-        "the token's user PIN is locked ({uri}); unlock it with the security officer PIN (pkcs11-tool --init-pin --login --login-type so, softhsm2-util, tpm2_ptool)"
+        "the token's user PIN is locked ({uri}): too many wrong PINs. A TPM locks every key after a few (its dictionary-attack lockout): wait out its recovery time, or clear it with tpm2_dictionarylockout --clear-lockout; other tokens: set a new user PIN with the security officer PIN (pkcs11-tool --init-pin --login --login-type so)"
     )]
     PinLocked { uri: String },
     #[error(
@@ -143,6 +143,12 @@ struct ModuleState {
 
 /// The modules in use, by canonical path.
 static MODULES: Mutex<Vec<Weak<Module>>> = Mutex::new(Vec::new());
+/// The PINs a token refused, as where they come from and which token (see
+/// [`pin_key`]): never tried again by this process, whichever key asks and
+/// whether or not its module is still loaded, since each wrong try counts
+/// towards the token locking itself (a TPM's dictionary-attack lockout
+/// locks every key in it).
+static REFUSED: Mutex<Vec<String>> = Mutex::new(Vec::new());
 /// Numbers the keys, for [`ModuleState::open`].
 static NEXT_KEY: AtomicU64 = AtomicU64::new(0);
 
@@ -186,6 +192,36 @@ impl ModuleState {
         Ok(self.context.as_ref().expect("loaded just above"))
     }
 
+    /// A logged-in session on the URI's token (read-write when `write`);
+    /// a PIN refused before is not tried again.
+    fn session(&mut self, uri: &KeyUri, write: bool) -> Result<Session, TokenError> {
+        let pin = pin_key(uri);
+        let refused = || REFUSED.lock().unwrap_or_else(PoisonError::into_inner);
+        if refused().contains(&pin) {
+            return Err(TokenError::PinIncorrect {
+                uri: uri.to_string(),
+            });
+        }
+        let opened = session(self.context(uri)?, uri, write);
+        if let Err(TokenError::PinIncorrect { .. }) = &opened {
+            refused().push(pin);
+        }
+        opened
+    }
+
+    /// Opens a session on the URI's token, logs in and finds the private
+    /// key.
+    fn login_and_find(&mut self, uri: &KeyUri) -> Result<Open, TokenError> {
+        let session = self.session(uri, false)?;
+        let key = find_key(&session, uri, ObjectClass::PRIVATE_KEY)?.ok_or_else(|| {
+            TokenError::NoKey {
+                uri: uri.to_string(),
+            }
+        })?;
+        check_p256(&session, uri, key)?;
+        Ok(Open { session, key })
+    }
+
     /// Closes every key's session and finalises the module; the next use
     /// loads it again.
     fn reset(&mut self) {
@@ -208,8 +244,6 @@ pub struct TokenKey {
     module: Arc<Module>,
     /// This key's number in the module's sessions.
     number: u64,
-    /// The token refused the PIN: never try it again.
-    pin_refused: AtomicBool,
     /// The public key, SEC1 uncompressed (`04 || X || Y`).
     public: Vec<u8>,
 }
@@ -233,12 +267,10 @@ impl TokenKey {
     /// in and finds the key; fails with what to do.
     pub fn open(uri: &KeyUri) -> Result<TokenKey, TokenError> {
         let module = Module::get(uri)?;
-        let pin_refused = AtomicBool::new(false);
         let number = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
         let public = {
             let mut state = module.lock();
-            let context = state.context(uri)?;
-            let open = login_and_find(context, uri, &pin_refused)?;
+            let open = state.login_and_find(uri)?;
             let public = public_key(&open.session, uri, open.key)?;
             state.open.insert(number, open);
             public
@@ -247,7 +279,6 @@ impl TokenKey {
             uri: uri.clone(),
             module,
             number,
-            pin_refused,
             public,
         })
     }
@@ -280,8 +311,7 @@ impl TokenKey {
     pub fn sign_digest(&self, digest: &[u8; 32]) -> Result<[u8; 64], TokenError> {
         let mut state = self.module.lock();
         if !state.open.contains_key(&self.number) {
-            let context = state.context(&self.uri)?;
-            match login_and_find(context, &self.uri, &self.pin_refused) {
+            match state.login_and_find(&self.uri) {
                 Ok(open) => {
                     state.open.insert(self.number, open);
                 }
@@ -325,7 +355,7 @@ pub(super) fn with_rw_session<T>(
 ) -> Result<T, TokenError> {
     let module = Module::get(uri)?;
     let mut state = module.lock();
-    let session = session(state.context(uri)?, uri, true)?;
+    let session = state.session(uri, true)?;
     f(&session)
 }
 
@@ -427,32 +457,14 @@ pub fn read_pin(uri: &KeyUri) -> Result<AuthPin, TokenError> {
     Ok(AuthPin::from(pin.to_string()))
 }
 
-/// Opens a session on the token, logs in (once: a refused PIN is never
-/// tried again) and finds the private key.
-fn login_and_find(
-    context: &Pkcs11,
-    uri: &KeyUri,
-    pin_refused: &AtomicBool,
-) -> Result<Open, TokenError> {
-    if pin_refused.load(Ordering::Relaxed) {
-        return Err(TokenError::PinIncorrect {
-            uri: uri.to_string(),
-        });
-    }
-    let found = (|| {
-        let session = session(context, uri, false)?;
-        let key = find_key(&session, uri, ObjectClass::PRIVATE_KEY)?.ok_or_else(|| {
-            TokenError::NoKey {
-                uri: uri.to_string(),
-            }
-        })?;
-        check_p256(&session, uri, key)?;
-        Ok(Open { session, key })
-    })();
-    if let Err(TokenError::PinIncorrect { .. }) = &found {
-        pin_refused.store(true, Ordering::Relaxed);
-    }
-    found
+/// What tells one PIN apart from another for [`ModuleState::refused`]:
+/// the URI without the key's name (the token, the module and where the PIN
+/// comes from).
+fn pin_key(uri: &KeyUri) -> String {
+    let mut token = uri.clone();
+    token.object = None;
+    token.id = None;
+    token.to_string()
 }
 
 /// A logged-in session on the URI's token; read-write when `write`.
