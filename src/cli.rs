@@ -329,6 +329,11 @@ fn open_mqtt(
         None
     };
     let rt = runtime()?;
+    #[cfg(feature = "postgres")]
+    if let Some(url) = &cfg.sink.postgres {
+        // The records go to the database; what is printed is the totals.
+        return Err(open_into_postgres(&rt, &cfg, tls, url, count, opener));
+    }
     let mut sink = seal::MessageSink::new(opener, io::stdout().lock(), io::stderr(), options);
     let ended = rt.block_on(async {
         let stop = CancellationToken::new();
@@ -348,6 +353,39 @@ fn open_mqtt(
         Err(e) if summary.is_ok() => Err(u8::try_from(e.exit_code()).unwrap_or(EX_SOFTWARE)),
         _ => Ok(summary),
     }
+}
+
+/// `open --mqtt` with `[sink] postgres`: until stopped (or `count`
+/// messages), then the exit code.
+#[cfg(feature = "postgres")]
+fn open_into_postgres(
+    rt: &tokio::runtime::Runtime,
+    cfg: &crate::consumer::ConsumerConfig,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    url: &str,
+    count: Option<u64>,
+    opener: &mut seal::Opener,
+) -> u8 {
+    use crate::sink::postgres::PgHandler;
+    rt.block_on(async {
+        let stop = CancellationToken::new();
+        if let Err(e) = stop_on_signals(stop.clone()) {
+            return fail(
+                i32::from(EX_OSERR),
+                format!("cannot install signal handlers: {e}"),
+            );
+        }
+        let mut handler = match PgHandler::connect(url, cfg.sink.ca_file.clone(), opener).await {
+            Ok(h) => h,
+            Err(e) => return fail(e.exit_code(), e),
+        };
+        let ended = crate::consumer::run(cfg, tls, &mut handler, count, stop).await;
+        eprintln!("sensorgate: {}", handler.totals());
+        match ended {
+            Ok(()) => EX_OK,
+            Err(e) => fail(e.exit_code(), e),
+        }
+    })
 }
 
 /// `sensorgate demo`

@@ -1,21 +1,28 @@
 //! `open --mqtt`: the consumer subscribes to the gateways' topics over
-//! mutual TLS and hands every sealed message to the same
-//! [`MessageSink`](crate::seal::MessageSink) as stdin lines.
+//! mutual TLS and hands every sealed message to a sink: the same
+//! [`MessageSink`](crate::seal::MessageSink) as stdin lines (JSON or CSV on
+//! stdout), or PostgreSQL ([`crate::sink::postgres`], `[sink] postgres`).
 //!
 //! Its configuration file holds an `[mqtt]` table with the gateway's keys
 //! and meaning (`host`, `port`, `client_id`, `ca_file`, `cert_file`,
-//! `key_file`, `server_name`, `alpn`, `keepalive`, `clean_session`, ...)
-//! and an optional `[consumer]` table with `topic_filter`. It speaks MQTT
-//! 3.1.1 whatever `protocol` says, subscribes with QoS 1, and acknowledges
-//! each message only after it was printed (or rejected), so with
-//! `clean_session = false` a message cut off by a crash is delivered again.
+//! `key_file`, `server_name`, `alpn`, `keepalive`, `clean_session`, ...),
+//! an optional `[consumer]` table (`topic_filter`, `share_group`,
+//! `session_expiry`) and an optional `[sink]` table. It speaks MQTT 5,
+//! subscribes with QoS 1, and acknowledges each message only after the sink
+//! took it (printed, or committed to the database), so with `clean_session
+//! = false` (a persistent session, kept `session_expiry` by the broker) a
+//! message cut off by a crash is delivered again. With `share_group`, it
+//! subscribes to `$share/GROUP/<topic_filter>`: any number of consumers in
+//! the group split the messages between them.
 
 use std::io::{self, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish, SubscribeReasonCode};
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +39,8 @@ pub struct ConsumerConfig {
     pub mqtt: Mqtt,
     #[serde(default)]
     pub consumer: Consumer,
+    #[serde(default)]
+    pub sink: Sink,
 }
 
 /// The `[consumer]` table.
@@ -40,18 +49,48 @@ pub struct ConsumerConfig {
 pub struct Consumer {
     #[serde(default = "default_topic_filter")]
     pub topic_filter: String,
+    /// Subscribe to `$share/GROUP/<topic_filter>`: the consumers of one
+    /// group split the messages.
+    #[serde(default)]
+    pub share_group: Option<String>,
+    /// How long the broker keeps a persistent session (`clean_session =
+    /// false`) and what is queued for it while the consumer is away.
+    #[serde(
+        default = "default_session_expiry",
+        deserialize_with = "crate::config::de_duration"
+    )]
+    pub session_expiry: Duration,
 }
 
 impl Default for Consumer {
     fn default() -> Self {
         Consumer {
             topic_filter: default_topic_filter(),
+            share_group: None,
+            session_expiry: default_session_expiry(),
         }
     }
 }
 
 fn default_topic_filter() -> String {
     DEFAULT_TOPIC_FILTER.to_string()
+}
+
+fn default_session_expiry() -> Duration {
+    Duration::from_secs(24 * 60 * 60)
+}
+
+/// The `[sink] table`: where opened records go instead of stdout.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sink {
+    /// `postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=...]`.
+    #[serde(default)]
+    pub postgres: Option<String>,
+    /// The CA certificate(s), PEM, the database's certificate must chain
+    /// to: TLS to the database (as `sslmode` in the URL asks).
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// Reads `path` (TOML). Relative `ca_file`, `cert_file` and `key_file` are
@@ -110,6 +149,26 @@ pub fn load(path: &Path) -> Result<ConsumerConfig, ConfigError> {
     if cfg.consumer.topic_filter.is_empty() {
         return Err(problem("consumer.topic_filter", "must not be empty".into()));
     }
+    if let Some(group) = &cfg.consumer.share_group
+        && (group.is_empty() || group.contains(['/', '+', '#']))
+    {
+        return Err(problem(
+            "consumer.share_group",
+            format!("{group:?} is not a share name: one topic level, without / + #"),
+        ));
+    }
+    if let Some(ca) = cfg.sink.ca_file.as_mut()
+        && ca.is_relative()
+    {
+        *ca = dir.join(&*ca);
+    }
+    if cfg.sink.postgres.is_some() && !cfg!(feature = "postgres") {
+        return Err(problem(
+            "sink.postgres",
+            "this build of sensorgate has no PostgreSQL sink (built without the `postgres` feature)"
+                .into(),
+        ));
+    }
     Ok(cfg)
 }
 
@@ -139,7 +198,10 @@ pub enum ConsumerError {
     #[error("the broker refused the subscription to {0:?}")]
     Refused(String),
     #[error("MQTT client stopped: {0}")]
-    Client(#[from] rumqttc::ClientError),
+    Client(#[from] rumqttc::v5::ClientError),
+    #[cfg(feature = "postgres")]
+    #[error(transparent)]
+    Sink(#[from] crate::sink::postgres::SinkError),
 }
 
 impl ConsumerError {
@@ -148,30 +210,67 @@ impl ConsumerError {
             ConsumerError::Output(_) => 74,
             ConsumerError::Refused(_) => 77,
             ConsumerError::Client(_) => 69,
+            #[cfg(feature = "postgres")]
+            ConsumerError::Sink(e) => e.exit_code(),
         }
     }
 }
 
-/// Subscribes and feeds every sealed message to `sink` until `stop` is
+/// What takes each sealed message, and says whether to acknowledge it.
+pub trait Handler {
+    /// Handles the message that came on `topic`. `Ok(true)`: acknowledge
+    /// it; `Ok(false)`: the consumer is stopping before it was taken, so
+    /// it is left for the broker to deliver again.
+    fn handle(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        stop: &CancellationToken,
+    ) -> impl std::future::Future<Output = Result<bool, ConsumerError>>;
+}
+
+impl<W: Write, E: Write> Handler for MessageSink<'_, W, E> {
+    async fn handle(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        _stop: &CancellationToken,
+    ) -> Result<bool, ConsumerError> {
+        self.message(payload, format_args!("on topic {topic}"))?;
+        Ok(true)
+    }
+}
+
+/// Subscribes and feeds every sealed message to `handler` until `stop` is
 /// cancelled or `count` messages were handled (status topics not counted),
-/// reconnecting after a lost connection. Leaves `sink` unfinished.
-pub async fn run<W: Write, E: Write>(
+/// reconnecting after a lost connection.
+pub async fn run(
     cfg: &ConsumerConfig,
     tls: Option<Arc<rustls::ClientConfig>>,
-    sink: &mut MessageSink<'_, W, E>,
+    handler: &mut impl Handler,
     count: Option<u64>,
     stop: CancellationToken,
 ) -> Result<(), ConsumerError> {
     let m = &cfg.mqtt;
-    let filter = cfg.consumer.topic_filter.as_str();
+    let filter = match &cfg.consumer.share_group {
+        Some(group) => format!("$share/{group}/{}", cfg.consumer.topic_filter),
+        None => cfg.consumer.topic_filter.clone(),
+    };
     let client_id = m.client_id.clone().unwrap_or_default();
     let mut options = MqttOptions::new(client_id, &m.host, m.port);
-    let packet = m.max_packet.max(64 * 1024) + 1024;
+    let packet = u32::try_from(m.max_packet.max(64 * 1024) + 1024).unwrap_or(u32::MAX);
     options
         .set_keep_alive(m.keepalive.max(Duration::from_secs(1)))
-        .set_clean_session(m.clean_session)
-        .set_max_packet_size(packet, packet)
+        .set_clean_start(m.clean_session)
+        .set_max_packet_size(Some(packet))
+        // At most this many messages on their way to this consumer and not
+        // acknowledged yet: what waits on the sink (the database) is bounded.
+        .set_receive_maximum(Some(RECEIVE_MAXIMUM))
         .set_manual_acks(true);
+    if !m.clean_session {
+        let secs = u32::try_from(cfg.consumer.session_expiry.as_secs()).unwrap_or(u32::MAX);
+        options.set_session_expiry_interval(Some(secs));
+    }
     if let Some(user) = &m.username {
         let password = m.password.as_ref().map(|p| p.expose().to_string());
         options.set_credentials(user, password.unwrap_or_default());
@@ -182,70 +281,108 @@ pub async fn run<W: Write, E: Write>(
         ));
     }
     let (client, mut eventloop) = AsyncClient::new(options, 64);
-    let mut net = eventloop.network_options();
-    net.set_connection_timeout(m.connect_timeout.as_secs().max(1));
-    eventloop.set_network_options(net);
+    eventloop
+        .options
+        .set_connection_timeout(m.connect_timeout.as_secs().max(1));
 
-    let mut handled: u64 = 0;
-    let mut retry = m.reconnect_min;
-    while count.is_none_or(|n| handled < n) {
-        let event = tokio::select! {
-            _ = stop.cancelled() => break,
-            event = eventloop.poll() => event,
-        };
-        match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                retry = m.reconnect_min;
-                client.subscribe(filter, QoS::AtLeastOnce).await?;
+    // The event loop runs in a task of its own, so that the connection
+    // stays alive (keep-alive, acknowledgements) while the handler waits
+    // on the sink; the broker sends at most RECEIVE_MAXIMUM messages
+    // ahead, which the channel holds.
+    let (tx, mut events) = tokio::sync::mpsc::channel(usize::from(RECEIVE_MAXIMUM) * 2);
+    let (min, max) = (m.reconnect_min, m.reconnect_max.max(m.reconnect_min));
+    let poller = tokio::spawn(async move {
+        let mut retry = min;
+        loop {
+            let event = eventloop.poll().await;
+            let failed = event.is_err();
+            if tx.send(event).await.is_err() {
+                return;
             }
-            Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                if ack
-                    .return_codes
-                    .iter()
-                    .any(|c| matches!(c, SubscribeReasonCode::Failure))
-                {
-                    return Err(ConsumerError::Refused(filter.to_string()));
-                }
-                eprintln!(
-                    "sensorgate: subscribed to {filter:?} at {}:{}",
-                    m.host, m.port
-                );
-            }
-            Ok(Event::Incoming(Packet::Publish(publish))) => {
-                if !is_status_topic(&m.status_topic, &publish.topic) {
-                    sink.message(&publish.payload, format_args!("on topic {}", publish.topic))?;
-                    handled += 1;
-                }
-                client.ack(&publish).await?;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                eprintln!(
-                    "sensorgate: MQTT connection to {}:{}: {e}; retrying in {}",
-                    m.host,
-                    m.port,
-                    humantime::format_duration(retry)
-                );
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(retry) => {}
-                }
-                retry = (retry * 2).min(m.reconnect_max.max(m.reconnect_min));
+            if failed {
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(max);
+            } else {
+                retry = min;
             }
         }
+    });
+
+    let mut handled: u64 = 0;
+    let ended = async {
+        while count.is_none_or(|n| handled < n) {
+            let event = tokio::select! {
+                _ = stop.cancelled() => break,
+                event = events.recv() => event,
+            };
+            let Some(event) = event else { break };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    // Also when the broker kept the session: subscribing
+                    // again replaces the subscription, and brings it back
+                    // where the broker lost it.
+                    client.subscribe(filter.as_str(), QoS::AtLeastOnce).await?;
+                }
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    if let Some(refused) = ack
+                        .return_codes
+                        .iter()
+                        .find(|c| !matches!(c, SubscribeReasonCode::Success(_)))
+                    {
+                        eprintln!("sensorgate: the broker refused {filter:?}: {refused:?}");
+                        return Err(ConsumerError::Refused(filter.clone()));
+                    }
+                    eprintln!(
+                        "sensorgate: subscribed to {filter:?} at {}:{}",
+                        m.host, m.port
+                    );
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    let topic = String::from_utf8_lossy(&publish.topic).into_owned();
+                    if !is_status_topic(&m.status_topic, &topic) {
+                        if !handler.handle(&topic, &publish.payload, &stop).await? {
+                            break;
+                        }
+                        handled += 1;
+                    }
+                    ack(&client, &publish).await?;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!(
+                        "sensorgate: MQTT connection to {}:{}: {e}; retrying",
+                        m.host, m.port,
+                    );
+                }
+            }
+        }
+        Ok(())
     }
+    .await;
     // Send the pending acknowledgements, then DISCONNECT (bounded).
     if client.try_disconnect().is_ok() {
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
-                    Ok(_) => {}
+            while let Some(event) = events.recv().await {
+                if matches!(
+                    event,
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_)
+                ) {
+                    break;
                 }
             }
         })
         .await;
     }
+    poller.abort();
+    ended
+}
+
+/// The most messages the broker may have on their way to the consumer
+/// without an acknowledgement (MQTT 5 Receive Maximum).
+const RECEIVE_MAXIMUM: u16 = 64;
+
+async fn ack(client: &AsyncClient, publish: &Publish) -> Result<(), ConsumerError> {
+    client.ack(publish).await?;
     Ok(())
 }
 
@@ -283,6 +420,25 @@ mod tests {
             e.contains("consumer.toml") && e.contains("client_id"),
             "{e}"
         );
+
+        std::fs::write(
+            &path,
+            "[mqtt]\nhost = \"b\"\n[consumer]\nshare_group = \"in/gest\"\n",
+        )
+        .unwrap();
+        let e = load(&path).unwrap_err().to_string();
+        assert!(e.contains("consumer.share_group"), "{e}");
+
+        std::fs::write(
+            &path,
+            "[mqtt]\nhost = \"b\"\n[consumer]\nshare_group = \"ingest\"\nsession_expiry = \"2h\"\n\
+             [sink]\npostgres = \"postgresql://u@db/fleet\"\nca_file = \"db-ca.pem\"\n",
+        )
+        .unwrap();
+        let cfg = load(&path).unwrap();
+        assert_eq!(cfg.consumer.share_group.as_deref(), Some("ingest"));
+        assert_eq!(cfg.consumer.session_expiry, Duration::from_secs(7200));
+        assert_eq!(cfg.sink.ca_file, Some(dir.path().join("db-ca.pem")));
 
         std::fs::write(&path, "[mqtt]\nhots = \"b\"\n").unwrap();
         let e = load(&path).unwrap_err().to_string();

@@ -23,6 +23,7 @@ pub mod rfc3339;
 pub mod seal;
 pub mod secret_file;
 pub mod serial;
+pub mod sink;
 pub mod spool;
 pub mod telemetry;
 pub mod uplink;

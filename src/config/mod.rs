@@ -51,6 +51,7 @@ pub use schema::{
     Seal, Sensor,
 };
 pub use secret::Secret;
+pub(crate) use units::de_duration;
 pub use units::{Percent, format_size, parse_percent, parse_size};
 
 /// The field names `format = "nmea"` gives records (GGA, RMC and VTG

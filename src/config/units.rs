@@ -13,7 +13,7 @@ use serde::de::{self, Deserializer, Visitor};
 pub(super) const KIB: u64 = 1024;
 pub(super) const MIB: u64 = 1024 * 1024;
 
-pub(super) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     struct V;
     impl Visitor<'_> for V {
         type Value = Duration;

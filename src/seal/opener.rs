@@ -397,6 +397,33 @@ impl Opener {
         })
     }
 
+    /// Verifies and decrypts `message` like [`Opener::open`], but keeps no
+    /// sequence state: every record comes back, and duplicates, conflicts
+    /// and gaps are for the caller to judge (the PostgreSQL sink judges
+    /// them in the database, where they hold across consumers and
+    /// restarts). The totals of [`Opener::summary`] count it.
+    pub fn open_untracked(&mut self, message: &[u8]) -> Result<OpenedMessage, OpenError> {
+        let v = match self.verify(message) {
+            Ok(v) => v,
+            Err(e) => {
+                self.rejected += 1;
+                return Err(e);
+            }
+        };
+        self.messages += 1;
+        self.records += v.records.len() as u64;
+        Ok(OpenedMessage {
+            gateway: v.gateway,
+            sensor: v.sensor,
+            epoch: v.epoch,
+            first_seq: v.first_seq,
+            last_seq: v.last_seq,
+            records: v.records,
+            duplicates: 0,
+            declared: v.declared,
+        })
+    }
+
     /// Counts a message rejected before it could be handed to [`Opener::open`]
     /// (an over-long line).
     pub fn count_rejected(&mut self) {

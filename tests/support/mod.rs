@@ -30,6 +30,7 @@ use rumqttc::{
 use sensorgate::demo::pki::{self, Identity, Pki};
 
 pub mod modbus;
+pub mod postgres;
 pub mod softhsm;
 
 /// Largest MQTT packet test clients send or accept: a sealed batch may

@@ -1,0 +1,619 @@
+//! The PostgreSQL sink of `open --mqtt` (`[sink] postgres = "postgresql://..."`):
+//! each sealed message's records go into `sensorgate_records` in one
+//! transaction, and the consumer acknowledges the MQTT message only after
+//! the commit. The duplicate and conflict state is the table itself, so it
+//! holds across any number of consumers (an MQTT 5 share group) and their
+//! restarts:
+//!
+//! - a record whose (gateway, sensor, epoch, seq) is already there with the
+//!   same `ts` and `fields` is a redelivery: nothing is inserted;
+//! - one with *different* content is a conflict: kept in
+//!   `sensorgate_conflicts` (with the topic it came on), never overwriting
+//!   the first;
+//! - a gap notice (a range the gateway declared lost) goes into
+//!   `sensorgate_declared`; the view `sensorgate_gaps` lists the missing
+//!   ranges of each stream with how many of their numbers the gateway
+//!   declared;
+//! - a message that does not open (signature, unknown key, ...) goes into
+//!   `sensorgate_rejected` with the reason and its bytes.
+//!
+//! The schema is made by a migration at connection time, under an advisory
+//! lock so that consumers starting together do not race; a database whose
+//! schema is of another version is refused with what to do.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, Statement};
+
+use crate::seal::{OpenError, OpenedMessage};
+
+/// The schema version this build writes and reads.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Taken (transaction-scoped) while the schema is checked or made.
+const MIGRATION_LOCK: i64 = 0x7365_6e73_6f72_6761; // "sensorga"
+
+/// Version 1 of the schema.
+const SCHEMA_1: &str = r#"
+CREATE TABLE sensorgate_schema (
+    version integer NOT NULL,
+    migrated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE sensorgate_records (
+    gateway text NOT NULL,
+    sensor text NOT NULL,
+    epoch text NOT NULL,
+    seq bigint NOT NULL,
+    ts timestamptz NOT NULL,
+    fields jsonb NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (gateway, sensor, epoch, seq)
+);
+CREATE TABLE sensorgate_conflicts (
+    id bigserial PRIMARY KEY,
+    gateway text NOT NULL,
+    sensor text NOT NULL,
+    epoch text NOT NULL,
+    seq bigint NOT NULL,
+    ts timestamptz NOT NULL,
+    fields jsonb NOT NULL,
+    topic text NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (gateway, sensor, epoch, seq, ts, fields)
+);
+CREATE TABLE sensorgate_declared (
+    gateway text NOT NULL,
+    sensor text NOT NULL,
+    epoch text NOT NULL,
+    first_seq bigint NOT NULL,
+    last_seq bigint NOT NULL,
+    cause text NOT NULL,
+    lost bigint NOT NULL,
+    exact boolean NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (gateway, sensor, epoch, first_seq, last_seq)
+);
+CREATE TABLE sensorgate_rejected (
+    id bigserial PRIMARY KEY,
+    topic text NOT NULL,
+    reason text NOT NULL,
+    payload bytea NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE VIEW sensorgate_gaps AS
+WITH ordered AS (
+    SELECT gateway, sensor, epoch, seq,
+           lead(seq) OVER (PARTITION BY gateway, sensor, epoch ORDER BY seq) AS next_seq
+    FROM sensorgate_records
+)
+SELECT o.gateway, o.sensor, o.epoch,
+       o.seq + 1 AS first_missing,
+       o.next_seq - 1 AS last_missing,
+       o.next_seq - o.seq - 1 AS missing,
+       COALESCE((
+           SELECT sum(GREATEST(0, LEAST(d.last_seq, o.next_seq - 1)
+                                  - GREATEST(d.first_seq, o.seq + 1) + 1))
+           FROM sensorgate_declared d
+           WHERE d.gateway = o.gateway AND d.sensor = o.sensor AND d.epoch = o.epoch
+       ), 0)::bigint AS declared
+FROM ordered o
+WHERE o.next_seq > o.seq + 1;
+INSERT INTO sensorgate_schema (version) VALUES (1);
+"#;
+
+const INSERT_RECORDS: &str = "\
+INSERT INTO sensorgate_records (gateway, sensor, epoch, seq, ts, fields)
+SELECT $1, $2, $3, u.seq, u.ts::timestamptz, u.fields::jsonb
+FROM unnest($4::bigint[], $5::text[], $6::text[]) AS u(seq, ts, fields)
+ON CONFLICT DO NOTHING
+RETURNING seq";
+
+/// The records of the message that were not inserted (already there) and
+/// differ from what is there; run after [`INSERT_RECORDS`], in a statement
+/// of its own so that it sees what another consumer committed meanwhile.
+const INSERT_CONFLICTS: &str = "\
+INSERT INTO sensorgate_conflicts (gateway, sensor, epoch, seq, ts, fields, topic)
+SELECT $1, $2, $3, u.seq, u.ts::timestamptz, u.fields::jsonb, $7
+FROM unnest($4::bigint[], $5::text[], $6::text[]) AS u(seq, ts, fields)
+JOIN sensorgate_records r
+  ON r.gateway = $1 AND r.sensor = $2 AND r.epoch = $3 AND r.seq = u.seq
+WHERE NOT (u.seq = ANY($8::bigint[]))
+  AND (r.ts <> u.ts::timestamptz OR r.fields <> u.fields::jsonb)
+ON CONFLICT DO NOTHING
+RETURNING seq";
+
+const INSERT_DECLARED: &str = "\
+INSERT INTO sensorgate_declared (gateway, sensor, epoch, first_seq, last_seq, cause, lost, exact)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT DO NOTHING";
+
+const INSERT_REJECTED: &str = "\
+INSERT INTO sensorgate_rejected (topic, reason, payload) VALUES ($1, $2, $3)";
+
+/// Why the sink cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The database is not reachable or went away: wait and try again,
+    /// acknowledging nothing meanwhile.
+    #[error("PostgreSQL at {url} is unavailable: {detail}")]
+    Unavailable { url: String, detail: String },
+    /// The database answered, but not as this build needs.
+    #[error("PostgreSQL at {url}: {detail}")]
+    Refused { url: String, detail: String },
+    /// The database refuses the data of a message (a timestamp or a text
+    /// it cannot hold: SQLSTATE class 22).
+    #[error("PostgreSQL refused the data: {detail}")]
+    Data { detail: String },
+    /// The schema is of another version.
+    #[error(
+        "the sensorgate schema in PostgreSQL at {url} is version {found}, and this sensorgate reads version {SCHEMA_VERSION}; run the sensorgate that made it, or migrate the database"
+    )]
+    SchemaVersion { url: String, found: i32 },
+    #[error("[sink] ca_file {}: {detail}", path.display())]
+    CaFile { path: PathBuf, detail: String },
+    #[error(
+        "[sink] postgres is not a PostgreSQL URL ({detail}); write postgresql://USER@HOST:PORT/DATABASE"
+    )]
+    Url { detail: String },
+}
+
+impl SinkError {
+    /// True when waiting and trying again may work.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SinkError::Unavailable { .. })
+    }
+
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            SinkError::Unavailable { .. } => 69,
+            SinkError::Refused { .. } | SinkError::SchemaVersion { .. } => 76,
+            SinkError::Data { .. } => 65,
+            SinkError::CaFile { .. } | SinkError::Url { .. } => 78,
+        }
+    }
+}
+
+/// What storing one message did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    /// Records inserted.
+    pub inserted: u64,
+    /// Records already there with the same content (a redelivery).
+    pub duplicates: u64,
+    /// Records already there with other content: kept in
+    /// `sensorgate_conflicts`.
+    pub conflicts: u64,
+    /// A gap notice kept in `sensorgate_declared`.
+    pub declared: bool,
+}
+
+/// A connection to the database, its statements prepared.
+pub struct PgSink {
+    client: Client,
+    url: String,
+    insert_records: Statement,
+    insert_conflicts: Statement,
+    insert_declared: Statement,
+    insert_rejected: Statement,
+}
+
+/// The URL as it may be shown: without a password.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn classify(url: &str, e: &tokio_postgres::Error) -> SinkError {
+    let detail = match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    };
+    let transient = match e.code() {
+        None => true,
+        Some(code) => {
+            let class = &code.code()[..2];
+            // Connection exceptions, insufficient resources, operator
+            // intervention (a shutdown), system errors; a serialization
+            // failure or a deadlock, which a retry resolves.
+            matches!(class, "08" | "53" | "57" | "58")
+                || *code == SqlState::T_R_SERIALIZATION_FAILURE
+                || *code == SqlState::T_R_DEADLOCK_DETECTED
+        }
+    };
+    let url = redacted(url);
+    if e.code().is_some_and(|c| c.code().starts_with("22")) {
+        return SinkError::Data { detail };
+    }
+    if transient || e.is_closed() {
+        SinkError::Unavailable { url, detail }
+    } else {
+        SinkError::Refused { url, detail }
+    }
+}
+
+impl PgSink {
+    /// Connects (over TLS with `ca_file`'s CAs when given), sets the schema
+    /// up or checks its version, and prepares the statements.
+    pub async fn connect(
+        url: &str,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<PgSink, SinkError> {
+        let config: tokio_postgres::Config =
+            url.parse()
+                .map_err(|e: tokio_postgres::Error| SinkError::Url {
+                    detail: e.to_string(),
+                })?;
+        // The connection runs in a task of its own until the client is
+        // dropped or the server goes away (then the client is closed).
+        let mut client = match ca_file {
+            None => {
+                let (client, connection) = config
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .map_err(|e| classify(url, &e))?;
+                tokio::spawn(connection);
+                client
+            }
+            Some(path) => {
+                let (client, connection) = config
+                    .connect(tls_connector(path)?)
+                    .await
+                    .map_err(|e| classify(url, &e))?;
+                tokio::spawn(connection);
+                client
+            }
+        };
+        migrate(&mut client, url).await?;
+        let prepare = async |sql: &str| client.prepare(sql).await.map_err(|e| classify(url, &e));
+        let insert_records = prepare(INSERT_RECORDS).await?;
+        let insert_conflicts = prepare(INSERT_CONFLICTS).await?;
+        let insert_declared = prepare(INSERT_DECLARED).await?;
+        let insert_rejected = prepare(INSERT_REJECTED).await?;
+        Ok(PgSink {
+            client,
+            url: url.to_string(),
+            insert_records,
+            insert_conflicts,
+            insert_declared,
+            insert_rejected,
+        })
+    }
+
+    /// Whether the connection is gone (connect again).
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// Stores an opened message in one transaction.
+    pub async fn store(&mut self, m: &OpenedMessage, topic: &str) -> Result<Stored, SinkError> {
+        let url = self.url.clone();
+        let fail = |e: tokio_postgres::Error| classify(&url, &e);
+        let tx = self.client.transaction().await.map_err(fail)?;
+        let mut stored = Stored::default();
+        if let Some(d) = &m.declared {
+            let n = tx
+                .execute(
+                    &self.insert_declared,
+                    &[
+                        &m.gateway,
+                        &m.sensor,
+                        &m.epoch,
+                        &seq(m.first_seq),
+                        &seq(m.last_seq),
+                        &d.cause,
+                        &seq(d.lost),
+                        &d.exact,
+                    ],
+                )
+                .await
+                .map_err(fail)?;
+            stored.declared = n > 0;
+        }
+        if !m.records.is_empty() {
+            let seqs: Vec<i64> = m.records.iter().map(|r| seq(r.seq)).collect();
+            let ts: Vec<&str> = m.records.iter().map(|r| r.ts.as_str()).collect();
+            let fields: Vec<String> = m
+                .records
+                .iter()
+                .map(|r| serde_json::to_string(&r.fields).expect("fields serialise"))
+                .collect();
+            let inserted: Vec<i64> = tx
+                .query(
+                    &self.insert_records,
+                    &[&m.gateway, &m.sensor, &m.epoch, &seqs, &ts, &fields],
+                )
+                .await
+                .map_err(fail)?
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+            stored.inserted = inserted.len() as u64;
+            if inserted.len() < seqs.len() {
+                let conflicts = tx
+                    .query(
+                        &self.insert_conflicts,
+                        &[
+                            &m.gateway, &m.sensor, &m.epoch, &seqs, &ts, &fields, &topic, &inserted,
+                        ],
+                    )
+                    .await
+                    .map_err(fail)?;
+                stored.conflicts = conflicts.len() as u64;
+            }
+            stored.duplicates = seqs.len() as u64 - stored.inserted - stored.conflicts;
+        }
+        tx.commit().await.map_err(fail)?;
+        Ok(stored)
+    }
+
+    /// Keeps a message that did not open, with why.
+    pub async fn reject(
+        &mut self,
+        topic: &str,
+        reason: &str,
+        payload: &[u8],
+    ) -> Result<(), SinkError> {
+        self.client
+            .execute(&self.insert_rejected, &[&topic, &reason, &payload])
+            .await
+            .map_err(|e| classify(&self.url, &e))?;
+        Ok(())
+    }
+}
+
+/// Totals since the consumer started.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    pub messages: u64,
+    pub inserted: u64,
+    pub duplicates: u64,
+    pub conflicts: u64,
+    pub declared: u64,
+    pub rejected: u64,
+}
+
+impl std::fmt::Display for Totals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "stored {} messages: {} records inserted, {} duplicates, {} conflicts, {} gap notices, {} rejected",
+            self.messages,
+            self.inserted,
+            self.duplicates,
+            self.conflicts,
+            self.declared,
+            self.rejected
+        )
+    }
+}
+
+/// The consumer's handler for `[sink] postgres`: opens each message and
+/// stores it, waiting for the database as long as it takes (the message is
+/// not acknowledged meanwhile, and the broker holds the rest).
+pub struct PgHandler<'o> {
+    url: String,
+    ca_file: Option<PathBuf>,
+    sink: Option<PgSink>,
+    opener: &'o mut crate::seal::Opener,
+    totals: Totals,
+}
+
+/// The longest wait between two tries to reach the database.
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl<'o> PgHandler<'o> {
+    /// Connects at once, so that a wrong URL, CA file or schema version is
+    /// an error at start rather than at the first message.
+    pub async fn connect(
+        url: &str,
+        ca_file: Option<PathBuf>,
+        opener: &'o mut crate::seal::Opener,
+    ) -> Result<PgHandler<'o>, SinkError> {
+        let sink = PgSink::connect(url, ca_file.as_deref()).await?;
+        eprintln!(
+            "sensorgate: storing into PostgreSQL at {} (schema version {SCHEMA_VERSION})",
+            redacted(url)
+        );
+        Ok(PgHandler {
+            url: url.to_string(),
+            ca_file,
+            sink: Some(sink),
+            opener,
+            totals: Totals::default(),
+        })
+    }
+
+    pub fn totals(&self) -> Totals {
+        self.totals
+    }
+
+    /// One try: connect if needed, then store or reject.
+    async fn try_store(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        opened: &Result<OpenedMessage, OpenError>,
+    ) -> Result<Option<Stored>, SinkError> {
+        if self.sink.as_ref().is_none_or(PgSink::is_closed) {
+            self.sink = None;
+            self.sink = Some(PgSink::connect(&self.url, self.ca_file.as_deref()).await?);
+        }
+        let sink = self.sink.as_mut().expect("connected just above");
+        match opened {
+            Ok(m) => match sink.store(m, topic).await {
+                Ok(stored) => Ok(Some(stored)),
+                // The database refuses the data itself (a timestamp or a
+                // text it cannot hold): kept as rejected, with its reason.
+                Err(SinkError::Data { detail }) => {
+                    let reason = format!("the database refused its records: {detail}");
+                    sink.reject(topic, &reason, payload).await?;
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            },
+            Err(reason) => sink
+                .reject(topic, &reason.to_string(), payload)
+                .await
+                .map(|()| None),
+        }
+    }
+}
+
+impl crate::consumer::Handler for PgHandler<'_> {
+    async fn handle(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> Result<bool, crate::consumer::ConsumerError> {
+        let opened = self.opener.open_untracked(payload);
+        if let Err(e) = &opened {
+            eprintln!("sensorgate: rejected the message on topic {topic}: {e}");
+        }
+        let mut wait = std::time::Duration::from_millis(100);
+        let mut waiting_since = None;
+        loop {
+            match self.try_store(topic, payload, &opened).await {
+                Ok(stored) => {
+                    if let Some(since) = waiting_since.map(|t: std::time::Instant| t.elapsed()) {
+                        eprintln!(
+                            "sensorgate: PostgreSQL is back after {}; storing again",
+                            humantime::format_duration(std::time::Duration::from_secs(
+                                since.as_secs()
+                            ))
+                        );
+                    }
+                    self.totals.messages += 1;
+                    match stored {
+                        Some(s) => {
+                            self.totals.inserted += s.inserted;
+                            self.totals.duplicates += s.duplicates;
+                            self.totals.conflicts += s.conflicts;
+                            self.totals.declared += u64::from(s.declared);
+                            if s.conflicts > 0 {
+                                eprintln!(
+                                    "sensorgate: {} records on topic {topic} conflict with those stored under the same sequence numbers; kept in sensorgate_conflicts",
+                                    s.conflicts
+                                );
+                            }
+                        }
+                        None => self.totals.rejected += 1,
+                    }
+                    return Ok(true);
+                }
+                Err(e) if e.is_transient() => {
+                    if waiting_since.is_none() {
+                        eprintln!(
+                            "sensorgate: {e}; waiting for it, the message stays unacknowledged"
+                        );
+                        waiting_since = Some(std::time::Instant::now());
+                    }
+                    self.sink = None;
+                    tokio::select! {
+                        _ = stop.cancelled() => return Ok(false),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    wait = (wait * 2).min(RETRY_MAX);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// A sequence number as PostgreSQL's bigint: they never come near 2^63.
+fn seq(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Sets the schema up in an empty database, or checks its version.
+async fn migrate(client: &mut Client, url: &str) -> Result<(), SinkError> {
+    let fail = |e: tokio_postgres::Error| classify(url, &e);
+    let tx = client.transaction().await.map_err(fail)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(fail)?;
+    let exists: bool = tx
+        .query_one("SELECT to_regclass('sensorgate_schema') IS NOT NULL", &[])
+        .await
+        .map_err(fail)?
+        .get(0);
+    if exists {
+        let found: Option<i32> = tx
+            .query_opt("SELECT max(version) FROM sensorgate_schema", &[])
+            .await
+            .map_err(fail)?
+            .and_then(|row| row.get(0));
+        match found {
+            Some(SCHEMA_VERSION) => {}
+            found => {
+                return Err(SinkError::SchemaVersion {
+                    url: redacted(url),
+                    found: found.unwrap_or(0),
+                });
+            }
+        }
+    } else {
+        tx.batch_execute(SCHEMA_1).await.map_err(fail)?;
+    }
+    tx.commit().await.map_err(fail)
+}
+
+/// TLS to the database, its certificate checked against `ca_file` and the
+/// URL's host name; *ring* as for the uplink.
+fn tls_connector(
+    path: &std::path::Path,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, SinkError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let fail = |detail: String| SinkError::CaFile {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| fail(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail(e.to_string()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs {
+        roots.add(cert).map_err(|e| fail(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(fail("holds no certificate".into()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| fail(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_not_shown() {
+        assert_eq!(
+            redacted("postgresql://ingest:s3cret@db.example:5432/fleet?sslmode=require"),
+            "postgresql://ingest:***@db.example:5432/fleet?sslmode=require"
+        );
+        assert_eq!(
+            redacted("postgresql://ingest@db.example/fleet"),
+            "postgresql://ingest@db.example/fleet"
+        );
+        assert_eq!(redacted("host=db user=x"), "host=db user=x");
+    }
+}

@@ -1,0 +1,227 @@
+//! A PostgreSQL cluster of the test's own: Debian's server binaries
+//! (scripts/install-test-deps installs `postgresql`), `initdb` in a
+//! temporary folder, started with `pg_ctl` on a free loopback port. The
+//! server refuses to run as root, so when the tests do, the cluster belongs
+//! to the package's `postgres` user. Stopped (immediately) on drop.
+
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use super::TempDir;
+
+/// The database and the (trusted, passwordless) user the tests connect as.
+pub const DATABASE: &str = "sensorgate";
+pub const USER: &str = "sensorgate";
+
+pub struct Postgres {
+    _dir: TempDir,
+    data: PathBuf,
+    log: PathBuf,
+    bin: PathBuf,
+    port: u16,
+    /// The uid and gid the server runs as, when the tests run as root.
+    owner: Option<(u32, u32)>,
+}
+
+/// The newest `/usr/lib/postgresql/N/bin`.
+fn bin_dir() -> PathBuf {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").is_file().then_some((version, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, bin)| bin).unwrap_or_else(|| {
+        panic!(
+            "PostgreSQL's server is not installed: run scripts/install-test-deps \
+             (apt-get install -y postgresql)"
+        )
+    })
+}
+
+impl Postgres {
+    /// A new cluster with the database [`DATABASE`], started and accepting
+    /// connections.
+    pub fn start() -> Postgres {
+        let dir = TempDir::new();
+        let owner = if nix::unistd::geteuid().is_root() {
+            let user = nix::unistd::User::from_name("postgres")
+                .ok()
+                .flatten()
+                .expect("the postgres user (Debian's postgresql package makes it)");
+            nix::unistd::chown(dir.path(), Some(user.uid), Some(user.gid)).unwrap();
+            Some((user.uid.as_raw(), user.gid.as_raw()))
+        } else {
+            None
+        };
+        let pg = Postgres {
+            data: dir.join("data"),
+            log: dir.join("postgres.log"),
+            bin: bin_dir(),
+            port: super::free_port(),
+            owner,
+            _dir: dir,
+        };
+        let out = pg
+            .command("initdb")
+            .arg("-D")
+            .arg(&pg.data)
+            .args([
+                "-U",
+                USER,
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ])
+            .output()
+            .expect("initdb");
+        assert!(out.status.success(), "initdb: {}", shown(&out));
+        pg.start_server();
+        let out = pg
+            .command("createdb")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &pg.port.to_string(),
+                "-U",
+                USER,
+                DATABASE,
+            ])
+            .output()
+            .expect("createdb");
+        assert!(out.status.success(), "createdb: {}", shown(&out));
+        pg
+    }
+
+    /// A PostgreSQL program from the server's folder, run as the cluster's
+    /// owner.
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(self.bin.join(program));
+        if let Some((uid, gid)) = self.owner {
+            c.uid(uid).gid(gid);
+        }
+        c.current_dir("/");
+        c
+    }
+
+    fn start_server(&self) {
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c max_connections=50",
+            self.port,
+            self.data.display()
+        );
+        let out = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(&self.log)
+            .args(["-w", "-t", "30", "-o", &options, "start"])
+            .output()
+            .expect("pg_ctl start");
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}\n{}",
+            shown(&out),
+            self.log()
+        );
+    }
+
+    /// Stops the server (a fast shutdown: sessions are ended, what is
+    /// committed is kept).
+    pub fn stop(&self) {
+        let _ = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-w", "-t", "30", "-m", "fast", "stop"])
+            .output();
+    }
+
+    /// Starts it again after [`Postgres::stop`], on the same port.
+    pub fn start_again(&self) {
+        self.start_server();
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The URL the consumer's `[sink] postgres` takes.
+    pub fn url(&self) -> String {
+        format!(
+            "postgresql://{USER}@127.0.0.1:{}/{DATABASE}?sslmode=disable",
+            self.port
+        )
+    }
+
+    /// Runs `sql` with psql and returns what it printed, unaligned, one row
+    /// a line, `|` between columns.
+    pub fn query(&self, sql: &str) -> String {
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                USER,
+                "-d",
+                DATABASE,
+                "-c",
+                sql,
+            ])
+            .output()
+            .expect("psql");
+        assert!(out.status.success(), "psql {sql:?}: {}", shown(&out));
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim_end()
+            .to_string()
+    }
+
+    /// One number from `sql`.
+    pub fn count(&self, sql: &str) -> u64 {
+        let text = self.query(sql);
+        text.parse()
+            .unwrap_or_else(|_| panic!("{sql:?} gave {text:?}, not a number"))
+    }
+
+    /// The server's log, for assertion messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-w", "-t", "30", "-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+fn shown(out: &Output) -> String {
+    format!(
+        "{}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
