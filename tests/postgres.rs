@@ -66,6 +66,11 @@ fn consumer_config(rig: &Rig, pg: &Postgres, client_id: &str) -> PathBuf {
 
 /// [`consumer_config`] with `share` for the share group's line.
 fn consumer_config_with(rig: &Rig, pg: &Postgres, client_id: &str, share: &str) -> PathBuf {
+    consumer_config_sink(rig, client_id, share, &format!("postgres = {:?}", pg.url()))
+}
+
+/// [`consumer_config`] with the `[sink]` table's lines given.
+fn consumer_config_sink(rig: &Rig, client_id: &str, share: &str, sink: &str) -> PathBuf {
     let id = rig.pki.client(client_id).unwrap();
     let dir = rig.dir.join(client_id);
     std::fs::create_dir_all(&dir).unwrap();
@@ -80,11 +85,10 @@ fn consumer_config_with(rig: &Rig, pg: &Postgres, client_id: &str, share: &str) 
              keepalive = \"5s\"\nclean_session = false\n\
              reconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n\n\
              [consumer]\ntopic_filter = \"sensorgate/+/+\"\n{}\n\n\
-             [sink]\npostgres = {:?}\n",
+             [sink]\n{sink}\n",
             rig.broker.port(),
             rig.tls.ca,
             share,
-            pg.url(),
         ),
     )
     .unwrap();
@@ -396,4 +400,56 @@ fn a_broker_restart_loses_nothing_and_doubles_nothing() {
     );
     assert_eq!(pg.count("SELECT count(*) FROM sensorgate_conflicts"), 0);
     assert_eq!(consumer.stop(), 0, "{}", consumer.log());
+}
+
+/// `sslmode=require` in the URL and `[sink] ca_file`: the consumer reaches
+/// a PostgreSQL that accepts nothing but TLS, checking its certificate.
+/// Without TLS, or with another CA, it is refused at start, saying why.
+#[test]
+fn tls_to_the_database_is_used_where_the_url_asks_for_it() {
+    let rig = Rig::new();
+    let pg = Postgres::start_with_tls(&rig.pki);
+    let url = pg.url().replace("sslmode=disable", "sslmode=require");
+    let sink = |url: &str, ca: &Path| format!("postgres = {url:?}\nca_file = {ca:?}");
+    let config = consumer_config_sink(&rig, "consumer-1", "", &sink(&url, &rig.tls.ca));
+    let mut consumer = ConsumerProcess::start(&rig, &config);
+    let mut sealer = sealer(&rig);
+    publish(&rig, vec![batch(&mut sealer, 0..=9, 0)]);
+    wait_for_rows(&pg, "SELECT count(*) FROM sensorgate_records", 10, || {
+        consumer.log()
+    });
+    assert_eq!(consumer.stop(), 0, "{}", consumer.log());
+
+    let refused = |config: &Path| {
+        let mut open = Command::new(support::gateway_binary());
+        open.args(["open", "--mqtt", "--config"])
+            .arg(config)
+            .arg("--recipient-key")
+            .arg(&rig.recipient.key_path)
+            .arg("--trust")
+            .arg(&rig.gateway_key.pub_path);
+        support::run_bounded(open, b"", WAIT)
+    };
+    // Plaintext: the server has no line for it.
+    let plain = consumer_config_sink(
+        &rig,
+        "consumer-2",
+        "",
+        &format!("postgres = {:?}", pg.url()),
+    );
+    let out = refused(&plain);
+    assert_eq!(out.code, 76, "{}", out.shown());
+    assert!(out.stderr.contains("no encryption"), "{}", out.shown());
+    // Another CA: the database's certificate is not trusted.
+    let other = sensorgate::demo::pki::Pki::new("another CA").unwrap();
+    let other_ca = rig.dir.join("other-ca.pem");
+    support::write_file(&other_ca, &other.ca_pem(), 0o644);
+    let wrong = consumer_config_sink(&rig, "consumer-3", "", &sink(&url, &other_ca));
+    let out = refused(&wrong);
+    assert_eq!(out.code, 69, "{}", out.shown());
+    assert!(
+        out.stderr.contains("is unavailable") && out.stderr.contains("UnknownIssuer"),
+        "{}",
+        out.shown()
+    );
 }

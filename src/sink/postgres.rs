@@ -216,7 +216,18 @@ pub fn redacted(url: &str) -> String {
 fn classify(url: &str, e: &tokio_postgres::Error) -> SinkError {
     let detail = match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
+        // The cause (a refused certificate, a refused connection) is in
+        // the sources, not in the text.
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            text
+        }
     };
     let transient = match e.code() {
         None => true,

@@ -49,6 +49,16 @@ impl Postgres {
     /// A new cluster with the database [`DATABASE`], started and accepting
     /// connections.
     pub fn start() -> Postgres {
+        Postgres::start_with(None)
+    }
+
+    /// [`Postgres::start`], accepting only TLS connections on 127.0.0.1,
+    /// with a server certificate for 127.0.0.1 issued by `pki`.
+    pub fn start_with_tls(pki: &sensorgate::demo::pki::Pki) -> Postgres {
+        Postgres::start_with(Some(pki))
+    }
+
+    fn start_with(tls: Option<&sensorgate::demo::pki::Pki>) -> Postgres {
         let dir = TempDir::new();
         let owner = if nix::unistd::geteuid().is_root() {
             let user = nix::unistd::User::from_name("postgres")
@@ -85,18 +95,15 @@ impl Postgres {
             .output()
             .expect("initdb");
         assert!(out.status.success(), "initdb: {}", shown(&out));
+        if let Some(pki) = tls {
+            pg.require_tls(pki);
+        }
         pg.start_server();
         let out = pg
             .command("createdb")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &pg.port.to_string(),
-                "-U",
-                USER,
-                DATABASE,
-            ])
+            .arg("-h")
+            .arg(&pg.data)
+            .args(["-p", &pg.port.to_string(), "-U", USER, DATABASE])
             .output()
             .expect("createdb");
         assert!(out.status.success(), "createdb: {}", shown(&out));
@@ -108,10 +115,40 @@ impl Postgres {
     fn command(&self, program: &str) -> Command {
         let mut c = Command::new(self.bin.join(program));
         if let Some((uid, gid)) = self.owner {
-            c.uid(uid).gid(gid);
+            // Not root's home: libpq looks there for client certificates.
+            c.uid(uid).gid(gid).env("HOME", &self.data);
         }
         c.current_dir("/");
         c
+    }
+
+    /// Server certificate and key in the data folder, `ssl = on`, and only
+    /// `hostssl` lines for TCP in pg_hba.conf.
+    fn require_tls(&self, pki: &sensorgate::demo::pki::Pki) {
+        let server = pki.server(&["127.0.0.1", "localhost"]).unwrap();
+        let cert = self.data.join("server.crt");
+        let key = self.data.join("server.key");
+        super::write_file(&cert, &server.cert_pem, 0o644);
+        super::write_file(&key, &server.key_pem, 0o600);
+        let hba = self.data.join("pg_hba.conf");
+        super::write_file(
+            &hba,
+            &format!("local all all trust\nhostssl all {USER} 127.0.0.1/32 trust\n"),
+            0o600,
+        );
+        let conf = self.data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        super::write_file(&conf, &text, 0o600);
+        if let Some((uid, gid)) = self.owner {
+            for file in [&cert, &key, &hba, &conf] {
+                let (uid, gid) = (
+                    nix::unistd::Uid::from_raw(uid),
+                    nix::unistd::Gid::from_raw(gid),
+                );
+                nix::unistd::chown(file, Some(uid), Some(gid)).unwrap();
+            }
+        }
     }
 
     fn start_server(&self) {
