@@ -453,3 +453,72 @@ fn tls_to_the_database_is_used_where_the_url_asks_for_it() {
         out.shown()
     );
 }
+
+/// The pandas example of docs/CONSUMING.md, run as it is written (the
+/// block is taken from the file) against the records a consumer stored:
+/// one row per record, one column per field, the time as a UTC index.
+#[test]
+fn the_pandas_example_in_the_docs_reads_one_column_per_field() {
+    let rig = Rig::new();
+    let pg = Postgres::start();
+    let config = consumer_config(&rig, &pg, "consumer-1");
+    let mut consumer = ConsumerProcess::start(&rig, &config);
+    let mut sealer = sealer(&rig);
+    publish(
+        &rig,
+        vec![batch(&mut sealer, 0..=9, 0), batch(&mut sealer, 10..=19, 0)],
+    );
+    wait_for_rows(&pg, "SELECT count(*) FROM sensorgate_records", 20, || {
+        consumer.log()
+    });
+    assert_eq!(consumer.stop(), 0, "{}", consumer.log());
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join("target/interop-venv/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: run scripts/install-test-deps (it makes the venv with pandas)",
+        python.display()
+    );
+    let mut run = Command::new(python);
+    run.arg(root.join("tests/consumer/doc_example.py"))
+        .arg(root.join("docs/CONSUMING.md"))
+        .env(
+            "SENSORGATE_DB",
+            pg.url().replace("postgresql://", "postgresql+psycopg://"),
+        );
+    let out = support::run_bounded(run, b"", WAIT);
+    assert_eq!(out.code, 0, "{}", out.shown());
+    // The example prints the head of the DataFrame; the JSON comes last.
+    let last = out.stdout.trim().lines().last().unwrap_or_default();
+    let made: serde_json::Value =
+        serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {}", out.shown()));
+    assert_eq!(
+        made["columns"],
+        serde_json::json!([
+            "gateway",
+            "sensor",
+            "epoch",
+            "seq",
+            "note",
+            "speed",
+            "heart_rate"
+        ]),
+        "{made}"
+    );
+    assert_eq!(made["index"], "ts");
+    assert!(
+        made["index_dtype"].as_str().unwrap().contains("UTC"),
+        "{made}"
+    );
+    assert_eq!(made["rows"], 20);
+    assert_eq!(
+        made["first"],
+        serde_json::json!({
+            "ts": "2025-11-25T19:46:40.250000+00:00",
+            "gateway": GATEWAY, "sensor": SENSOR, "epoch": EPOCH, "seq": 0,
+            "note": "confidential-0", "speed": 20.5, "heart_rate": 120
+        }),
+        "{made}"
+    );
+}
