@@ -54,6 +54,19 @@ pub fn stop_on_signals(stop: CancellationToken) -> io::Result<()> {
     Ok(())
 }
 
+/// A token cancelled on SIGTERM or SIGINT, or the exit code when the
+/// handlers cannot be installed. Inside the runtime.
+fn stop_token() -> Result<CancellationToken, u8> {
+    let stop = CancellationToken::new();
+    stop_on_signals(stop.clone()).map_err(|e| {
+        fail(
+            i32::from(EX_OSERR),
+            format!("cannot install signal handlers: {e}"),
+        )
+    })?;
+    Ok(stop)
+}
+
 /// `sensorgate run`
 pub fn run(config_path: &Path) -> u8 {
     let cfg = match load(config_path) {
@@ -67,13 +80,10 @@ pub fn run(config_path: &Path) -> u8 {
         Err(code) => return code,
     };
     rt.block_on(async {
-        let stop = CancellationToken::new();
-        if let Err(e) = stop_on_signals(stop.clone()) {
-            return fail(
-                i32::from(EX_OSERR),
-                format!("cannot install signal handlers: {e}"),
-            );
-        }
+        let stop = match stop_token() {
+            Ok(stop) => stop,
+            Err(code) => return code,
+        };
         match crate::pipeline::run(cfg, Arc::new(Stats::default()), stop).await {
             Ok(stopped) => stopped.exit_code(),
             Err(e) => {
@@ -336,13 +346,7 @@ fn open_mqtt(
     }
     let mut sink = seal::MessageSink::new(opener, io::stdout().lock(), io::stderr(), options);
     let ended = rt.block_on(async {
-        let stop = CancellationToken::new();
-        stop_on_signals(stop.clone()).map_err(|e| {
-            fail(
-                i32::from(EX_OSERR),
-                format!("cannot install signal handlers: {e}"),
-            )
-        })?;
+        let stop = stop_token()?;
         Ok::<_, u8>(crate::consumer::run(&cfg, tls, &mut sink, count, stop).await)
     })?;
     if let Err(e) = &ended {
@@ -368,13 +372,10 @@ fn open_into_postgres(
 ) -> u8 {
     use crate::sink::postgres::PgHandler;
     rt.block_on(async {
-        let stop = CancellationToken::new();
-        if let Err(e) = stop_on_signals(stop.clone()) {
-            return fail(
-                i32::from(EX_OSERR),
-                format!("cannot install signal handlers: {e}"),
-            );
-        }
+        let stop = match stop_token() {
+            Ok(stop) => stop,
+            Err(code) => return code,
+        };
         let mut handler = match PgHandler::connect(url, cfg.sink.ca_file.clone(), opener).await {
             Ok(h) => h,
             Err(e) => return fail(e.exit_code(), e),

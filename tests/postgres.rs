@@ -95,6 +95,25 @@ fn consumer_config_sink(rig: &Rig, client_id: &str, share: &str, sink: &str) -> 
     config
 }
 
+/// `sensorgate open --mqtt --config CONFIG`, trusting the rig's gateway
+/// key and opening with its recipient key.
+fn open_command(rig: &Rig, config: &Path) -> Command {
+    let mut open = Command::new(support::gateway_binary());
+    open.args(["open", "--mqtt", "--config"])
+        .arg(config)
+        .arg("--recipient-key")
+        .arg(&rig.recipient.key_path)
+        .arg("--trust")
+        .arg(&rig.gateway_key.pub_path);
+    open
+}
+
+/// `open_command` run to its end (bounded): for a consumer that must
+/// refuse to start.
+fn open_refused(rig: &Rig, config: &Path) -> support::Outcome {
+    support::run_bounded(open_command(rig, config), b"", WAIT)
+}
+
 /// A running `sensorgate open --mqtt`, its stderr in a file.
 struct ConsumerProcess {
     child: Child,
@@ -104,13 +123,7 @@ struct ConsumerProcess {
 impl ConsumerProcess {
     fn start(rig: &Rig, config: &Path) -> ConsumerProcess {
         let log = config.with_extension("log");
-        let child = Command::new(support::gateway_binary())
-            .args(["open", "--mqtt", "--config"])
-            .arg(config)
-            .arg("--recipient-key")
-            .arg(&rig.recipient.key_path)
-            .arg("--trust")
-            .arg(&rig.gateway_key.pub_path)
+        let child = open_command(rig, config)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -273,14 +286,7 @@ fn a_schema_of_another_version_is_refused_at_start() {
     let config = consumer_config(&rig, &pg, "consumer-1");
     drop(ConsumerProcess::start(&rig, &config));
     pg.query("UPDATE sensorgate_schema SET version = 7");
-    let mut open = Command::new(support::gateway_binary());
-    open.args(["open", "--mqtt", "--config"])
-        .arg(&config)
-        .arg("--recipient-key")
-        .arg(&rig.recipient.key_path)
-        .arg("--trust")
-        .arg(&rig.gateway_key.pub_path);
-    let out = support::run_bounded(open, b"", WAIT);
+    let out = open_refused(&rig, &config);
     assert_eq!(out.code, 76, "{}", out.shown());
     assert!(
         out.stderr
@@ -420,16 +426,6 @@ fn tls_to_the_database_is_used_where_the_url_asks_for_it() {
     });
     assert_eq!(consumer.stop(), 0, "{}", consumer.log());
 
-    let refused = |config: &Path| {
-        let mut open = Command::new(support::gateway_binary());
-        open.args(["open", "--mqtt", "--config"])
-            .arg(config)
-            .arg("--recipient-key")
-            .arg(&rig.recipient.key_path)
-            .arg("--trust")
-            .arg(&rig.gateway_key.pub_path);
-        support::run_bounded(open, b"", WAIT)
-    };
     // Plaintext: the server has no line for it.
     let plain = consumer_config_sink(
         &rig,
@@ -437,7 +433,7 @@ fn tls_to_the_database_is_used_where_the_url_asks_for_it() {
         "",
         &format!("postgres = {:?}", pg.url()),
     );
-    let out = refused(&plain);
+    let out = open_refused(&rig, &plain);
     assert_eq!(out.code, 76, "{}", out.shown());
     assert!(out.stderr.contains("no encryption"), "{}", out.shown());
     // Another CA: the database's certificate is not trusted.
@@ -445,7 +441,7 @@ fn tls_to_the_database_is_used_where_the_url_asks_for_it() {
     let other_ca = rig.dir.join("other-ca.pem");
     support::write_file(&other_ca, &other.ca_pem(), 0o644);
     let wrong = consumer_config_sink(&rig, "consumer-3", "", &sink(&url, &other_ca));
-    let out = refused(&wrong);
+    let out = open_refused(&rig, &wrong);
     assert_eq!(out.code, 69, "{}", out.shown());
     assert!(
         out.stderr.contains("is unavailable") && out.stderr.contains("UnknownIssuer"),
