@@ -9,14 +9,14 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use sensorgate::record::{Field, Record, Value};
 use sensorgate::seal::{self, GapCause, GapNotice, Sealer};
 use support::Rig;
-use support::postgres::Postgres;
+use support::postgres::{Consumer, Postgres};
 
 const WAIT: Duration = Duration::from_secs(60);
 const GATEWAY: &str = "gw-0042";
@@ -71,102 +71,21 @@ fn consumer_config_with(rig: &Rig, pg: &Postgres, client_id: &str, share: &str) 
 
 /// [`consumer_config`] with the `[sink]` table's lines given.
 fn consumer_config_sink(rig: &Rig, client_id: &str, share: &str, sink: &str) -> PathBuf {
-    let id = rig.pki.client(client_id).unwrap();
-    let dir = rig.dir.join(client_id);
-    std::fs::create_dir_all(&dir).unwrap();
-    support::write_file(&dir.join("client.pem"), &id.cert_pem, 0o644);
-    support::write_file(&dir.join("client.key"), &id.key_pem, 0o600);
-    let config = dir.join("consumer.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nclient_id = {client_id:?}\n\
-             ca_file = {:?}\ncert_file = \"client.pem\"\nkey_file = \"client.key\"\n\
-             keepalive = \"5s\"\nclean_session = false\n\
-             reconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n\n\
-             [consumer]\ntopic_filter = \"sensorgate/+/+\"\n{}\n\n\
-             [sink]\n{sink}\n",
-            rig.broker.port(),
-            rig.tls.ca,
-            share,
-        ),
-    )
-    .unwrap();
-    config
+    support::postgres::consumer_config(rig, client_id, share, sink)
 }
 
-/// `sensorgate open --mqtt --config CONFIG`, trusting the rig's gateway
-/// key and opening with its recipient key.
-fn open_command(rig: &Rig, config: &Path) -> Command {
-    let mut open = Command::new(support::gateway_binary());
-    open.args(["open", "--mqtt", "--config"])
-        .arg(config)
-        .arg("--recipient-key")
-        .arg(&rig.recipient.key_path)
-        .arg("--trust")
-        .arg(&rig.gateway_key.pub_path);
-    open
-}
-
-/// `open_command` run to its end (bounded): for a consumer that must
-/// refuse to start.
+/// `sensorgate open --mqtt` refused at start: run to its end (bounded).
 fn open_refused(rig: &Rig, config: &Path) -> support::Outcome {
-    support::run_bounded(open_command(rig, config), b"", WAIT)
+    support::run_bounded(
+        support::postgres::open_command(rig, config, &rig.gateway_key.pub_path),
+        b"",
+        WAIT,
+    )
 }
 
-/// A running `sensorgate open --mqtt`, its stderr in a file.
-struct ConsumerProcess {
-    child: Child,
-    log: PathBuf,
-}
-
-impl ConsumerProcess {
-    fn start(rig: &Rig, config: &Path) -> ConsumerProcess {
-        let log = config.with_extension("log");
-        let child = open_command(rig, config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("sensorgate open --mqtt");
-        let c = ConsumerProcess { child, log };
-        assert!(
-            support::wait_until(WAIT, Duration::from_millis(50), || c
-                .log()
-                .contains("subscribed to")),
-            "the consumer did not subscribe: {}",
-            c.log()
-        );
-        c
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM; the exit code (bounded).
-    fn stop(&mut self) -> i32 {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        for _ in 0..300 {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code().unwrap_or(-1);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("the consumer did not stop: {}", self.log());
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ConsumerProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// A consumer trusting the rig's gateway key, started and subscribed.
+fn start_consumer(rig: &Rig, config: &Path) -> Consumer {
+    Consumer::start(rig, config, &rig.gateway_key.pub_path)
 }
 
 /// Publishes `payloads` to the gateway's topic as a client of its own.
@@ -195,7 +114,7 @@ fn each_record_is_stored_once_conflicts_are_kept_and_gaps_are_listed() {
     let rig = Rig::new();
     let pg = Postgres::start();
     let config = consumer_config(&rig, &pg, "consumer-1");
-    let mut consumer = ConsumerProcess::start(&rig, &config);
+    let mut consumer = start_consumer(&rig, &config);
     let mut sealer = sealer(&rig);
 
     let first = batch(&mut sealer, 0..=9, 0);
@@ -284,7 +203,7 @@ fn a_schema_of_another_version_is_refused_at_start() {
     let rig = Rig::new();
     let pg = Postgres::start();
     let config = consumer_config(&rig, &pg, "consumer-1");
-    drop(ConsumerProcess::start(&rig, &config));
+    drop(start_consumer(&rig, &config));
     pg.query("UPDATE sensorgate_schema SET version = 7");
     let out = open_refused(&rig, &config);
     assert_eq!(out.code, 76, "{}", out.shown());
@@ -309,9 +228,9 @@ fn two_consumers_lose_nothing_and_double_nothing_through_a_kill_and_a_database_r
         consumer_config(&rig, &pg, "consumer-1"),
         consumer_config(&rig, &pg, "consumer-2"),
     ];
-    let mut first = ConsumerProcess::start(&rig, &configs[0]);
-    let mut second = ConsumerProcess::start(&rig, &configs[1]);
-    let logs = |a: &ConsumerProcess, b: &ConsumerProcess| {
+    let mut first = start_consumer(&rig, &configs[0]);
+    let mut second = start_consumer(&rig, &configs[1]);
+    let logs = |a: &Consumer, b: &Consumer| {
         format!(
             "consumer 1:\n{}\nconsumer 2:\n{}\nPostgreSQL:\n{}",
             support::excerpt(&a.log()),
@@ -340,7 +259,7 @@ fn two_consumers_lose_nothing_and_double_nothing_through_a_kill_and_a_database_r
     // What the broker had queued for the killed consumer's session (a
     // share group's member is sent its share while away, mosquitto does)
     // and what it had not acknowledged is delivered when it is back.
-    first = ConsumerProcess::start(&rig, &configs[0]);
+    first = start_consumer(&rig, &configs[0]);
     wait_for_rows(&pg, stored, 2000, || logs(&first, &second));
 
     pg.stop();
@@ -389,7 +308,7 @@ fn a_broker_restart_loses_nothing_and_doubles_nothing() {
     let mut rig = Rig::new();
     let pg = Postgres::start();
     let config = consumer_config_with(&rig, &pg, "consumer-1", "");
-    let mut consumer = ConsumerProcess::start(&rig, &config);
+    let mut consumer = start_consumer(&rig, &config);
     let mut sealer = sealer(&rig);
     let mut messages = (0..100u64).map(|i| batch(&mut sealer, i * 10..=i * 10 + 9, 0));
     let stored = "SELECT count(*) FROM sensorgate_records";
@@ -418,7 +337,7 @@ fn tls_to_the_database_is_used_where_the_url_asks_for_it() {
     let url = pg.url().replace("sslmode=disable", "sslmode=require");
     let sink = |url: &str, ca: &Path| format!("postgres = {url:?}\nca_file = {ca:?}");
     let config = consumer_config_sink(&rig, "consumer-1", "", &sink(&url, &rig.tls.ca));
-    let mut consumer = ConsumerProcess::start(&rig, &config);
+    let mut consumer = start_consumer(&rig, &config);
     let mut sealer = sealer(&rig);
     publish(&rig, vec![batch(&mut sealer, 0..=9, 0)]);
     wait_for_rows(&pg, "SELECT count(*) FROM sensorgate_records", 10, || {
@@ -458,7 +377,7 @@ fn the_pandas_example_in_the_docs_reads_one_column_per_field() {
     let rig = Rig::new();
     let pg = Postgres::start();
     let config = consumer_config(&rig, &pg, "consumer-1");
-    let mut consumer = ConsumerProcess::start(&rig, &config);
+    let mut consumer = start_consumer(&rig, &config);
     let mut sealer = sealer(&rig);
     publish(
         &rig,

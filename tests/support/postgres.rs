@@ -6,9 +6,10 @@
 
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
 
-use super::TempDir;
+use super::{Rig, TempDir};
 
 /// The database and the (trusted, passwordless) user the tests connect as.
 pub const DATABASE: &str = "sensorgate";
@@ -261,4 +262,110 @@ fn shown(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+// ---------------------------------------------------------------------------
+// The consumer: `sensorgate open --mqtt` with `[sink] postgres`
+// ---------------------------------------------------------------------------
+
+/// A consumer configuration in a folder of its own: the rig's broker and a
+/// client certificate of its own, a persistent session under `client_id`,
+/// `consumer` added to its `[consumer]` table (a share group) and `sink`
+/// as its `[sink]` table.
+pub fn consumer_config(rig: &Rig, client_id: &str, consumer: &str, sink: &str) -> PathBuf {
+    let id = rig.pki.client(client_id).unwrap();
+    let dir = rig.dir.join(client_id);
+    std::fs::create_dir_all(&dir).unwrap();
+    super::write_file(&dir.join("client.pem"), &id.cert_pem, 0o644);
+    super::write_file(&dir.join("client.key"), &id.key_pem, 0o600);
+    let config = dir.join("consumer.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nclient_id = {client_id:?}\n\
+             ca_file = {:?}\ncert_file = \"client.pem\"\nkey_file = \"client.key\"\n\
+             keepalive = \"5s\"\nclean_session = false\n\
+             reconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n\n\
+             [consumer]\ntopic_filter = \"sensorgate/+/+\"\n{consumer}\n\n\
+             [sink]\n{sink}\n",
+            rig.broker.port(),
+            rig.tls.ca,
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// `sensorgate open --mqtt --config CONFIG`, opening with the rig's
+/// recipient key and trusting `trust` (a `.pub` or a folder of them).
+pub fn open_command(rig: &Rig, config: &Path, trust: &Path) -> Command {
+    let mut open = Command::new(super::gateway_binary());
+    open.args(["open", "--mqtt", "--config"])
+        .arg(config)
+        .arg("--recipient-key")
+        .arg(&rig.recipient.key_path)
+        .arg("--trust")
+        .arg(trust);
+    open
+}
+
+/// A running consumer, its stderr in a file beside its configuration.
+pub struct Consumer {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Consumer {
+    /// Starts it and waits (at most 60 s) until it has subscribed.
+    pub fn start(rig: &Rig, config: &Path, trust: &Path) -> Consumer {
+        let log = config.with_extension("log");
+        let child = open_command(rig, config, trust)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("sensorgate open --mqtt");
+        let c = Consumer { child, log };
+        assert!(
+            super::wait_until(Duration::from_secs(60), Duration::from_millis(50), || c
+                .log()
+                .contains("subscribed to")),
+            "the consumer did not subscribe: {}",
+            c.log()
+        );
+        c
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM; the exit code (bounded: 15 s).
+    pub fn stop(&mut self) -> i32 {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..300 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the consumer did not stop: {}", self.log());
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
