@@ -280,23 +280,39 @@ pub async fn run(
             rumqttc::TlsConfiguration::Rustls(tls),
         ));
     }
-    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    // Room for an acknowledgement of every message the broker may have
+    // sent, and the subscription.
+    let (client, mut eventloop) = AsyncClient::new(options, usize::from(RECEIVE_MAXIMUM) * 2);
     eventloop
         .options
         .set_connection_timeout(m.connect_timeout.as_secs().max(1));
 
     // The event loop runs in a task of its own, so that the connection
     // stays alive (keep-alive, acknowledgements) while the handler waits
-    // on the sink; the broker sends at most RECEIVE_MAXIMUM messages
-    // ahead, which the channel holds.
-    let (tx, mut events) = tokio::sync::mpsc::channel(usize::from(RECEIVE_MAXIMUM) * 2);
+    // on the sink. Its channel to the loop below must never make it wait:
+    // it would then stop sending the acknowledgements the loop queues, and
+    // the loop, waiting to queue more, would stop taking events. What it
+    // holds is bounded by the broker: at most RECEIVE_MAXIMUM messages
+    // unacknowledged (mosquitto 2.0 sends a resumed session's queue beyond
+    // that; a warning says so when it grows past the bound).
+    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
     let (min, max) = (m.reconnect_min, m.reconnect_max.max(m.reconnect_min));
     let poller = tokio::spawn(async move {
         let mut retry = min;
         loop {
             let event = eventloop.poll().await;
             let failed = event.is_err();
-            if tx.send(event).await.is_err() {
+            // Only what the loop below acts on: the acknowledgements it
+            // sends would otherwise come back as events, and a full
+            // channel would stop this task from sending further ones.
+            let wanted = matches!(
+                &event,
+                Ok(Event::Incoming(
+                    Packet::ConnAck(_) | Packet::SubAck(_) | Packet::Publish(_)
+                )) | Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))
+                    | Err(_)
+            );
+            if wanted && tx.send(event).is_err() {
                 return;
             }
             if failed {
@@ -309,6 +325,7 @@ pub async fn run(
     });
 
     let mut handled: u64 = 0;
+    let mut flooded = false;
     let ended = async {
         while count.is_none_or(|n| handled < n) {
             let event = tokio::select! {
@@ -338,6 +355,14 @@ pub async fn run(
                     );
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    if !flooded && events.len() > usize::from(RECEIVE_MAXIMUM) {
+                        flooded = true;
+                        eprintln!(
+                            "sensorgate: warning: the broker sent {} messages beyond the {RECEIVE_MAXIMUM} \
+                             unacknowledged it may (MQTT 5 Receive Maximum); they wait in memory",
+                            events.len()
+                        );
+                    }
                     let topic = String::from_utf8_lossy(&publish.topic).into_owned();
                     if !is_status_topic(&m.status_topic, &topic) {
                         if !handler.handle(&topic, &publish.payload, &stop).await? {

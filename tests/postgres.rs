@@ -437,3 +437,33 @@ fn the_pandas_example_in_the_docs_reads_one_column_per_field() {
         "{made}"
     );
 }
+
+/// A backlog the broker queued while the consumer was away (a thousand
+/// messages, far beyond the 64 it may have unacknowledged) drains once the
+/// consumer is back: the consumer's event loop keeps acknowledging while
+/// the messages wait for the database (mosquitto 2.0 sends a resumed
+/// session's whole queue at once).
+#[test]
+fn a_backlog_queued_while_the_consumer_was_away_drains() {
+    let rig = Rig::new();
+    let pg = Postgres::start();
+    let config = consumer_config(&rig, &pg, "consumer-1");
+    let mut consumer = start_consumer(&rig, &config);
+    assert_eq!(consumer.stop(), 0, "{}", consumer.log());
+    let mut sealer = sealer(&rig);
+    publish(
+        &rig,
+        (0..1000u64)
+            .map(|i| batch(&mut sealer, i * 2..=i * 2 + 1, 0))
+            .collect(),
+    );
+    let mut consumer = start_consumer(&rig, &config);
+    wait_for_rows(&pg, "SELECT count(*) FROM sensorgate_records", 2000, || {
+        consumer.log()
+    });
+    assert_eq!(
+        pg.query("SELECT count(DISTINCT seq), min(seq), max(seq) FROM sensorgate_records"),
+        "2000|0|1999"
+    );
+    assert_eq!(consumer.stop(), 0, "{}", consumer.log());
+}

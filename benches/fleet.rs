@@ -1,0 +1,252 @@
+//! Fleet load on the cloud side (issue 18): `cargo bench --bench fleet`
+//! (a few minutes), or `cargo bench --bench fleet -- GATEWAYS SENSORS
+//! RECORDS BATCH` (defaults 1000 8 20 10).
+//!
+//! GATEWAYS gateways × SENSORS sensors, each gateway with a key of its own
+//! (its `.pub` in the consumers' trust folder), seal RECORDS records per
+//! sensor in messages of BATCH, published to the tests' mosquitto (mutual
+//! TLS) while the consumers are away, so that the broker queues them in
+//! their persistent sessions. Then 1, and again 2, `sensorgate open
+//! --mqtt` processes of one share group are started, and the time until
+//! every record is in `sensorgate_records` is measured (by SQL count).
+//!
+//! The baseline, in the same run and the same database: a plain `COPY` of
+//! the same rows (psql `\copy` of a CSV) into a table of the same shape and
+//! key. CPU per record is the consumers' own (verify, decrypt, the client
+//! side of the insert) and PostgreSQL's (all its processes), from /proc.
+//! Prints `name value unit` lines.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use sensorgate::record::{Field, Record, Value};
+use sensorgate::seal::{self, Sealer};
+use support::Rig;
+use support::postgres::{Consumer, Postgres, consumer_config};
+
+const EPOCH: &str = "fleet-bench";
+/// The longest a drain may take before the bench gives up.
+const LIMIT: Duration = Duration::from_secs(900);
+
+struct Shape {
+    gateways: usize,
+    sensors: usize,
+    records: u64,
+    batch: u64,
+}
+
+impl Shape {
+    fn from_args() -> Shape {
+        let args: Vec<u64> = std::env::args()
+            .skip(1)
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        let arg = |i: usize, default: u64| args.get(i).copied().unwrap_or(default);
+        Shape {
+            gateways: arg(0, 1000) as usize,
+            sensors: arg(1, 8) as usize,
+            records: arg(2, 20),
+            batch: arg(3, 10).max(1),
+        }
+    }
+
+    fn total(&self) -> u64 {
+        (self.gateways * self.sensors) as u64 * self.records
+    }
+}
+
+fn record(sensor: &Arc<str>, seq: u64) -> Record {
+    let f = |name: &str, value: Value| Field {
+        name: Arc::from(name),
+        value,
+    };
+    Record {
+        sensor: sensor.clone(),
+        seq,
+        ts: SystemTime::UNIX_EPOCH + Duration::new(1_764_100_000 + seq, 500_000_000),
+        fields: vec![
+            f("speed", Value::Float(20.5 + seq as f64)),
+            f("heart_rate", Value::Int(100 + (seq % 80) as i64)),
+            f("cadence", Value::Int(80 + (seq % 20) as i64)),
+        ],
+    }
+}
+
+/// The messages of the whole fleet, and the same records as CSV rows for
+/// the COPY baseline (the JSON the consumer stores for them).
+fn seal_fleet(rig: &Rig, shape: &Shape, trust: &Path) -> (Vec<Vec<u8>>, String) {
+    let recipient = seal::load_public_key(&rig.recipient.pub_path).unwrap();
+    let mut messages = Vec::new();
+    let mut csv = String::new();
+    for g in 0..shape.gateways {
+        let gateway = format!("gw-{g:05}");
+        let keys = seal::keygen(trust, &gateway).unwrap();
+        let key = seal::load_signing_key(&keys.key_path).unwrap();
+        std::fs::remove_file(&keys.key_path).unwrap();
+        let mut sealer = Sealer::new(
+            &gateway,
+            EPOCH,
+            key,
+            recipient.clone(),
+            &["heart_rate".to_string()],
+        );
+        for s in 0..shape.sensors {
+            let sensor: Arc<str> = Arc::from(format!("s{s}").as_str());
+            let mut seq = 0;
+            while seq < shape.records {
+                let last = (seq + shape.batch).min(shape.records);
+                let records: Vec<Record> = (seq..last).map(|n| record(&sensor, n)).collect();
+                messages.push(sealer.seal(&records).unwrap().bytes);
+                for r in &records {
+                    let ts = humantime::format_rfc3339_nanos(r.ts);
+                    let _ = writeln!(
+                        csv,
+                        "{gateway},{sensor},{EPOCH},{},{ts},\"{{\"\"speed\"\": {}, \"\"heart_rate\"\": {}, \"\"cadence\"\": {}}}\"",
+                        r.seq,
+                        20.5 + r.seq as f64,
+                        100 + r.seq % 80,
+                        80 + r.seq % 20
+                    );
+                }
+                seq = last;
+            }
+        }
+    }
+    (messages, csv)
+}
+
+/// CPU seconds (user + system) of the process `pid`, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command's closing parenthesis: utime is the 12th,
+    // stime the 13th of those (man 5 proc), in clock ticks.
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU seconds of every `postgres` process (the server and its backends;
+/// a backend that ended meanwhile is not counted).
+fn postgres_cpu_seconds() -> f64 {
+    let mut total = 0.0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == "postgres" {
+            total += cpu_seconds(pid);
+        }
+    }
+    total
+}
+
+/// Publishes every message with QoS 1 (the broker acknowledges each). One
+/// topic for all: a message names its gateway and sensor itself.
+fn publish_all(rig: &Rig, messages: &[Vec<u8>]) {
+    let id = rig.pki.client("fleet-publisher").unwrap();
+    let tls = sensorgate::demo::pki::rustls_client_config(&rig.pki.ca_pem(), &id).unwrap();
+    support::publish_all(
+        support::mqtt_options("fleet-publisher", rig.broker.port(), tls),
+        "sensorgate/fleet/all",
+        messages.to_vec(),
+        LIMIT,
+    );
+}
+
+fn main() {
+    let shape = Shape::from_args();
+    let total = shape.total();
+    println!(
+        "# {} gateways x {} sensors x {} records, {} a message: {total} records",
+        shape.gateways, shape.sensors, shape.records, shape.batch
+    );
+    let rig = Rig::new();
+    let pg = Postgres::start();
+    let trust = rig.dir.join("trusted");
+    let started = Instant::now();
+    let (messages, csv) = seal_fleet(&rig, &shape, &trust);
+    println!(
+        "# sealed {} messages in {:.1} s",
+        messages.len(),
+        started.elapsed().as_secs_f64()
+    );
+    println!("fleet_records {total} records");
+    println!("fleet_messages {} messages", messages.len());
+
+    let mut rates = Vec::new();
+    for consumers in [1usize, 2] {
+        let group = format!("share_group = \"fleet-{consumers}\"");
+        let sink = format!("postgres = {:?}", pg.url());
+        let configs: Vec<_> = (0..consumers)
+            .map(|i| consumer_config(&rig, &format!("fleet-{consumers}-{i}"), &group, &sink))
+            .collect();
+        // Subscribe once, then go away: the broker queues the messages in
+        // the persistent sessions while they are published.
+        for config in &configs {
+            let mut c = Consumer::start(&rig, config, &trust);
+            assert_eq!(c.stop(), 0, "{}", c.log());
+        }
+        eprintln!("# {consumers}: sessions made");
+        pg.query("TRUNCATE sensorgate_records");
+        publish_all(&rig, &messages);
+        eprintln!("# {consumers}: published");
+
+        let pg_cpu = postgres_cpu_seconds();
+        let start = Instant::now();
+        let running: Vec<Consumer> = configs
+            .iter()
+            .map(|config| Consumer::start(&rig, config, &trust))
+            .collect();
+        let drained = support::wait_until(LIMIT, Duration::from_millis(100), || {
+            pg.count("SELECT count(*) FROM sensorgate_records") >= total
+        });
+        let elapsed = start.elapsed().as_secs_f64();
+        assert!(drained, "not drained: {}", running[0].log());
+        let consumer_cpu: f64 = running.iter().map(|c| cpu_seconds(c.pid())).sum();
+        let pg_cpu = postgres_cpu_seconds() - pg_cpu;
+        drop(running);
+        let rate = total as f64 / elapsed;
+        rates.push(rate);
+        println!("fleet_{consumers}_consumers_records_per_s {rate:.0} records/s");
+        println!(
+            "fleet_{consumers}_consumers_records_per_s_per_consumer {:.0} records/s",
+            rate / consumers as f64
+        );
+        println!(
+            "fleet_{consumers}_consumers_consumer_cpu_us_per_record {:.1} us",
+            consumer_cpu * 1e6 / total as f64
+        );
+        println!(
+            "fleet_{consumers}_consumers_postgres_cpu_us_per_record {:.1} us",
+            pg_cpu * 1e6 / total as f64
+        );
+    }
+
+    // The baseline: the same rows by COPY, into a table of the same shape.
+    pg.query("CREATE TABLE copy_baseline (LIKE sensorgate_records INCLUDING ALL)");
+    let file = rig.dir.join("rows.csv");
+    std::fs::write(&file, &csv).unwrap();
+    let start = Instant::now();
+    pg.query(&format!(
+        "\\copy copy_baseline (gateway, sensor, epoch, seq, ts, fields) FROM '{}' WITH (FORMAT csv)",
+        file.display()
+    ));
+    let copy = total as f64 / start.elapsed().as_secs_f64();
+    assert_eq!(pg.count("SELECT count(*) FROM copy_baseline"), total);
+    println!("fleet_copy_records_per_s {copy:.0} records/s");
+    for (consumers, rate) in [1, 2].iter().zip(&rates) {
+        println!(
+            "fleet_{consumers}_consumers_vs_copy {:.4} ratio",
+            rate / copy
+        );
+    }
+}
