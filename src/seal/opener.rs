@@ -312,13 +312,7 @@ impl Opener {
     /// Verifies, checks bindings, decrypts, and updates duplicate/gap
     /// tracking. The returned message holds only records not seen before.
     pub fn open(&mut self, message: &[u8]) -> Result<OpenedMessage, OpenError> {
-        let verified = match self.verify(message) {
-            Ok(v) => v,
-            Err(e) => {
-                self.rejected += 1;
-                return Err(e);
-            }
-        };
+        let verified = self.verify_counted(message)?;
         let Verified {
             gateway,
             sensor,
@@ -403,13 +397,7 @@ impl Opener {
     /// them in the database, where they hold across consumers and
     /// restarts). The totals of [`Opener::summary`] count it.
     pub fn open_untracked(&mut self, message: &[u8]) -> Result<OpenedMessage, OpenError> {
-        let v = match self.verify(message) {
-            Ok(v) => v,
-            Err(e) => {
-                self.rejected += 1;
-                return Err(e);
-            }
-        };
+        let v = self.verify_counted(message)?;
         self.messages += 1;
         self.records += v.records.len() as u64;
         Ok(OpenedMessage {
@@ -447,6 +435,15 @@ impl Opener {
     /// The duplicate/gap state, e.g. for per-stream reporting.
     pub fn tracker(&self) -> &SequenceTracker {
         &self.tracker
+    }
+
+    /// [`Opener::verify`], a failure counted as rejected.
+    fn verify_counted(&mut self, message: &[u8]) -> Result<Verified, OpenError> {
+        let verified = self.verify(message);
+        if verified.is_err() {
+            self.rejected += 1;
+        }
+        verified
     }
 
     fn verify(&mut self, message: &[u8]) -> Result<Verified, OpenError> {
