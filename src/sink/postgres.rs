@@ -456,7 +456,6 @@ impl<'o> PgHandler<'o> {
         opened: &Result<OpenedMessage, OpenError>,
     ) -> Result<Option<Stored>, SinkError> {
         if self.sink.as_ref().is_none_or(PgSink::is_closed) {
-            self.sink = None;
             self.sink = Some(PgSink::connect(&self.url, self.ca_file.as_deref()).await?);
         }
         let sink = self.sink.as_mut().expect("connected just above");

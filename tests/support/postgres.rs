@@ -178,11 +178,16 @@ impl Postgres {
     /// Stops the server (a fast shutdown: sessions are ended, what is
     /// committed is kept).
     pub fn stop(&self) {
+        self.pg_ctl_stop("fast");
+    }
+
+    /// `pg_ctl stop` in `mode` (`fast`, `immediate`), waiting at most 30 s.
+    fn pg_ctl_stop(&self, mode: &str) {
         let _ = self
             .command("pg_ctl")
             .arg("-D")
             .arg(&self.data)
-            .args(["-w", "-t", "30", "-m", "fast", "stop"])
+            .args(["-w", "-t", "30", "-m", mode, "stop"])
             .output();
     }
 
@@ -246,12 +251,7 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        let _ = self
-            .command("pg_ctl")
-            .arg("-D")
-            .arg(&self.data)
-            .args(["-w", "-t", "30", "-m", "immediate", "stop"])
-            .output();
+        self.pg_ctl_stop("immediate");
     }
 }
 
