@@ -477,18 +477,10 @@ impl Encrypted {
 }
 
 /// Verifies the COSE_Sign1's ES256 signature with `key`.
-pub(crate) fn verify(signed: &Signed, key: &p256::ecdsa::VerifyingKey) -> Result<(), &'static str> {
-    use p256::ecdsa::Signature;
-    use p256::ecdsa::signature::Verifier;
-    if signed.sign1.signature.len() != 64 {
-        return Err("ES256 signatures are 64 bytes r||s");
-    }
-    let signature =
-        Signature::from_slice(&signed.sign1.signature).map_err(|_| "r or s out of range")?;
+pub(crate) fn verify(signed: &Signed, key: &super::keys::VerifyKey) -> Result<(), &'static str> {
     signed
         .sign1
-        .verify_signature(b"", |_, tbs| key.verify(tbs, &signature))
-        .map_err(|_| "ES256")
+        .verify_signature(b"", |signature, tbs| key.verify(tbs, signature))
 }
 
 /// Whether `bytes` parses as a CBOR item with nothing after it; for tests

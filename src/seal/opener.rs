@@ -20,8 +20,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, BufRead, Write};
 
-use p256::ecdsa::signature::MultipartVerifier;
-use p256::ecdsa::{Signature, VerifyingKey};
 use serde::Serialize;
 
 use super::b64;
@@ -31,7 +29,7 @@ use super::format::{
     FORMAT_VERSION, FieldMap, JWS_ALG, JWS_TYP, JwsHeader, JwsIn, PayloadIn, VersionOnly, merge,
 };
 use super::jwe::{self, Binding, expect_param};
-use super::keys::{PublicKey, RecipientKey};
+use super::keys::{PublicKey, RecipientKey, VerifyKey};
 use super::tracker::{Digest, RangeVerdict, SequenceTracker};
 use super::v2::{self, FORMAT_VERSION_2, PayloadError};
 use crate::record::parse_ts;
@@ -232,7 +230,7 @@ impl fmt::Display for OpenSummary {
 
 /// Opens sealed messages from any number of trusted gateways.
 pub struct Opener {
-    trusted: HashMap<String, VerifyingKey>,
+    trusted: HashMap<String, VerifyKey>,
     recipient: Option<RecipientKey>,
     /// The recipient key's kid as version 2 carries it (32 bytes).
     recipient_kid: Option<[u8; 32]>,
@@ -278,7 +276,7 @@ impl Opener {
     pub fn new(trusted: Vec<PublicKey>, recipient: Option<RecipientKey>) -> Opener {
         let trusted = trusted
             .into_iter()
-            .map(|k| (k.kid().to_string(), k.verifying_key()))
+            .map(|k| (k.kid().to_string(), k.verify_key()))
             .collect();
         Opener {
             trusted,
@@ -599,16 +597,9 @@ impl Opener {
             b64::decode(jws.signature.as_bytes()).map_err(|_| OpenError::BadBase64 {
                 member: "JWS signature",
             })?;
-        if signature.len() != 64 {
-            return Err(bad_signature("ES256 signatures are 64 bytes r||s"));
-        }
-        let signature =
-            Signature::from_slice(&signature).map_err(|_| bad_signature("r or s out of range"))?;
-        key.multipart_verify(
-            &[jws.protected.as_bytes(), b".", jws.payload.as_bytes()],
-            &signature,
-        )
-        .map_err(|_| bad_signature("ES256"))?;
+        let signing_input = [jws.protected.as_bytes(), b".", jws.payload.as_bytes()].concat();
+        key.verify(&signing_input, &signature)
+            .map_err(bad_signature)?;
 
         // 3. The payload (signed, so now worth parsing).
         let payload_json =
