@@ -376,12 +376,13 @@ fn open_into_postgres(
             Ok(stop) => stop,
             Err(code) => return code,
         };
-        let mut handler = match PgHandler::connect(url, cfg.sink.ca_file.clone(), opener).await {
-            Ok(h) => h,
-            Err(e) => return fail(e.exit_code(), e),
-        };
+        let mut handler =
+            match PgHandler::connect(url, cfg.sink.ca_file.clone(), opener, stop.clone()).await {
+                Ok(h) => h,
+                Err(e) => return fail(e.exit_code(), e),
+            };
         let ended = crate::consumer::run(cfg, tls, &mut handler, count, stop).await;
-        eprintln!("sensorgate: {}", handler.totals());
+        eprintln!("sensorgate: {}", handler.finish().await);
         match ended {
             Ok(()) => EX_OK,
             Err(e) => fail(e.exit_code(), e),

@@ -216,34 +216,81 @@ impl ConsumerError {
     }
 }
 
-/// What takes each sealed message, and says whether to acknowledge it.
+/// One sealed message as the broker delivered it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub topic: String,
+    pub payload: bytes::Bytes,
+}
+
+/// When a batch handed to a [`Handler`] may be acknowledged.
+pub enum Taken {
+    /// Now: the sink took it (printed it).
+    Now,
+    /// When this says `Ok(true)` (committed to the database). `Ok(false)`:
+    /// the consumer is stopping before the batch was taken, so it is left
+    /// for the broker to deliver again. Meanwhile the consumer reads and
+    /// hands on the next batch.
+    Later(tokio::sync::oneshot::Receiver<Result<bool, ConsumerError>>),
+    /// The consumer is stopping before the batch was taken.
+    Stopped,
+}
+
+/// What takes the sealed messages, a batch at a time, in the order they
+/// were delivered.
 pub trait Handler {
-    /// Handles the message that came on `topic`. `Ok(true)`: acknowledge
-    /// it; `Ok(false)`: the consumer is stopping before it was taken, so
-    /// it is left for the broker to deliver again.
     fn handle(
         &mut self,
-        topic: &str,
-        payload: &[u8],
+        batch: Vec<Delivery>,
         stop: &CancellationToken,
-    ) -> impl std::future::Future<Output = Result<bool, ConsumerError>>;
+    ) -> impl std::future::Future<Output = Result<Taken, ConsumerError>>;
 }
 
 impl<W: Write, E: Write> Handler for MessageSink<'_, W, E> {
     async fn handle(
         &mut self,
-        topic: &str,
-        payload: &[u8],
+        batch: Vec<Delivery>,
         _stop: &CancellationToken,
-    ) -> Result<bool, ConsumerError> {
-        self.message(payload, format_args!("on topic {topic}"))?;
-        Ok(true)
+    ) -> Result<Taken, ConsumerError> {
+        for d in &batch {
+            self.message(&d.payload, format_args!("on topic {}", d.topic))?;
+        }
+        Ok(Taken::Now)
+    }
+}
+
+/// The most messages in one batch handed to the handler (one database
+/// transaction).
+const BATCH_MESSAGES: usize = 512;
+
+/// The most batches handed to the handler and not yet taken: one being
+/// written while the next is verified.
+const PENDING_BATCHES: usize = 2;
+
+/// A batch handed to the handler, with the messages to acknowledge once it
+/// is taken (status messages included, so that the acknowledgements go in
+/// the order the messages came, as MQTT asks).
+struct Pending {
+    taken: Option<tokio::sync::oneshot::Receiver<Result<bool, ConsumerError>>>,
+    publishes: Vec<Publish>,
+}
+
+impl Pending {
+    /// Whether the batch may be acknowledged; `Ok(false)`: stopping first.
+    async fn taken(&mut self) -> Result<bool, ConsumerError> {
+        match self.taken.as_mut() {
+            None => Ok(true),
+            // A handler that went away took nothing.
+            Some(rx) => rx.await.unwrap_or(Ok(false)),
+        }
     }
 }
 
 /// Subscribes and feeds every sealed message to `handler` until `stop` is
 /// cancelled or `count` messages were handled (status topics not counted),
-/// reconnecting after a lost connection.
+/// reconnecting after a lost connection. Messages that came together are
+/// handed on together (up to [`BATCH_MESSAGES`]), and the next batch is
+/// read while the handler stores the last one.
 pub async fn run(
     cfg: &ConsumerConfig,
     tls: Option<Arc<rustls::ClientConfig>>,
@@ -324,65 +371,98 @@ pub async fn run(
         }
     });
 
-    let mut handled: u64 = 0;
-    let mut flooded = false;
+    let mut session = Session {
+        client: &client,
+        filter: &filter,
+        mqtt: m,
+        flooded: false,
+    };
+    // Sealed messages handed to the handler (status messages not counted).
+    let mut handed: u64 = 0;
+    let mut pending: std::collections::VecDeque<Pending> = std::collections::VecDeque::new();
     let ended = async {
-        while count.is_none_or(|n| handled < n) {
-            let event = tokio::select! {
+        loop {
+            let more = count.is_none_or(|n| handed < n);
+            if !more && pending.is_empty() {
+                break;
+            }
+            tokio::select! {
+                biased;
                 _ = stop.cancelled() => break,
-                event = events.recv() => event,
-            };
-            let Some(event) = event else { break };
-            match event {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    // Also when the broker kept the session: subscribing
-                    // again replaces the subscription, and brings it back
-                    // where the broker lost it.
-                    client.subscribe(filter.as_str(), QoS::AtLeastOnce).await?;
-                }
-                Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                    if let Some(refused) = ack
-                        .return_codes
-                        .iter()
-                        .find(|c| !matches!(c, SubscribeReasonCode::Success(_)))
-                    {
-                        eprintln!("sensorgate: the broker refused {filter:?}: {refused:?}");
-                        return Err(ConsumerError::Refused(filter.clone()));
+                taken = async { pending.front_mut().expect("not empty").taken().await },
+                    if !pending.is_empty() =>
+                {
+                    let batch = pending.pop_front().expect("not empty");
+                    if !taken? {
+                        break;
                     }
-                    eprintln!(
-                        "sensorgate: subscribed to {filter:?} at {}:{}",
-                        m.host, m.port
-                    );
+                    for publish in &batch.publishes {
+                        ack(&client, publish).await?;
+                    }
                 }
-                Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    if !flooded && events.len() > usize::from(RECEIVE_MAXIMUM) {
-                        flooded = true;
+                event = events.recv(), if more && pending.len() < PENDING_BATCHES => {
+                    let Some(event) = event else { break };
+                    let Some(first) = session.event(event).await? else { continue };
+                    // Whatever else came meanwhile goes in the same batch.
+                    let room = count.map_or(BATCH_MESSAGES, |n| {
+                        usize::try_from(n - handed).unwrap_or(usize::MAX).min(BATCH_MESSAGES)
+                    });
+                    let mut publishes = vec![first];
+                    let mut sealed = usize::from(!session.is_status(&publishes[0]));
+                    while sealed < room {
+                        let Ok(event) = events.try_recv() else { break };
+                        if let Some(publish) = session.event(event).await? {
+                            sealed += usize::from(!session.is_status(&publish));
+                            publishes.push(publish);
+                        }
+                    }
+                    if !session.flooded && events.len() > usize::from(RECEIVE_MAXIMUM) {
+                        session.flooded = true;
                         eprintln!(
                             "sensorgate: warning: the broker sent {} messages beyond the {RECEIVE_MAXIMUM} \
                              unacknowledged it may (MQTT 5 Receive Maximum); they wait in memory",
                             events.len()
                         );
                     }
-                    let topic = String::from_utf8_lossy(&publish.topic).into_owned();
-                    if !is_status_topic(&m.status_topic, &topic) {
-                        if !handler.handle(&topic, &publish.payload, &stop).await? {
-                            break;
+                    let batch: Vec<Delivery> = publishes
+                        .iter()
+                        .filter(|p| !session.is_status(p))
+                        .map(|p| Delivery {
+                            topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                            payload: p.payload.clone(),
+                        })
+                        .collect();
+                    handed += batch.len() as u64;
+                    let taken = if batch.is_empty() {
+                        None
+                    } else {
+                        match handler.handle(batch, &stop).await? {
+                            Taken::Now => None,
+                            Taken::Later(rx) => Some(rx),
+                            Taken::Stopped => break,
                         }
-                        handled += 1;
-                    }
-                    ack(&client, &publish).await?;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    eprintln!(
-                        "sensorgate: MQTT connection to {}:{}: {e}; retrying",
-                        m.host, m.port,
-                    );
+                    };
+                    pending.push_back(Pending { taken, publishes });
                 }
             }
         }
         Ok(())
     }
+    .await;
+    // What the handler still has: acknowledged if it is taken soon (a
+    // commit under way), else left for the broker to deliver again.
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(mut batch) = pending.pop_front() {
+            if !matches!(batch.taken().await, Ok(true)) {
+                break;
+            }
+            for publish in &batch.publishes {
+                if ack(&client, publish).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
     .await;
     // Send the pending acknowledgements, then DISCONNECT (bounded).
     if client.try_disconnect().is_ok() {
@@ -402,9 +482,69 @@ pub async fn run(
     ended
 }
 
+/// The connection's state as the loop of [`run`] sees it.
+struct Session<'a> {
+    client: &'a AsyncClient,
+    filter: &'a str,
+    mqtt: &'a Mqtt,
+    /// A warning was logged about a broker sending beyond Receive Maximum.
+    flooded: bool,
+}
+
+impl Session<'_> {
+    /// Acts on an event of the connection; a message comes back.
+    async fn event(
+        &mut self,
+        event: Result<Event, rumqttc::v5::ConnectionError>,
+    ) -> Result<Option<Publish>, ConsumerError> {
+        let m = self.mqtt;
+        match event {
+            Ok(Event::Incoming(Packet::Publish(publish))) => return Ok(Some(publish)),
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                // Also when the broker kept the session: subscribing
+                // again replaces the subscription, and brings it back
+                // where the broker lost it.
+                self.client.subscribe(self.filter, QoS::AtLeastOnce).await?;
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                if let Some(refused) = ack
+                    .return_codes
+                    .iter()
+                    .find(|c| !matches!(c, SubscribeReasonCode::Success(_)))
+                {
+                    eprintln!(
+                        "sensorgate: the broker refused {:?}: {refused:?}",
+                        self.filter
+                    );
+                    return Err(ConsumerError::Refused(self.filter.to_string()));
+                }
+                eprintln!(
+                    "sensorgate: subscribed to {:?} at {}:{}",
+                    self.filter, m.host, m.port
+                );
+            }
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!(
+                    "sensorgate: MQTT connection to {}:{}: {e}; retrying",
+                    m.host, m.port,
+                );
+            }
+        }
+        Ok(None)
+    }
+
+    fn is_status(&self, publish: &Publish) -> bool {
+        is_status_topic(
+            &self.mqtt.status_topic,
+            &String::from_utf8_lossy(&publish.topic),
+        )
+    }
+}
+
 /// The most messages the broker may have on their way to the consumer
-/// without an acknowledgement (MQTT 5 Receive Maximum).
-const RECEIVE_MAXIMUM: u16 = 64;
+/// without an acknowledgement (MQTT 5 Receive Maximum): two batches.
+const RECEIVE_MAXIMUM: u16 = 1024;
 
 async fn ack(client: &AsyncClient, publish: &Publish) -> Result<(), ConsumerError> {
     client.ack(publish).await?;

@@ -267,7 +267,7 @@ fn two_consumers_lose_nothing_and_double_nothing_through_a_kill_and_a_database_r
     assert!(
         support::wait_until(WAIT, Duration::from_millis(100), || second
             .log()
-            .contains("waiting for it, the message stays unacknowledged")),
+            .contains("waiting for it, the messages stay unacknowledged")),
         "{}",
         logs(&first, &second)
     );

@@ -27,7 +27,10 @@ use std::sync::Arc;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Statement};
 
-use crate::seal::{OpenError, OpenedMessage};
+use tokio_util::sync::CancellationToken;
+
+use crate::consumer::{ConsumerError, Delivery, Taken};
+use crate::seal::OpenedMessage;
 
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: i32 = 1;
@@ -103,26 +106,33 @@ WHERE o.next_seq > o.seq + 1;
 INSERT INTO sensorgate_schema (version) VALUES (1);
 "#;
 
+/// The records of a batch of messages, as arrays (one element a record),
+/// sorted by key so that consumers writing overlapping batches take their
+/// row locks in the same order (they wait for each other, and do not
+/// deadlock).
 const INSERT_RECORDS: &str = "\
 INSERT INTO sensorgate_records (gateway, sensor, epoch, seq, ts, fields)
-SELECT $1, $2, $3, u.seq, u.ts::timestamptz, u.fields::jsonb
-FROM unnest($4::bigint[], $5::text[], $6::text[]) AS u(seq, ts, fields)
-ON CONFLICT DO NOTHING
-RETURNING seq";
+SELECT u.gateway, u.sensor, u.epoch, u.seq, u.ts::timestamptz, u.fields::jsonb
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[])
+  AS u(gateway, sensor, epoch, seq, ts, fields)
+ON CONFLICT DO NOTHING";
 
-/// The records of the message that were not inserted (already there) and
-/// differ from what is there; run after [`INSERT_RECORDS`], in a statement
-/// of its own so that it sees what another consumer committed meanwhile.
+/// The records of the batch whose key is stored with other content: run
+/// after [`INSERT_RECORDS`] (when it inserted fewer than it was given), in
+/// a statement of its own so that it sees what another consumer committed
+/// meanwhile. A record this batch inserted is stored with its own content;
+/// two records of the batch under one key with different content are a
+/// conflict, the first one stored.
 const INSERT_CONFLICTS: &str = "\
 INSERT INTO sensorgate_conflicts (gateway, sensor, epoch, seq, ts, fields, topic)
-SELECT $1, $2, $3, u.seq, u.ts::timestamptz, u.fields::jsonb, $7
-FROM unnest($4::bigint[], $5::text[], $6::text[]) AS u(seq, ts, fields)
+SELECT u.gateway, u.sensor, u.epoch, u.seq, u.ts::timestamptz, u.fields::jsonb, u.topic
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[])
+  AS u(gateway, sensor, epoch, seq, ts, fields, topic)
 JOIN sensorgate_records r
-  ON r.gateway = $1 AND r.sensor = $2 AND r.epoch = $3 AND r.seq = u.seq
-WHERE NOT (u.seq = ANY($8::bigint[]))
-  AND (r.ts <> u.ts::timestamptz OR r.fields <> u.fields::jsonb)
+  ON r.gateway = u.gateway AND r.sensor = u.sensor AND r.epoch = u.epoch AND r.seq = u.seq
+WHERE r.ts <> u.ts::timestamptz OR r.fields <> u.fields::jsonb
 ON CONFLICT DO NOTHING
-RETURNING seq";
+RETURNING topic";
 
 const INSERT_DECLARED: &str = "\
 INSERT INTO sensorgate_declared (gateway, sensor, epoch, first_seq, last_seq, cause, lost, exact)
@@ -175,18 +185,27 @@ impl SinkError {
     }
 }
 
-/// What storing one message did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// What storing a batch of messages did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Stored {
     /// Records inserted.
     pub inserted: u64,
     /// Records already there with the same content (a redelivery).
     pub duplicates: u64,
-    /// Records already there with other content: kept in
-    /// `sensorgate_conflicts`.
-    pub conflicts: u64,
-    /// A gap notice kept in `sensorgate_declared`.
-    pub declared: bool,
+    /// Records already there with other content, kept in
+    /// `sensorgate_conflicts`: how many, by the topic they came on.
+    pub conflicts: std::collections::BTreeMap<String, u64>,
+    /// Gap notices kept in `sensorgate_declared`.
+    pub declared: u64,
+    /// Messages kept in `sensorgate_rejected`.
+    pub rejected: u64,
+}
+
+/// One delivered message for the database: opened, or why it did not open.
+pub struct Item {
+    pub topic: String,
+    pub payload: bytes::Bytes,
+    pub opened: Result<OpenedMessage, String>,
 }
 
 /// A connection to the database, its statements prepared.
@@ -252,6 +271,48 @@ fn classify(url: &str, e: &tokio_postgres::Error) -> SinkError {
     }
 }
 
+/// The records of a batch as the statements' arrays, in key order.
+#[derive(Default)]
+struct Rows<'a> {
+    gateway: Vec<&'a str>,
+    sensor: Vec<&'a str>,
+    epoch: Vec<&'a str>,
+    seq: Vec<i64>,
+    ts: Vec<&'a str>,
+    fields: Vec<String>,
+    topic: Vec<&'a str>,
+}
+
+impl<'a> Rows<'a> {
+    fn new(items: &'a [Item]) -> Rows<'a> {
+        let mut records: Vec<(&'a Item, &'a OpenedMessage, &'a crate::seal::OpenedRecord)> = items
+            .iter()
+            .filter_map(|item| item.opened.as_ref().ok().map(|m| (item, m)))
+            .flat_map(|(item, m)| m.records.iter().map(move |r| (item, m, r)))
+            .collect();
+        records.sort_by(|(_, a, ra), (_, b, rb)| {
+            (&a.gateway, &a.sensor, &a.epoch, ra.seq)
+                .cmp(&(&b.gateway, &b.sensor, &b.epoch, rb.seq))
+        });
+        let mut rows = Rows::default();
+        for (item, m, r) in records {
+            rows.gateway.push(&m.gateway);
+            rows.sensor.push(&m.sensor);
+            rows.epoch.push(&m.epoch);
+            rows.seq.push(seq(r.seq));
+            rows.ts.push(&r.ts);
+            rows.fields
+                .push(serde_json::to_string(&r.fields).expect("fields serialise"));
+            rows.topic.push(&item.topic);
+        }
+        rows
+    }
+
+    fn len(&self) -> u64 {
+        self.seq.len() as u64
+    }
+}
+
 impl PgSink {
     /// Connects (over TLS with `ca_file`'s CAs when given), sets the schema
     /// up or checks its version, and prepares the statements.
@@ -305,77 +366,89 @@ impl PgSink {
         self.client.is_closed()
     }
 
-    /// Stores an opened message in one transaction.
-    pub async fn store(&mut self, m: &OpenedMessage, topic: &str) -> Result<Stored, SinkError> {
-        let url = self.url.clone();
-        let fail = |e: tokio_postgres::Error| classify(&url, &e);
+    /// Stores a batch of messages in one transaction: the records of
+    /// those that opened, their gap notices, and those that did not open
+    /// as rejected.
+    pub async fn store(&mut self, items: &[Item]) -> Result<Stored, SinkError> {
+        let url = self.url.as_str();
+        let fail = |e: tokio_postgres::Error| classify(url, &e);
         let tx = self.client.transaction().await.map_err(fail)?;
         let mut stored = Stored::default();
-        if let Some(d) = &m.declared {
-            let n = tx
-                .execute(
-                    &self.insert_declared,
-                    &[
-                        &m.gateway,
-                        &m.sensor,
-                        &m.epoch,
-                        &seq(m.first_seq),
-                        &seq(m.last_seq),
-                        &d.cause,
-                        &seq(d.lost),
-                        &d.exact,
-                    ],
-                )
-                .await
-                .map_err(fail)?;
-            stored.declared = n > 0;
-        }
-        if !m.records.is_empty() {
-            let seqs: Vec<i64> = m.records.iter().map(|r| seq(r.seq)).collect();
-            let ts: Vec<&str> = m.records.iter().map(|r| r.ts.as_str()).collect();
-            let fields: Vec<String> = m
-                .records
-                .iter()
-                .map(|r| serde_json::to_string(&r.fields).expect("fields serialise"))
-                .collect();
-            let inserted: Vec<i64> = tx
-                .query(
-                    &self.insert_records,
-                    &[&m.gateway, &m.sensor, &m.epoch, &seqs, &ts, &fields],
-                )
-                .await
-                .map_err(fail)?
-                .iter()
-                .map(|row| row.get(0))
-                .collect();
-            stored.inserted = inserted.len() as u64;
-            if inserted.len() < seqs.len() {
-                let conflicts = tx
-                    .query(
-                        &self.insert_conflicts,
-                        &[
-                            &m.gateway, &m.sensor, &m.epoch, &seqs, &ts, &fields, &topic, &inserted,
-                        ],
+        for item in items {
+            match &item.opened {
+                Err(reason) => {
+                    tx.execute(
+                        &self.insert_rejected,
+                        &[&item.topic, reason, &&item.payload[..]],
                     )
                     .await
                     .map_err(fail)?;
-                stored.conflicts = conflicts.len() as u64;
+                    stored.rejected += 1;
+                }
+                Ok(m) => {
+                    if let Some(d) = &m.declared {
+                        let n = tx
+                            .execute(
+                                &self.insert_declared,
+                                &[
+                                    &m.gateway,
+                                    &m.sensor,
+                                    &m.epoch,
+                                    &seq(m.first_seq),
+                                    &seq(m.last_seq),
+                                    &d.cause,
+                                    &seq(d.lost),
+                                    &d.exact,
+                                ],
+                            )
+                            .await
+                            .map_err(fail)?;
+                        stored.declared += n;
+                    }
+                }
             }
-            stored.duplicates = seqs.len() as u64 - stored.inserted - stored.conflicts;
+        }
+        let rows = Rows::new(items);
+        if rows.len() > 0 {
+            let arrays: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
+                &rows.gateway,
+                &rows.sensor,
+                &rows.epoch,
+                &rows.seq,
+                &rows.ts,
+                &rows.fields,
+            ];
+            stored.inserted = tx
+                .execute(&self.insert_records, &arrays)
+                .await
+                .map_err(fail)?;
+            let mut conflicts = 0;
+            if stored.inserted < rows.len() {
+                let mut params = arrays.to_vec();
+                params.push(&rows.topic);
+                for row in tx
+                    .query(&self.insert_conflicts, &params)
+                    .await
+                    .map_err(fail)?
+                {
+                    *stored.conflicts.entry(row.get(0)).or_default() += 1;
+                    conflicts += 1;
+                }
+            }
+            stored.duplicates = rows.len() - stored.inserted - conflicts;
         }
         tx.commit().await.map_err(fail)?;
         Ok(stored)
     }
 
-    /// Keeps a message that did not open, with why.
-    pub async fn reject(
-        &mut self,
-        topic: &str,
-        reason: &str,
-        payload: &[u8],
-    ) -> Result<(), SinkError> {
+    /// Keeps a message the database refused, with why, in a transaction
+    /// of its own.
+    async fn reject(&mut self, item: &Item, reason: &str) -> Result<(), SinkError> {
         self.client
-            .execute(&self.insert_rejected, &[&topic, &reason, &payload])
+            .execute(
+                &self.insert_rejected,
+                &[&item.topic, &reason, &&item.payload[..]],
+            )
             .await
             .map_err(|e| classify(&self.url, &e))?;
         Ok(())
@@ -393,6 +466,17 @@ pub struct Totals {
     pub rejected: u64,
 }
 
+impl Totals {
+    fn add(&mut self, messages: usize, s: &Stored) {
+        self.messages += messages as u64;
+        self.inserted += s.inserted;
+        self.duplicates += s.duplicates;
+        self.conflicts += s.conflicts.values().sum::<u64>();
+        self.declared += s.declared;
+        self.rejected += s.rejected;
+    }
+}
+
 impl std::fmt::Display for Totals {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -408,14 +492,29 @@ impl std::fmt::Display for Totals {
     }
 }
 
-/// The consumer's handler for `[sink] postgres`: opens each message and
-/// stores it, waiting for the database as long as it takes (the message is
-/// not acknowledged meanwhile, and the broker holds the rest).
+/// A batch for the writer, and where to say it was taken.
+struct Job {
+    items: Vec<Item>,
+    done: tokio::sync::oneshot::Sender<Result<bool, ConsumerError>>,
+}
+
+/// The consumer's handler for `[sink] postgres`. It opens each batch of
+/// messages where the consumer reads them, and hands it to a writer task
+/// that stores it in one transaction, waiting for the database as long as
+/// it takes (the batch is not acknowledged meanwhile, and the broker holds
+/// the rest). So the next batch is verified and decrypted while the last
+/// one is written.
 pub struct PgHandler<'o> {
+    opener: &'o mut crate::seal::Opener,
+    jobs: tokio::sync::mpsc::Sender<Job>,
+    writer: tokio::task::JoinHandle<Totals>,
+}
+
+/// The writer task's state.
+struct Writer {
     url: String,
     ca_file: Option<PathBuf>,
     sink: Option<PgSink>,
-    opener: &'o mut crate::seal::Opener,
     totals: Totals,
 }
 
@@ -424,76 +523,70 @@ const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl<'o> PgHandler<'o> {
     /// Connects at once, so that a wrong URL, CA file or schema version is
-    /// an error at start rather than at the first message.
+    /// an error at start rather than at the first message. The writer
+    /// stops waiting for the database when `stop` is cancelled.
     pub async fn connect(
         url: &str,
         ca_file: Option<PathBuf>,
         opener: &'o mut crate::seal::Opener,
+        stop: CancellationToken,
     ) -> Result<PgHandler<'o>, SinkError> {
         let sink = PgSink::connect(url, ca_file.as_deref()).await?;
         eprintln!(
             "sensorgate: storing into PostgreSQL at {} (schema version {SCHEMA_VERSION})",
             redacted(url)
         );
-        Ok(PgHandler {
+        let writer = Writer {
             url: url.to_string(),
             ca_file,
             sink: Some(sink),
-            opener,
             totals: Totals::default(),
+        };
+        // One batch written, one waiting: the consumer bounds the rest.
+        let (jobs, queue) = tokio::sync::mpsc::channel(1);
+        Ok(PgHandler {
+            opener,
+            jobs,
+            writer: tokio::spawn(writer.run(queue, stop)),
         })
     }
 
-    pub fn totals(&self) -> Totals {
-        self.totals
-    }
-
-    /// One try: connect if needed, then store or reject.
-    async fn try_store(
-        &mut self,
-        topic: &str,
-        payload: &[u8],
-        opened: &Result<OpenedMessage, OpenError>,
-    ) -> Result<Option<Stored>, SinkError> {
-        if self.sink.as_ref().is_none_or(PgSink::is_closed) {
-            self.sink = Some(PgSink::connect(&self.url, self.ca_file.as_deref()).await?);
-        }
-        let sink = self.sink.as_mut().expect("connected just above");
-        match opened {
-            Ok(m) => match sink.store(m, topic).await {
-                Ok(stored) => Ok(Some(stored)),
-                // The database refuses the data itself (a timestamp or a
-                // text it cannot hold): kept as rejected, with its reason.
-                Err(SinkError::Data { detail }) => {
-                    let reason = format!("the database refused its records: {detail}");
-                    sink.reject(topic, &reason, payload).await?;
-                    Ok(None)
-                }
-                Err(e) => Err(e),
-            },
-            Err(reason) => sink
-                .reject(topic, &reason.to_string(), payload)
-                .await
-                .map(|()| None),
-        }
+    /// Waits for the writer to end (after the batches handed to it), and
+    /// returns the totals.
+    pub async fn finish(self) -> Totals {
+        drop(self.jobs);
+        self.writer.await.unwrap_or_default()
     }
 }
 
-impl crate::consumer::Handler for PgHandler<'_> {
-    async fn handle(
-        &mut self,
-        topic: &str,
-        payload: &[u8],
-        stop: &tokio_util::sync::CancellationToken,
-    ) -> Result<bool, crate::consumer::ConsumerError> {
-        let opened = self.opener.open_untracked(payload);
-        if let Err(e) = &opened {
-            eprintln!("sensorgate: rejected the message on topic {topic}: {e}");
+impl Writer {
+    async fn run(
+        mut self,
+        mut jobs: tokio::sync::mpsc::Receiver<Job>,
+        stop: CancellationToken,
+    ) -> Totals {
+        while let Some(job) = jobs.recv().await {
+            let result = self.store_waiting(&job.items, &stop).await;
+            let fatal = result.is_err();
+            let _ = job.done.send(result.map_err(ConsumerError::from));
+            if fatal {
+                break;
+            }
         }
+        self.totals
+    }
+
+    /// Stores `items`, waiting for the database while it is away: `Ok(false)`
+    /// when stopped before that.
+    async fn store_waiting(
+        &mut self,
+        items: &[Item],
+        stop: &CancellationToken,
+    ) -> Result<bool, SinkError> {
         let mut wait = std::time::Duration::from_millis(100);
         let mut waiting_since = None;
         loop {
-            match self.try_store(topic, payload, &opened).await {
+            match self.try_store(items).await {
                 Ok(stored) => {
                     if let Some(since) = waiting_since.map(|t: std::time::Instant| t.elapsed()) {
                         eprintln!(
@@ -503,28 +596,18 @@ impl crate::consumer::Handler for PgHandler<'_> {
                             ))
                         );
                     }
-                    self.totals.messages += 1;
-                    match stored {
-                        Some(s) => {
-                            self.totals.inserted += s.inserted;
-                            self.totals.duplicates += s.duplicates;
-                            self.totals.conflicts += s.conflicts;
-                            self.totals.declared += u64::from(s.declared);
-                            if s.conflicts > 0 {
-                                eprintln!(
-                                    "sensorgate: {} records on topic {topic} conflict with those stored under the same sequence numbers; kept in sensorgate_conflicts",
-                                    s.conflicts
-                                );
-                            }
-                        }
-                        None => self.totals.rejected += 1,
+                    for (topic, n) in &stored.conflicts {
+                        eprintln!(
+                            "sensorgate: {n} records on topic {topic} conflict with those stored under the same sequence numbers; kept in sensorgate_conflicts"
+                        );
                     }
+                    self.totals.add(items.len(), &stored);
                     return Ok(true);
                 }
                 Err(e) if e.is_transient() => {
                     if waiting_since.is_none() {
                         eprintln!(
-                            "sensorgate: {e}; waiting for it, the message stays unacknowledged"
+                            "sensorgate: {e}; waiting for it, the messages stay unacknowledged"
                         );
                         waiting_since = Some(std::time::Instant::now());
                     }
@@ -535,8 +618,80 @@ impl crate::consumer::Handler for PgHandler<'_> {
                     }
                     wait = (wait * 2).min(RETRY_MAX);
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// One try: connect if needed, then store the batch. When the database
+    /// refuses the data of a message (a timestamp or a text it cannot
+    /// hold), the batch is stored message by message, and that one is kept
+    /// as rejected with its reason.
+    async fn try_store(&mut self, items: &[Item]) -> Result<Stored, SinkError> {
+        if self.sink.as_ref().is_none_or(PgSink::is_closed) {
+            self.sink = Some(PgSink::connect(&self.url, self.ca_file.as_deref()).await?);
+        }
+        let sink = self.sink.as_mut().expect("connected just above");
+        match sink.store(items).await {
+            Err(SinkError::Data { .. }) if items.len() > 1 => {}
+            Err(SinkError::Data { detail }) => {
+                let reason = format!("the database refused its records: {detail}");
+                eprintln!(
+                    "sensorgate: rejected the message on topic {}: {reason}",
+                    items[0].topic
+                );
+                sink.reject(&items[0], &reason).await?;
+                return Ok(Stored {
+                    rejected: 1,
+                    ..Stored::default()
+                });
+            }
+            stored => return stored,
+        }
+        let mut total = Stored::default();
+        for item in items.chunks(1) {
+            let stored = Box::pin(self.try_store(item)).await?;
+            total.inserted += stored.inserted;
+            total.duplicates += stored.duplicates;
+            total.declared += stored.declared;
+            total.rejected += stored.rejected;
+            for (topic, n) in stored.conflicts {
+                *total.conflicts.entry(topic).or_default() += n;
+            }
+        }
+        Ok(total)
+    }
+}
+
+impl crate::consumer::Handler for PgHandler<'_> {
+    async fn handle(
+        &mut self,
+        batch: Vec<Delivery>,
+        stop: &CancellationToken,
+    ) -> Result<Taken, ConsumerError> {
+        let items = batch
+            .into_iter()
+            .map(|d| {
+                let opened = self.opener.open_untracked(&d.payload).map_err(|e| {
+                    eprintln!("sensorgate: rejected the message on topic {}: {e}", d.topic);
+                    e.to_string()
+                });
+                Item {
+                    topic: d.topic,
+                    payload: d.payload,
+                    opened,
+                }
+            })
+            .collect();
+        let (done, taken) = tokio::sync::oneshot::channel();
+        tokio::select! {
+            sent = self.jobs.send(Job { items, done }) => match sent {
+                Ok(()) => Ok(Taken::Later(taken)),
+                // The writer ended: an error it met was reported with the
+                // batch before.
+                Err(_) => Ok(Taken::Stopped),
+            },
+            _ = stop.cancelled() => Ok(Taken::Stopped),
         }
     }
 }
