@@ -467,3 +467,85 @@ fn a_backlog_queued_while_the_consumer_was_away_drains() {
     );
     assert_eq!(consumer.stop(), 0, "{}", consumer.log());
 }
+
+/// One batch (as the consumer hands on the messages that came together)
+/// holding a message PostgreSQL refuses (a text with a NUL, which jsonb
+/// cannot hold), one that does not open, a redelivery and a conflict
+/// within the batch: the batch's transaction fails on the refused one, so
+/// it is stored again message by message, and only that one is rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_with_a_message_the_database_refuses_keeps_the_others() {
+    use sensorgate::consumer::{Delivery, Handler, Taken};
+    use sensorgate::sink::postgres::PgHandler;
+
+    let rig = Rig::new();
+    let pg = Postgres::start();
+    let mut sealer = sealer(&rig);
+    let refused = {
+        let mut r = reading(10, 0);
+        r.fields[2].value = Value::Str("nul \0 inside".into());
+        sealer.seal(&[r]).unwrap().bytes
+    };
+    let first = batch(&mut sealer, 0..=9, 0);
+    let payloads = vec![
+        first.clone(),
+        refused,
+        batch(&mut sealer, 11..=19, 0),
+        b"not a sealed message".to_vec(),
+        first,
+        batch(&mut sealer, 18..=21, 1),
+    ];
+    let topic = format!("sensorgate/{GATEWAY}/{SENSOR}");
+    let deliveries = payloads
+        .into_iter()
+        .map(|p| Delivery {
+            topic: topic.clone(),
+            payload: p.into(),
+        })
+        .collect();
+
+    let mut opener = seal::Opener::new(
+        vec![seal::load_public_key(&rig.gateway_key.pub_path).unwrap()],
+        Some(seal::load_recipient_key(&rig.recipient.key_path).unwrap()),
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut handler = PgHandler::connect(&pg.url(), None, &mut opener, stop.clone())
+        .await
+        .unwrap();
+    let Taken::Later(taken) = handler.handle(deliveries, &stop).await.unwrap() else {
+        panic!("the batch was not handed to the writer");
+    };
+    assert!(
+        tokio::time::timeout(WAIT, taken)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap(),
+        "the batch was not taken"
+    );
+    let totals = handler.finish().await;
+    assert_eq!(
+        totals.to_string(),
+        "stored 6 messages: 21 records inserted, 10 duplicates, 2 conflicts, 0 gap notices, 2 rejected"
+    );
+    assert_eq!(
+        pg.query(
+            "SELECT count(*), count(DISTINCT seq), min(seq), max(seq) FROM sensorgate_records"
+        ),
+        "21|21|0|21"
+    );
+    assert_eq!(
+        pg.query("SELECT seq FROM sensorgate_conflicts ORDER BY seq"),
+        "18\n19"
+    );
+    let reasons = pg.query("SELECT reason FROM sensorgate_rejected ORDER BY id");
+    assert!(
+        reasons.contains("the database refused its records")
+            && reasons.contains("not a sealed message"),
+        "{reasons}"
+    );
+    assert_eq!(
+        pg.query("SELECT first_missing, last_missing FROM sensorgate_gaps"),
+        "10|10"
+    );
+}
