@@ -13,7 +13,8 @@
 //! The baseline, in the same run and the same database: a plain `COPY` of
 //! the same rows (psql `\copy` of a CSV) into a table of the same shape and
 //! key. CPU per record is the consumers' own (verify, decrypt, the client
-//! side of the insert) and PostgreSQL's (all its processes), from /proc.
+//! side of the insert), PostgreSQL's (all its processes) and the broker's
+//! (delivering the queued messages over TLS), from /proc.
 //! Prints `name value unit` lines.
 
 #[path = "../tests/support/mod.rs"]
@@ -77,30 +78,39 @@ fn record(sensor: &Arc<str>, seq: u64) -> Record {
     }
 }
 
-/// The messages of the whole fleet, and the same records as CSV rows for
+/// The messages of the whole fleet, in the order a fleet whose gateways
+/// all send at once publishes them (every gateway's first message of each
+/// sensor, then the second, ...), and the same records as CSV rows for
 /// the COPY baseline (the JSON the consumer stores for them).
 fn seal_fleet(rig: &Rig, shape: &Shape, trust: &Path) -> (Vec<Vec<u8>>, String) {
     let recipient = seal::load_public_key(&rig.recipient.pub_path).unwrap();
+    let mut sealers: Vec<(String, Sealer)> = (0..shape.gateways)
+        .map(|g| {
+            let gateway = format!("gw-{g:05}");
+            let keys = seal::keygen(trust, &gateway).unwrap();
+            let key = seal::load_signing_key(&keys.key_path).unwrap();
+            std::fs::remove_file(&keys.key_path).unwrap();
+            let sealer = Sealer::new(
+                &gateway,
+                EPOCH,
+                key,
+                recipient.clone(),
+                &["heart_rate".to_string()],
+            );
+            (gateway, sealer)
+        })
+        .collect();
+    let sensors: Vec<Arc<str>> = (0..shape.sensors)
+        .map(|s| Arc::from(format!("s{s}").as_str()))
+        .collect();
     let mut messages = Vec::new();
     let mut csv = String::new();
-    for g in 0..shape.gateways {
-        let gateway = format!("gw-{g:05}");
-        let keys = seal::keygen(trust, &gateway).unwrap();
-        let key = seal::load_signing_key(&keys.key_path).unwrap();
-        std::fs::remove_file(&keys.key_path).unwrap();
-        let mut sealer = Sealer::new(
-            &gateway,
-            EPOCH,
-            key,
-            recipient.clone(),
-            &["heart_rate".to_string()],
-        );
-        for s in 0..shape.sensors {
-            let sensor: Arc<str> = Arc::from(format!("s{s}").as_str());
-            let mut seq = 0;
-            while seq < shape.records {
-                let last = (seq + shape.batch).min(shape.records);
-                let records: Vec<Record> = (seq..last).map(|n| record(&sensor, n)).collect();
+    let mut seq = 0;
+    while seq < shape.records {
+        let last = (seq + shape.batch).min(shape.records);
+        for (gateway, sealer) in &mut sealers {
+            for sensor in &sensors {
+                let records: Vec<Record> = (seq..last).map(|n| record(sensor, n)).collect();
                 messages.push(sealer.seal(&records).unwrap().bytes);
                 for r in &records {
                     let ts = humantime::format_rfc3339_nanos(r.ts);
@@ -113,9 +123,9 @@ fn seal_fleet(rig: &Rig, shape: &Shape, trust: &Path) -> (Vec<Vec<u8>>, String) 
                         80 + r.seq % 20
                     );
                 }
-                seq = last;
             }
         }
+        seq = last;
     }
     (messages, csv)
 }
@@ -201,6 +211,8 @@ fn main() {
         eprintln!("# {consumers}: published");
 
         let pg_cpu = postgres_cpu_seconds();
+        let broker_pid = rig.broker.pid().expect("the broker runs");
+        let broker_cpu = cpu_seconds(broker_pid);
         let start = Instant::now();
         let running: Vec<Consumer> = configs
             .iter()
@@ -213,6 +225,7 @@ fn main() {
         assert!(drained, "not drained: {}", running[0].log());
         let consumer_cpu: f64 = running.iter().map(|c| cpu_seconds(c.pid())).sum();
         let pg_cpu = postgres_cpu_seconds() - pg_cpu;
+        let broker_cpu = cpu_seconds(broker_pid) - broker_cpu;
         drop(running);
         let rate = total as f64 / elapsed;
         rates.push(rate);
@@ -228,6 +241,10 @@ fn main() {
         println!(
             "fleet_{consumers}_consumers_postgres_cpu_us_per_record {:.1} us",
             pg_cpu * 1e6 / total as f64
+        );
+        println!(
+            "fleet_{consumers}_consumers_broker_cpu_us_per_record {:.1} us",
+            broker_cpu * 1e6 / total as f64
         );
     }
 

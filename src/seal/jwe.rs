@@ -424,34 +424,62 @@ pub(crate) fn expect_param(
     }
 }
 
-/// How many unwrapped content keys an opener keeps.
+/// How many unwrapped content keys an opener keeps at least; more with
+/// many trusted gateways ([`CekCache::for_gateways`]).
 const CEK_CACHE_ENTRIES: usize = 64;
 
 /// Content keys already unwrapped, by (epk, encrypted_key): messages sealed
 /// under one reused data key pay the ECDH and key unwrap once, not each.
 /// A changed epk or wrapped key is a different entry, so the cache never
-/// lets an altered message skip a check. Keys are wiped when evicted.
-#[derive(Default)]
+/// lets an altered message skip a check. Keys are wiped when evicted, the
+/// oldest first.
 pub(crate) struct CekCache {
-    entries: std::collections::VecDeque<(Vec<u8>, Zeroizing<[u8; CEK_LEN]>)>,
+    keys: std::collections::HashMap<Vec<u8>, Zeroizing<[u8; CEK_LEN]>>,
+    order: std::collections::VecDeque<Vec<u8>>,
+    capacity: usize,
+}
+
+impl Default for CekCache {
+    fn default() -> Self {
+        CekCache::for_gateways(0)
+    }
 }
 
 impl fmt::Debug for CekCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CekCache({} keys)", self.entries.len())
+        write!(f, "CekCache({} keys)", self.keys.len())
     }
 }
 
 impl CekCache {
+    /// A cache for an opener trusting `gateways` keys: each gateway seals
+    /// under one data key at a time, so room for two each (the one in use
+    /// and the one before it, whose messages may still arrive) keeps a
+    /// fleet whose messages interleave from paying an ECDH per message.
+    pub(crate) fn for_gateways(gateways: usize) -> CekCache {
+        CekCache {
+            keys: std::collections::HashMap::new(),
+            order: std::collections::VecDeque::new(),
+            capacity: gateways.saturating_mul(2).saturating_add(CEK_CACHE_ENTRIES),
+        }
+    }
+
     pub(crate) fn get(&self, id: &[u8]) -> Option<&Zeroizing<[u8; CEK_LEN]>> {
-        self.entries.iter().find(|(k, _)| k == id).map(|(_, v)| v)
+        self.keys.get(id)
     }
 
     pub(crate) fn put(&mut self, id: Vec<u8>, cek: Zeroizing<[u8; CEK_LEN]>) {
-        if self.entries.len() == CEK_CACHE_ENTRIES {
-            self.entries.pop_front();
+        if self.keys.contains_key(&id) {
+            return;
         }
-        self.entries.push_back((id, cek));
+        while self.keys.len() >= self.capacity {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            self.keys.remove(&oldest);
+        }
+        self.order.push_back(id.clone());
+        self.keys.insert(id, cek);
     }
 }
 
@@ -760,5 +788,26 @@ mod tests {
             encrypt(&mut key, recipient.kid(), &binding(), &mut buf),
             Err(SealError::KeyExhausted)
         ));
+    }
+
+    #[test]
+    fn the_key_cache_holds_two_keys_a_gateway_and_evicts_the_oldest() {
+        let mut cache = CekCache::for_gateways(10);
+        let capacity = 2 * 10 + CEK_CACHE_ENTRIES;
+        let key = |i: usize| Zeroizing::new([i as u8; CEK_LEN]);
+        for i in 0..capacity {
+            cache.put(i.to_be_bytes().to_vec(), key(i));
+        }
+        // Put again: still one entry.
+        cache.put(0usize.to_be_bytes().to_vec(), key(0));
+        assert_eq!(cache.keys.len(), capacity);
+        assert_eq!(cache.order.len(), capacity);
+        assert_eq!(cache.get(&0usize.to_be_bytes()), Some(&key(0)));
+        // One more: the oldest goes.
+        cache.put(capacity.to_be_bytes().to_vec(), key(capacity));
+        assert_eq!(cache.keys.len(), capacity);
+        assert!(cache.get(&0usize.to_be_bytes()).is_none());
+        assert_eq!(cache.get(&1usize.to_be_bytes()), Some(&key(1)));
+        assert_eq!(cache.get(&capacity.to_be_bytes()), Some(&key(capacity)));
     }
 }

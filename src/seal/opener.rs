@@ -274,15 +274,15 @@ impl Opener {
     /// `recipient`: the private key for the encrypted fields; without it,
     /// messages that carry encrypted fields are rejected.
     pub fn new(trusted: Vec<PublicKey>, recipient: Option<RecipientKey>) -> Opener {
-        let trusted = trusted
+        let trusted: HashMap<String, VerifyKey> = trusted
             .into_iter()
             .map(|k| (k.kid().to_string(), k.verify_key()))
             .collect();
         Opener {
+            ceks: jwe::CekCache::for_gateways(trusted.len()),
             trusted,
             recipient_kid: recipient.as_ref().map(|r| r.public().kid_bytes()),
             recipient,
-            ceks: jwe::CekCache::default(),
             tracker: SequenceTracker::new(),
             messages: 0,
             records: 0,

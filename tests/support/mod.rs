@@ -198,6 +198,11 @@ impl Mosquitto {
         self.port
     }
 
+    /// Its process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The folder holding its configuration, certificates, log and data.
     pub fn dir(&self) -> &Path {
         self.dir.path()
