@@ -109,16 +109,19 @@ INSERT INTO sensorgate_schema (version) VALUES (1);
 /// The records of a batch of messages, as arrays (one element a record),
 /// sorted by key so that consumers writing overlapping batches take their
 /// row locks in the same order (they wait for each other, and do not
-/// deadlock).
-const INSERT_RECORDS: &str = "\
+/// deadlock). First tried as a plain insert: a key already there fails it
+/// (unique violation), and the batch is written again with `ON CONFLICT
+/// DO NOTHING` added, skipping the keys already there. Redeliveries are rare, and `ON CONFLICT` costs
+/// PostgreSQL about half as much again a row (measured: docs/BENCHMARKS.md,
+/// "Fleet into PostgreSQL").
+const INSERT_NEW_RECORDS: &str = "\
 INSERT INTO sensorgate_records (gateway, sensor, epoch, seq, ts, fields)
 SELECT u.gateway, u.sensor, u.epoch, u.seq, u.ts::timestamptz, u.fields::jsonb
 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[])
-  AS u(gateway, sensor, epoch, seq, ts, fields)
-ON CONFLICT DO NOTHING";
+  AS u(gateway, sensor, epoch, seq, ts, fields)";
 
 /// The records of the batch whose key is stored with other content: run
-/// after [`INSERT_RECORDS`] (when it inserted fewer than it was given), in
+/// after the insert that skips existing keys (when it inserted fewer than it was given), in
 /// a statement of its own so that it sees what another consumer committed
 /// meanwhile. A record this batch inserted is stored with its own content;
 /// two records of the batch under one key with different content are a
@@ -212,6 +215,7 @@ pub struct Item {
 pub struct PgSink {
     client: Client,
     url: String,
+    insert_new_records: Statement,
     insert_records: Statement,
     insert_conflicts: Statement,
     insert_declared: Statement,
@@ -347,13 +351,16 @@ impl PgSink {
         };
         migrate(&mut client, url).await?;
         let prepare = async |sql: &str| client.prepare(sql).await.map_err(|e| classify(url, &e));
-        let insert_records = prepare(INSERT_RECORDS).await?;
+        let insert_new_records = prepare(INSERT_NEW_RECORDS).await?;
+        let insert_records =
+            prepare(&format!("{INSERT_NEW_RECORDS}\nON CONFLICT DO NOTHING")).await?;
         let insert_conflicts = prepare(INSERT_CONFLICTS).await?;
         let insert_declared = prepare(INSERT_DECLARED).await?;
         let insert_rejected = prepare(INSERT_REJECTED).await?;
         Ok(PgSink {
             client,
             url: url.to_string(),
+            insert_new_records,
             insert_records,
             insert_conflicts,
             insert_declared,
@@ -370,6 +377,25 @@ impl PgSink {
     /// those that opened, their gap notices, and those that did not open
     /// as rejected.
     pub async fn store(&mut self, items: &[Item]) -> Result<Stored, SinkError> {
+        match self.store_as(items, false).await? {
+            Some(stored) => Ok(stored),
+            // A key of the batch is there already: a redelivery, or a
+            // conflict.
+            None => Ok(self
+                .store_as(items, true)
+                .await?
+                .expect("the insert skips the keys already there")),
+        }
+    }
+
+    /// [`store`](Self::store), the records inserted as new (`None` when a
+    /// key is already there: nothing is stored), or skipping the keys
+    /// already there (`existing`).
+    async fn store_as(
+        &mut self,
+        items: &[Item],
+        existing: bool,
+    ) -> Result<Option<Stored>, SinkError> {
         let url = self.url.as_str();
         let fail = |e: tokio_postgres::Error| classify(url, &e);
         let tx = self.client.transaction().await.map_err(fail)?;
@@ -418,27 +444,38 @@ impl PgSink {
                 &rows.ts,
                 &rows.fields,
             ];
-            stored.inserted = tx
-                .execute(&self.insert_records, &arrays)
-                .await
-                .map_err(fail)?;
-            let mut conflicts = 0;
-            if stored.inserted < rows.len() {
-                let mut params = arrays.to_vec();
-                params.push(&rows.topic);
-                for row in tx
-                    .query(&self.insert_conflicts, &params)
-                    .await
-                    .map_err(fail)?
-                {
-                    *stored.conflicts.entry(row.get(0)).or_default() += 1;
-                    conflicts += 1;
+            if !existing {
+                match tx.execute(&self.insert_new_records, &arrays).await {
+                    Ok(n) => stored.inserted = n,
+                    Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                        tx.rollback().await.map_err(fail)?;
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(fail(e)),
                 }
+            } else {
+                stored.inserted = tx
+                    .execute(&self.insert_records, &arrays)
+                    .await
+                    .map_err(fail)?;
+                let mut conflicts = 0;
+                if stored.inserted < rows.len() {
+                    let mut params = arrays.to_vec();
+                    params.push(&rows.topic);
+                    for row in tx
+                        .query(&self.insert_conflicts, &params)
+                        .await
+                        .map_err(fail)?
+                    {
+                        *stored.conflicts.entry(row.get(0)).or_default() += 1;
+                        conflicts += 1;
+                    }
+                }
+                stored.duplicates = rows.len() - stored.inserted - conflicts;
             }
-            stored.duplicates = rows.len() - stored.inserted - conflicts;
         }
         tx.commit().await.map_err(fail)?;
-        Ok(stored)
+        Ok(Some(stored))
     }
 
     /// Keeps a message the database refused, with why, in a transaction

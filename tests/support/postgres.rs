@@ -152,9 +152,12 @@ impl Postgres {
         }
     }
 
+    /// Starts the server; commit times are kept (the fleet bench's drain
+    /// ends at the last commit).
     fn start_server(&self) {
         let options = format!(
-            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c max_connections=50",
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c max_connections=50 \
+             -c track_commit_timestamp=on",
             self.port,
             self.data.display()
         );
