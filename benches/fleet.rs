@@ -1,10 +1,12 @@
 //! Fleet load on the cloud side (issue 18): `cargo bench --bench fleet`
 //! (a few minutes), or `cargo bench --bench fleet -- GATEWAYS SENSORS
-//! RECORDS BATCH` (defaults 1000 8 20 10).
+//! RECORDS BATCH` (defaults 1000 8 100 10).
 //!
 //! GATEWAYS gateways × SENSORS sensors, each gateway with a key of its own
 //! (its `.pub` in the consumers' trust folder), seal RECORDS records per
-//! sensor in messages of BATCH, published to the tests' mosquitto (mutual
+//! sensor in messages of BATCH (each gateway under one data key, so a
+//! consumer unwraps 1000 keys: one ECDH per 80 messages by default, where
+//! a gateway rotates its key every 1000 messages or hour), published to the tests' mosquitto (mutual
 //! TLS) while the consumers are away, so that the broker queues them in
 //! their persistent sessions. Then 1, and again 2, `sensorgate open
 //! --mqtt` processes of one share group are started, and the time from
@@ -53,7 +55,7 @@ impl Shape {
         Shape {
             gateways: arg(0, 1000) as usize,
             sensors: arg(1, 8) as usize,
-            records: arg(2, 20),
+            records: arg(2, 100),
             batch: arg(3, 10).max(1),
         }
     }
