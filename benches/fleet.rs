@@ -144,7 +144,10 @@ fn until_last_commit(pg: &Postgres, table: &str, start: SystemTime) -> f64 {
         .trim()
         .parse()
         .expect("a commit time");
-    last - start.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs_f64()
+    last - start
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
 }
 
 /// CPU seconds (user + system) of the process `pid`, from /proc.
