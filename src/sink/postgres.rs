@@ -204,6 +204,19 @@ pub struct Stored {
     pub rejected: u64,
 }
 
+impl Stored {
+    /// Adds what storing another part of the batch did.
+    fn merge(&mut self, other: Stored) {
+        self.inserted += other.inserted;
+        self.duplicates += other.duplicates;
+        self.declared += other.declared;
+        self.rejected += other.rejected;
+        for (topic, n) in other.conflicts {
+            *self.conflicts.entry(topic).or_default() += n;
+        }
+    }
+}
+
 /// One delivered message for the database: opened, or why it did not open.
 pub struct Item {
     pub topic: String,
@@ -688,13 +701,7 @@ impl Writer {
         let mut total = Stored::default();
         for item in items.chunks(1) {
             let stored = Box::pin(self.try_store(item)).await?;
-            total.inserted += stored.inserted;
-            total.duplicates += stored.duplicates;
-            total.declared += stored.declared;
-            total.rejected += stored.rejected;
-            for (topic, n) in stored.conflicts {
-                *total.conflicts.entry(topic).or_default() += n;
-            }
+            total.merge(stored);
         }
         Ok(total)
     }
