@@ -74,6 +74,7 @@ fn record(sensor: &Arc<str>, seq: u64) -> Record {
         sensor: sensor.clone(),
         seq,
         ts: SystemTime::UNIX_EPOCH + Duration::new(1_764_100_000 + seq, 500_000_000),
+        clock: None,
         fields: vec![
             f("speed", Value::Float(20.5 + seq as f64)),
             f("heart_rate", Value::Int(100 + (seq % 80) as i64)),

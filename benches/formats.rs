@@ -1154,6 +1154,7 @@ impl RecordSource {
                     sensor: Arc::clone(&self.sensor),
                     seq,
                     ts: UNIX_EPOCH + Duration::from_millis(ms),
+                    clock: None,
                     fields,
                 }
             })

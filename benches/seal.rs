@@ -277,6 +277,7 @@ impl RecordSource {
                     sensor: Arc::clone(&self.sensor),
                     seq,
                     ts: SystemTime::now(),
+                    clock: None,
                     fields,
                 }
             })

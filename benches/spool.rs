@@ -172,6 +172,7 @@ impl MessagePool {
                     sensor: sensor.clone(),
                     seq: i,
                     ts: SystemTime::now(),
+                    clock: None,
                     fields: columns
                         .iter()
                         .zip(sim_line(i).split(','))

@@ -125,6 +125,7 @@ fn main() -> anyhow::Result<()> {
                 sensor: Arc::from("warm-up"),
                 seq: i as u64,
                 ts: SystemTime::now(),
+                clock: None,
                 fields,
             }),
             other => Err(anyhow::anyhow!(
@@ -164,6 +165,7 @@ fn main() -> anyhow::Result<()> {
             sensor: name.clone(),
             seq: number,
             ts: receive_time(SystemTime::now()),
+            clock: None,
             fields: values,
         };
         records += 1;

@@ -297,6 +297,12 @@ pub fn open(
     let options = seal::StreamOptions {
         format,
         state: state.map(Path::to_path_buf),
+        // MQTT messages are acknowledged once handled: what is held then
+        // would be lost by a kill.
+        hold_unsynced: match source {
+            OpenSource::Stdin => seal::HOLD_UNSYNCED,
+            OpenSource::Mqtt { .. } => 0,
+        },
     };
     let result = match source {
         OpenSource::Stdin => seal::open_stream_with(

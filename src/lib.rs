@@ -8,6 +8,7 @@
 pub mod backoff;
 pub mod batch;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod consumer;
 #[cfg(feature = "demo")]

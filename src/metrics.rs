@@ -229,6 +229,12 @@ impl Collector for Metrics {
         )?;
         gauge(
             &mut e,
+            "clock_unsynchronized",
+            "1 while the wall clock is not synchronised: records are stamped so, and corrected on the cloud side later.",
+            g(s.clock_unsynchronized),
+        )?;
+        gauge(
+            &mut e,
             "spool_memory_only_messages",
             "Sealed messages held only in memory, not acknowledged yet: what a crash or power cut would lose now.",
             g(s.spool_memory_only_messages),

@@ -121,7 +121,7 @@ impl Rate {
 /// The one-line summary shown by `systemctl status`.
 pub fn status_line(s: &Snapshot, sensors_total: usize, records_per_min: u64) -> String {
     format!(
-        "sensors {}/{} open, broker {}, {} records/min, {} messages queued ({} in memory), spool {} on disk",
+        "sensors {}/{} open, broker {}, {} records/min, {} messages queued ({} in memory), spool {} on disk{}",
         s.sensors_open,
         sensors_total,
         connected(s),
@@ -129,6 +129,11 @@ pub fn status_line(s: &Snapshot, sensors_total: usize, records_per_min: u64) -> 
         s.spool_messages,
         human_bytes(s.spool_memory_bytes),
         human_bytes(s.spool_bytes),
+        if s.clock_unsynchronized > 0 {
+            ", clock not synchronised"
+        } else {
+            ""
+        },
     )
 }
 
@@ -244,6 +249,12 @@ mod tests {
         assert_eq!(human_bytes(u64::MAX), "16777216.0 TiB");
         let s = Snapshot::default();
         assert!(status_line(&s, 1, 0).contains("broker not connected"));
+        assert!(!status_line(&s, 1, 0).contains("clock"));
+        let s = Snapshot {
+            clock_unsynchronized: 1,
+            ..s
+        };
+        assert!(status_line(&s, 1, 0).ends_with(", clock not synchronised"));
     }
 
     #[test]

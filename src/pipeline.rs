@@ -191,6 +191,8 @@ pub async fn run(
             &stats,
         ));
     }
+    let clock_check = crate::clock::SyncCheck::new(&cfg.time);
+    let clock = crate::clock::start(&clock_check, &stats);
     let stop_reading = CancellationToken::new();
     let abort = CancellationToken::new();
     let (batch_tx, batch_rx) = mpsc::channel::<Vec<Record>>(BATCH_CHANNEL);
@@ -230,8 +232,11 @@ pub async fn run(
     )
     .map_err(StartError::Thread)?;
     let mut sources = JoinSet::new();
-    let batcher =
-        || Batcher::new(cfg.batch.max_records, cfg.batch.linger).recycling(fields.clone());
+    let batcher = || {
+        Batcher::new(cfg.batch.max_records, cfg.batch.linger)
+            .recycling(fields.clone())
+            .clocked(clock.clone())
+    };
     for (source, sensor) in sensors.into_iter().zip(&streamed) {
         let read = source.run(
             state.allocator(&sensor.name),
@@ -256,6 +261,7 @@ pub async fn run(
     let queues = vec![queue_depth("batches".to_string(), &batch_tx)];
     drop(batch_tx);
     let (tls_tx, tls_rx) = tokio::sync::watch::channel(tls);
+    let (clock_tx, _clock_rx) = tokio::sync::watch::channel(clock.synced());
     let reload_task = tokio::spawn(reload_tls_on_sighup(
         cfg.mqtt.clone(),
         tls_tx,
@@ -269,6 +275,13 @@ pub async fn run(
         tls_rx,
         spool.clone(),
         stats.clone(),
+        abort.clone(),
+    ));
+    let clock_task = tokio::spawn(crate::clock::watch(
+        clock.clone(),
+        clock_check,
+        stats.clone(),
+        clock_tx,
         abort.clone(),
     ));
     let sync_task = tokio::spawn(sync_loop(
@@ -377,6 +390,7 @@ pub async fn run(
         let _ = uplink.await;
     }
     let _ = sync_task.await;
+    let _ = clock_task.await;
     let _ = reload_task.await;
     let _ = expiry_task.await;
     let _ = supervisor.await;

@@ -91,6 +91,9 @@ pub struct Record {
     /// When the gateway received the frame (UTC), or the device's own time
     /// from the sensor's `time_field`.
     pub ts: SystemTime,
+    /// What the gateway's clock said when it stamped `ts` (synchronised or
+    /// not, and the boot clock); `None` for the device's own time.
+    pub clock: Option<crate::clock::ClockMark>,
     /// The values in the order the frame carried them.
     pub fields: Vec<Field>,
 }
@@ -204,6 +207,7 @@ mod tests {
             sensor: Arc::from("s"),
             seq,
             ts: SystemTime::UNIX_EPOCH,
+            clock: None,
             fields,
         }
     }

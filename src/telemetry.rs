@@ -397,6 +397,9 @@ counters! {
     /// Gauge: 1 while the signing key's token fails; sealing waits for it
     /// and the queue holds what is read meanwhile.
     signing_key_unavailable,
+    /// Gauge: 1 while the wall clock is not synchronised (records are
+    /// marked so).
+    clock_unsynchronized,
     /// Publishes handed to the MQTT client (resends included).
     messages_published,
     /// Messages and records acknowledged by the broker (PUBACK).

@@ -674,6 +674,7 @@ fn reading(seq: u64) -> Record {
         sensor,
         seq,
         ts: SystemTime::UNIX_EPOCH + Duration::new(1_764_100_000 + seq, 123_456_789),
+        clock: None,
         fields: vec![
             f("speed", Value::Float(21.25 + seq as f64)),
             f("heart_rate", Value::Int(120 + seq as i64)),

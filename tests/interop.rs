@@ -201,6 +201,7 @@ fn reading(seq: u64) -> Record {
         sensor: Arc::from(SENSOR),
         seq,
         ts: SystemTime::UNIX_EPOCH + Duration::new(1_764_100_000 + n, 123_456_789),
+        clock: None,
         fields: vec![
             f("speed", Value::Float(21.25 + n as f64)),
             f("heart_rate", Value::Int(120 + n as i64)),

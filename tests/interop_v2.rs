@@ -470,6 +470,7 @@ fn reading(seq: u64) -> Record {
         sensor: Arc::from(SENSOR),
         seq,
         ts: SystemTime::UNIX_EPOCH + Duration::new(secs, nanos),
+        clock: None,
         fields,
     }
 }

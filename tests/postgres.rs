@@ -34,6 +34,7 @@ fn reading(seq: u64, variant: i64) -> Record {
         sensor: Arc::from(SENSOR),
         seq,
         ts: SystemTime::UNIX_EPOCH + Duration::new(1_764_100_000 + seq, 250_000_000),
+        clock: None,
         fields: vec![
             f("speed", Value::Float(20.5 + seq as f64)),
             f("heart_rate", Value::Int(120 + seq as i64 + variant)),

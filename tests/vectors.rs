@@ -135,6 +135,7 @@ fn record(input: &InputRecord) -> Record {
         sensor: Arc::from(input.sensor.as_str()),
         seq: input.seq,
         ts: parse_ts(&input.ts).expect("an RFC 3339 timestamp"),
+        clock: None,
         fields: input
             .fields
             .iter()

@@ -276,6 +276,23 @@ choice_enum! {
 }
 
 choice_enum! {
+    /// What says that the system clock is synchronised ([`super::Time`]).
+    pub enum ClockCheck ("clock check") {
+        /// The kernel (an NTP client has disciplined the clock), or the
+        /// time daemon's flag file: whichever says so first.
+        #[default]
+        Auto = "auto",
+        /// Only the kernel's status (adjtimex).
+        Kernel = "kernel",
+        /// Only the flag file.
+        Flag = "flag",
+        /// Always synchronised: a clock set before the gateway starts (a
+        /// battery-backed RTC read at boot, `time-sync.target`).
+        Trust = "trust",
+    }
+}
+
+choice_enum! {
     /// Where log lines go and how they look.
     pub enum LogFormat ("log format") {
         /// The journal when started by systemd, text on a terminal.

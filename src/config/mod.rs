@@ -41,14 +41,14 @@ mod validate;
 mod test_support;
 
 pub use choice::{
-    ColumnType, Crc, Durability, Endian, FlowControl, Format, Framing, Fsync, LayoutType,
-    LogFormat, Nested, Parity, RegisterTable, RegisterType, TimeFormat, WhenFull,
+    ClockCheck, ColumnType, Crc, Durability, Endian, FlowControl, Format, Framing, Fsync,
+    LayoutType, LogFormat, Nested, Parity, RegisterTable, RegisterType, TimeFormat, WhenFull,
 };
 pub use error::{ConfigError, Problem};
 pub use keyref::KeyRef;
 pub use schema::{
     Batch, Buffer, Column, ColumnTable, Config, Gateway, LayoutField, Log, Metrics, Mqtt, Register,
-    Seal, Sensor,
+    Seal, Sensor, Time,
 };
 pub use secret::Secret;
 pub(crate) use units::de_duration;

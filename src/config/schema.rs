@@ -12,8 +12,8 @@ use serde::Deserialize;
 use crate::modbus::value::Kind;
 
 use super::choice::{
-    ColumnType, Crc, Durability, Endian, FlowControl, Format, Framing, Fsync, LayoutType,
-    LogFormat, Nested, Parity, RegisterTable, RegisterType, TimeFormat, WhenFull,
+    ClockCheck, ColumnType, Crc, Durability, Endian, FlowControl, Format, Framing, Fsync,
+    LayoutType, LogFormat, Nested, Parity, RegisterTable, RegisterType, TimeFormat, WhenFull,
 };
 use super::secret::Secret;
 use super::units::{
@@ -37,6 +37,28 @@ pub struct Config {
     pub log: Log,
     #[serde(default)]
     pub metrics: Metrics,
+    #[serde(default)]
+    pub time: Time,
+}
+
+/// How the gateway knows whether its clock is right (a Pi has no
+/// real-time clock: docs/OPERATIONS.md, "Time").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Time {
+    pub synchronized_by: ClockCheck,
+    /// The file a time daemon creates once it has synchronised the clock
+    /// (systemd-timesyncd's by default).
+    pub synchronized_flag: PathBuf,
+}
+
+impl Default for Time {
+    fn default() -> Self {
+        Time {
+            synchronized_by: ClockCheck::default(),
+            synchronized_flag: PathBuf::from("/run/systemd/timesync/synchronized"),
+        }
+    }
 }
 
 /// The optional Prometheus endpoint.

@@ -14,7 +14,7 @@ use super::error::Problem;
 use super::origin::Context;
 use super::{
     Batch, Buffer, ColumnTable, Config, Gateway, LayoutField, Log, Metrics, Mqtt, Register, Seal,
-    Sensor,
+    Sensor, Time,
 };
 
 impl Context<'_> {
@@ -25,7 +25,7 @@ impl Context<'_> {
             return out;
         };
         self.unknown_in(top, "", "the top level", fields_of::<Config>(), &mut out);
-        let sections: [(&str, &[&str]); 7] = [
+        let sections: [(&str, &[&str]); 8] = [
             ("gateway", fields_of::<Gateway>()),
             ("mqtt", fields_of::<Mqtt>()),
             ("batch", fields_of::<Batch>()),
@@ -33,6 +33,7 @@ impl Context<'_> {
             ("seal", fields_of::<Seal>()),
             ("log", fields_of::<Log>()),
             ("metrics", fields_of::<Metrics>()),
+            ("time", fields_of::<Time>()),
         ];
         for (section, fields) in sections {
             if let Some(Value {
@@ -266,7 +267,7 @@ mod tests {
         assert_eq!(
             fields_of::<Config>(),
             [
-                "gateway", "sensor", "mqtt", "batch", "buffer", "seal", "log", "metrics"
+                "gateway", "sensor", "mqtt", "batch", "buffer", "seal", "log", "metrics", "time"
             ]
         );
         assert!(fields_of::<Mqtt>().contains(&"drain_timeout"));

@@ -30,6 +30,7 @@ impl Context<'_> {
         found.seal(cfg);
         found.log(cfg);
         found.metrics(cfg);
+        found.time(cfg);
         found.problems
     }
 }
@@ -907,6 +908,19 @@ impl Found<'_> {
                 format!(
                     "{} is too short; use 1s or more (or 0s for no stats lines)",
                     humantime::format_duration(cfg.log.stats_interval)
+                ),
+            );
+        }
+    }
+
+    fn time(&mut self, cfg: &Config) {
+        let flag = &cfg.time.synchronized_flag;
+        if flag.is_relative() {
+            self.fail(
+                "time.synchronized_flag",
+                format!(
+                    "{} is not an absolute path (systemd-timesyncd's is /run/systemd/timesync/synchronized)",
+                    flag.display()
                 ),
             );
         }

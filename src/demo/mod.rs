@@ -203,6 +203,11 @@ linger = "100ms"
 signing_key = {signing:?}
 recipient_key = {recipient:?}
 encrypt = ["heart_rate", "incline", "resistance"]
+
+[time]
+# The demo trusts this machine's clock (a VM's kernel often says it is not
+# synchronised, having no NTP daemon); on a Pi, leave the default "auto".
+synchronized_by = "trust"
 "#,
         state = root.join("state"),
         device = device,

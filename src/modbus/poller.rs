@@ -27,6 +27,7 @@ use super::slave::{Point, Reading};
 use super::value::Order;
 use crate::backoff::Backoff;
 use crate::batch::Batcher;
+use crate::clock::ClockMark;
 use crate::config::{self, RegisterTable};
 use crate::record::Record;
 use crate::serial::counters::SensorCounters;
@@ -307,7 +308,7 @@ impl Streams<'_> {
             let slave = &self.slaves[i];
             match poll_slave(&mut bus, slave).await {
                 Ok(answers) => {
-                    let at = receive_time(SystemTime::now());
+                    let at = self.batchers[i].stamp();
                     let change = schedule.done(i, Instant::now(), Outcome::Answered);
                     if let Some(Change::Back { after }) = change {
                         info!(sensor = %slave.name, unit = slave.unit, after_s = after.as_secs_f64(),
@@ -343,7 +344,7 @@ impl Streams<'_> {
 
     /// Adds the record of slave `i`'s answers to its batch, sending the
     /// batch on when full. False when the next stage is gone.
-    async fn record(&mut self, i: usize, answers: &[Answer], ts: SystemTime) -> bool {
+    async fn record(&mut self, i: usize, answers: &[Answer], at: (SystemTime, ClockMark)) -> bool {
         let slave = &self.slaves[i];
         let fields = match slave.reading.fields(answers, self.batchers[i].fields()) {
             Ok(fields) => fields,
@@ -364,7 +365,8 @@ impl Streams<'_> {
         let record = Record {
             sensor: Arc::clone(&slave.name),
             seq,
-            ts,
+            ts: receive_time(at.0),
+            clock: Some(at.1),
             fields,
         };
         Stats::add(&self.stats.records_read, 1);

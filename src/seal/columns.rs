@@ -392,6 +392,7 @@ mod tests {
             sensor: Arc::from("s"),
             seq,
             ts: UNIX_EPOCH + Duration::from_millis(1_764_100_000_000 + seq * 1000),
+            clock: None,
             fields: fields
                 .iter()
                 .map(|(n, v)| Field {
@@ -480,6 +481,7 @@ mod tests {
             let records: Vec<Record> = (0..3)
                 .map(|i| Record {
                     ts: base + step * i,
+                    clock: None,
                     ..record(i as u64, &[])
                 })
                 .collect();

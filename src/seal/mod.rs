@@ -20,6 +20,7 @@ mod format;
 mod jwe;
 mod keys;
 mod opener;
+pub mod retime;
 mod sealer;
 mod tracker;
 mod v2;
@@ -36,10 +37,11 @@ pub use keys::{
     load_recipient_key_from, load_signing_key, load_trusted_keys,
 };
 pub use opener::{
-    DeclaredGap, MAX_GAP_LINES, MAX_MESSAGE_BYTES, MessageSink, OpenError, OpenSummary,
-    OpenedMessage, OpenedRecord, Opener, OutputFormat, STATE_SAVE_INTERVAL, StreamOptions,
-    open_stream, open_stream_with,
+    DeclaredGap, HOLD_UNSYNCED, MAX_GAP_LINES, MAX_MESSAGE_BYTES, MessageSink, OpenError,
+    OpenSummary, OpenedMessage, OpenedRecord, Opener, OutputFormat, STATE_SAVE_INTERVAL,
+    StreamOptions, open_stream, open_stream_with,
 };
+pub use retime::MessageClock;
 pub use sealer::{
     FixedRandomness, MAX_MESSAGES_PER_DATA_KEY, SealError, SealedMessage, Sealer, SealerOptions,
     WireFormat,
@@ -47,4 +49,4 @@ pub use sealer::{
 pub use tracker::{
     DIGEST_WINDOW, Digest, RangeVerdict, Seen, SeqSet, SequenceTracker, StateError, StreamKey,
 };
-pub use v2::{FORMAT_VERSION_2, GapCause, GapNotice};
+pub use v2::{BatchClock, FORMAT_VERSION_2, GapCause, GapNotice};

@@ -30,6 +30,7 @@ use super::format::{
 };
 use super::jwe::{self, Binding, expect_param};
 use super::keys::{PublicKey, RecipientKey, VerifyKey};
+use super::retime::{self, Anchors, MessageClock};
 use super::tracker::{Digest, RangeVerdict, SequenceTracker};
 use super::v2::{self, FORMAT_VERSION_2, PayloadError};
 use crate::record::parse_ts;
@@ -151,7 +152,16 @@ pub struct OpenedRecord {
     pub gateway: String,
     pub sensor: String,
     pub seq: u64,
+    /// The record's time: as the gateway stamped it, or corrected
+    /// (`ts_stamped` then holds the stamped one).
     pub ts: String,
+    /// `Some(false)` when the gateway's clock was not synchronised when it
+    /// stamped the record (`docs/FORMAT.md`, "Time"); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ts_synced: Option<bool>,
+    /// The time as stamped, when `ts` is corrected from an anchor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ts_stamped: Option<String>,
     pub fields: FieldMap,
 }
 
@@ -169,6 +179,12 @@ pub struct OpenedMessage {
     pub duplicates: u64,
     /// For a gap notice (no records): what the gateway declared.
     pub declared: Option<DeclaredGap>,
+    /// The batch's `clock`, when it has one: stamped unsynchronised, or
+    /// an anchor.
+    pub clock: Option<MessageClock>,
+    /// How far the records' times were moved (nanoseconds), when they
+    /// were stamped unsynchronised and their boot's anchor was known.
+    pub corrected: Option<i128>,
 }
 
 /// A range of sequence numbers the gateway declared in a gap notice: at
@@ -196,6 +212,10 @@ pub struct OpenSummary {
     /// notices; the rest are unexplained.
     pub declared: u64,
     pub rejected: u64,
+    /// Records the gateway stamped while its clock was not synchronised,
+    /// and how many of them had their times corrected from an anchor.
+    pub unsynced: u64,
+    pub corrected: u64,
 }
 
 impl fmt::Display for OpenSummary {
@@ -224,7 +244,17 @@ impl fmt::Display for OpenSummary {
                 self.missing.saturating_sub(self.declared)
             )?;
         }
-        write!(f, ", {} rejected", self.rejected)
+        write!(f, ", {} rejected", self.rejected)?;
+        if self.unsynced > 0 {
+            write!(
+                f,
+                "; {} record{} stamped before the gateway's clock was synchronised ({} corrected)",
+                self.unsynced,
+                plural(self.unsynced),
+                self.corrected
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -241,6 +271,11 @@ pub struct Opener {
     records: u64,
     duplicates: u64,
     rejected: u64,
+    /// Records stamped unsynchronised, and those of them corrected.
+    unsynced: u64,
+    corrected: u64,
+    /// The first anchor of each gateway's boot (`docs/FORMAT.md`, "Time").
+    anchors: Anchors,
     /// `open --strict-order`: a range entirely below the highest seq seen on
     /// its stream (and not a known duplicate) is a replay.
     strict_order: bool,
@@ -267,6 +302,7 @@ struct Verified {
     last_seq: u64,
     records: Vec<OpenedRecord>,
     declared: Option<DeclaredGap>,
+    clock: Option<MessageClock>,
 }
 
 impl Opener {
@@ -288,6 +324,9 @@ impl Opener {
             records: 0,
             duplicates: 0,
             rejected: 0,
+            unsynced: 0,
+            corrected: 0,
+            anchors: Anchors::default(),
             strict_order: false,
         }
     }
@@ -319,6 +358,7 @@ impl Opener {
             last_seq,
             mut records,
             declared,
+            clock,
         } = verified;
         let key = (gateway, sensor, epoch);
         if declared.is_some() {
@@ -336,6 +376,8 @@ impl Opener {
                 records,
                 duplicates: 0,
                 declared,
+                clock: None,
+                corrected: None,
             });
         }
         let digest = records_digest(&records);
@@ -377,6 +419,21 @@ impl Opener {
         self.messages += 1;
         self.records += records.len() as u64;
         self.duplicates += duplicates;
+        // After the digest: a redelivery compares as stamped.
+        let corrected = clock.and_then(|clock| {
+            self.anchors.learn(&gateway, &clock);
+            let shift = self.shift(&gateway, &clock)?;
+            retime(&mut records, shift);
+            Some(shift)
+        });
+        if let Some(clock) = clock
+            && !clock.synced
+        {
+            self.unsynced += records.len() as u64;
+            if corrected.is_some() {
+                self.corrected += records.len() as u64;
+            }
+        }
         Ok(OpenedMessage {
             gateway,
             sensor,
@@ -386,6 +443,8 @@ impl Opener {
             records,
             duplicates,
             declared: None,
+            clock,
+            corrected,
         })
     }
 
@@ -407,7 +466,26 @@ impl Opener {
             records: v.records,
             duplicates: 0,
             declared: v.declared,
+            clock: v.clock,
+            corrected: None,
         })
+    }
+
+    /// How far the times of an unsynchronised message of `gateway` are off
+    /// (nanoseconds to add), once an anchor of its boot was opened.
+    pub fn shift(&self, gateway: &str, clock: &MessageClock) -> Option<i128> {
+        let batch = v2::BatchClock {
+            synced: clock.synced,
+            boot: clock.boot,
+            boot_ms: clock.boot_ms,
+        };
+        self.anchors.shift(gateway, &batch, clock.t0)
+    }
+
+    /// Counts records whose times the caller corrected later (`open`
+    /// holding them for their anchor).
+    pub fn count_corrected(&mut self, records: u64) {
+        self.corrected += records;
     }
 
     /// Counts a message rejected before it could be handed to [`Opener::open`]
@@ -427,6 +505,8 @@ impl Opener {
             gaps: self.tracker.gaps(),
             declared: self.tracker.declared_missing(),
             rejected: self.rejected,
+            unsynced: self.unsynced,
+            corrected: self.corrected,
         }
     }
 
@@ -496,6 +576,7 @@ impl Opener {
                         lost: n.lost,
                         exact: n.exact,
                     }),
+                    clock: None,
                 });
             }
         };
@@ -538,6 +619,13 @@ impl Opener {
         // 5. The records.
         let gateway = batch.gateway.to_string();
         let sensor = batch.sensor.to_string();
+        let clock = batch.clock.map(|c| MessageClock {
+            synced: c.synced,
+            boot: c.boot,
+            boot_ms: c.boot_ms,
+            t0: times[0],
+        });
+        let ts_synced = clock.and_then(|c| (!c.synced).then_some(false));
         let mut records = Vec::with_capacity(n);
         for (i, ts) in times.into_iter().enumerate() {
             let mut fields = FieldMap::with_capacity(columns.len());
@@ -551,6 +639,8 @@ impl Opener {
                 sensor: sensor.clone(),
                 seq: batch.first + i as u64,
                 ts: crate::record::format_ts(ts),
+                ts_synced,
+                ts_stamped: None,
                 fields,
             });
         }
@@ -562,6 +652,7 @@ impl Opener {
             last_seq: batch.last,
             records,
             declared: None,
+            clock,
         })
     }
 
@@ -681,6 +772,8 @@ impl Opener {
                 sensor: sensor.clone(),
                 seq: record.seq,
                 ts: record.ts.into_owned(),
+                ts_synced: None,
+                ts_stamped: None,
                 fields,
             });
         }
@@ -692,7 +785,19 @@ impl Opener {
             last_seq: last,
             records,
             declared: None,
+            clock: None,
         })
+    }
+}
+
+/// Moves the records' times by `shift` nanoseconds, keeping the stamped
+/// ones in `ts_stamped`.
+pub fn retime(records: &mut [OpenedRecord], shift: i128) {
+    for record in records {
+        if let Some(stamped) = crate::record::parse_ts(&record.ts) {
+            let corrected = crate::record::format_ts(retime::shifted(stamped, shift));
+            record.ts_stamped = Some(std::mem::replace(&mut record.ts, corrected));
+        }
     }
 }
 
@@ -760,13 +865,72 @@ pub enum OutputFormat {
 }
 
 /// Options of [`open_stream_with`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct StreamOptions {
     pub format: OutputFormat,
     /// Where the duplicate/gap state is saved: every [`STATE_SAVE_INTERVAL`]
     /// while messages arrive, and at the end.
     pub state: Option<std::path::PathBuf>,
+    /// Records stamped before their gateway's clock was synchronised wait
+    /// for their boot's anchor, to be printed with corrected times: at most
+    /// this many (the oldest go out uncorrected beyond), and no longer
+    /// than the next state save. 0: printed at once, uncorrected (`open
+    /// --mqtt`, whose messages are acknowledged once printed).
+    pub hold_unsynced: usize,
 }
+
+impl Default for StreamOptions {
+    fn default() -> StreamOptions {
+        StreamOptions {
+            format: OutputFormat::default(),
+            state: None,
+            hold_unsynced: HOLD_UNSYNCED,
+        }
+    }
+}
+
+/// The records `open` holds by default waiting for their anchor.
+pub const HOLD_UNSYNCED: usize = 100_000;
+
+/// Unsynchronised records of one message, printed once their anchor is
+/// known or when they can wait no longer.
+#[derive(Debug)]
+struct Held {
+    gateway: String,
+    sensor: String,
+    epoch: String,
+    clock: MessageClock,
+    records: Vec<OpenedRecord>,
+}
+
+impl Held {
+    fn of(opened: &mut OpenedMessage, clock: MessageClock) -> Held {
+        Held {
+            gateway: opened.gateway.clone(),
+            sensor: opened.sensor.clone(),
+            epoch: opened.epoch.clone(),
+            clock,
+            records: std::mem::take(&mut opened.records),
+        }
+    }
+
+    /// `gw/sensor epoch E: seq A..B`, the records it holds.
+    fn range(&self) -> String {
+        let seq = |r: Option<&OpenedRecord>| r.map_or(0, |r| r.seq);
+        format!(
+            "{}/{} epoch {}: seq {}..{}",
+            self.gateway,
+            self.sensor,
+            self.epoch,
+            seq(self.records.first()),
+            seq(self.records.last())
+        )
+    }
+}
+
+/// Ranges printed uncorrected kept at most, to say their correction when
+/// the anchor comes.
+const MAX_PRINTED_UNCORRECTED: usize = 10_000;
 
 /// How often `open --state` saves while messages keep arriving. A run that
 /// is killed loses at most this much state: those messages are then opened
@@ -1023,6 +1187,13 @@ pub struct MessageSink<'a, W: Write, E: Write> {
     csv_header: Option<Vec<String>>,
     last_save: std::time::Instant,
     unsaved: bool,
+    /// Unsynchronised records waiting for their anchor, oldest first, and
+    /// how many records they hold.
+    held: std::collections::VecDeque<Held>,
+    held_records: usize,
+    /// Unsynchronised records printed before their anchor came (their
+    /// records dropped): their correction is said when it does.
+    printed_uncorrected: std::collections::VecDeque<Held>,
 }
 
 impl<'a, W: Write, E: Write> MessageSink<'a, W, E> {
@@ -1041,7 +1212,116 @@ impl<'a, W: Write, E: Write> MessageSink<'a, W, E> {
             csv_header: None,
             last_save: std::time::Instant::now(),
             unsaved: false,
+            held: std::collections::VecDeque::new(),
+            held_records: 0,
+            printed_uncorrected: std::collections::VecDeque::new(),
         }
+    }
+
+    /// Prints `records` (a JSON line or CSV row each).
+    fn print(&mut self, records: &[OpenedRecord]) -> io::Result<()> {
+        self.rendered.clear();
+        for record in records {
+            match self.options.format {
+                OutputFormat::Json => {
+                    serde_json::to_writer(&mut self.rendered, record).map_err(io::Error::other)?;
+                    self.rendered.push(b'\n');
+                }
+                OutputFormat::Csv => write_csv(&mut self.rendered, &mut self.csv_header, record),
+            }
+        }
+        self.out.write_all(&self.rendered)?;
+        self.out.flush()
+    }
+
+    /// A synchronised message may be its boot's anchor: the records held
+    /// for it are corrected and printed, and the correction of those
+    /// printed before is said.
+    fn anchored(&mut self, gateway: &str, boot: [u8; 16]) -> io::Result<()> {
+        let of_boot = |h: &Held| h.gateway == gateway && h.clock.boot == boot;
+        let mut waiting = std::collections::VecDeque::new();
+        for mut held in std::mem::take(&mut self.held) {
+            if !of_boot(&held) {
+                waiting.push_back(held);
+                continue;
+            }
+            let Some(shift) = self.opener.shift(&held.gateway, &held.clock) else {
+                waiting.push_back(held);
+                continue;
+            };
+            self.held_records -= held.records.len();
+            retime(&mut held.records, shift);
+            self.opener.count_corrected(held.records.len() as u64);
+            writeln!(
+                self.err,
+                "corrected: {}: stamped before the gateway's clock was synchronised; times moved by {}",
+                one_line(&held.range()),
+                retime::describe_shift(shift)
+            )?;
+            self.print(&held.records)?;
+        }
+        self.held = waiting;
+        let mut unsaid = std::collections::VecDeque::new();
+        for printed in std::mem::take(&mut self.printed_uncorrected) {
+            match self.opener.shift(&printed.gateway, &printed.clock) {
+                Some(shift) if of_boot(&printed) => writeln!(
+                    self.err,
+                    "correction: {}: printed before the anchor of its boot came, with times stamped before the gateway's clock was synchronised; they are off by {} (add it)",
+                    one_line(&printed.range()),
+                    retime::describe_shift(shift)
+                )?,
+                _ => unsaid.push_back(printed),
+            }
+        }
+        self.printed_uncorrected = unsaid;
+        Ok(())
+    }
+
+    /// Prints the oldest held records as they were stamped (no anchor in
+    /// time), remembering their range.
+    fn release_oldest(&mut self) -> io::Result<bool> {
+        let Some(mut held) = self.held.pop_front() else {
+            return Ok(false);
+        };
+        self.held_records -= held.records.len();
+        self.print(&held.records)?;
+        self.printed(&mut held);
+        Ok(true)
+    }
+
+    /// Remembers unsynchronised records printed uncorrected.
+    fn printed(&mut self, held: &mut Held) {
+        if self.printed_uncorrected.len() >= MAX_PRINTED_UNCORRECTED {
+            self.printed_uncorrected.pop_front();
+        }
+        // The first and last records say the range.
+        let n = held.records.len();
+        if n > 2 {
+            held.records.drain(1..n - 1);
+        }
+        for r in &mut held.records {
+            r.fields = FieldMap::new();
+        }
+        self.printed_uncorrected.push_back(Held {
+            records: std::mem::take(&mut held.records),
+            gateway: std::mem::take(&mut held.gateway),
+            sensor: std::mem::take(&mut held.sensor),
+            epoch: std::mem::take(&mut held.epoch),
+            clock: held.clock,
+        });
+    }
+
+    /// Prints everything still held, uncorrected, saying why.
+    fn release_all(&mut self, why: &str) -> io::Result<()> {
+        while let Some(held) = self.held.front() {
+            writeln!(
+                self.err,
+                "not corrected: {}: stamped before the gateway's clock was synchronised, printed as stamped: {why}",
+                one_line(&held.range()),
+            )?;
+            self.release_oldest()?;
+        }
+        Ok(())
     }
 
     /// Opens one message; `place` says where it came from in a rejection
@@ -1065,22 +1345,49 @@ impl<'a, W: Write, E: Write> MessageSink<'a, W, E> {
                 writeln!(self.err, "{}", one_line(&text))?;
                 self.unsaved = true;
             }
-            Ok(opened) => {
-                self.rendered.clear();
-                for record in &opened.records {
-                    match self.options.format {
-                        OutputFormat::Json => {
-                            serde_json::to_writer(&mut self.rendered, record)
-                                .map_err(io::Error::other)?;
-                            self.rendered.push(b'\n');
-                        }
-                        OutputFormat::Csv => {
-                            write_csv(&mut self.rendered, &mut self.csv_header, record)
-                        }
+            Ok(mut opened) => {
+                match opened.clock {
+                    Some(clock) if clock.synced => {
+                        self.anchored(&opened.gateway, clock.boot)?;
+                        self.print(&opened.records)?;
                     }
+                    // Every record a duplicate: nothing to print.
+                    Some(_) if opened.records.is_empty() => {}
+                    Some(clock) => match opened.corrected {
+                        Some(shift) => {
+                            let held = Held::of(&mut opened, clock);
+                            writeln!(
+                                self.err,
+                                "corrected: {}: stamped before the gateway's clock was synchronised; times moved by {}",
+                                one_line(&held.range()),
+                                retime::describe_shift(shift)
+                            )?;
+                            self.print(&held.records)?;
+                        }
+                        None => {
+                            let mut held = Held::of(&mut opened, clock);
+                            if self.options.hold_unsynced == 0 {
+                                self.print(&held.records)?;
+                                self.printed(&mut held);
+                            } else {
+                                self.held_records += held.records.len();
+                                self.held.push_back(held);
+                                while self.held_records > self.options.hold_unsynced {
+                                    if let Some(oldest) = self.held.front() {
+                                        writeln!(
+                                            self.err,
+                                            "not corrected: {}: stamped before the gateway's clock was synchronised, printed as stamped: more than {} such records wait for an anchor",
+                                            one_line(&oldest.range()),
+                                            self.options.hold_unsynced
+                                        )?;
+                                    }
+                                    self.release_oldest()?;
+                                }
+                            }
+                        }
+                    },
+                    None => self.print(&opened.records)?,
                 }
-                self.out.write_all(&self.rendered)?;
-                self.out.flush()?;
                 self.unsaved = true;
             }
             Err(e) => writeln!(
@@ -1120,6 +1427,9 @@ impl<'a, W: Write, E: Write> MessageSink<'a, W, E> {
             && self.unsaved
             && self.last_save.elapsed() >= STATE_SAVE_INTERVAL
         {
+            // The state counts these records as opened: they are printed
+            // first, so that a run killed after the save loses none.
+            self.release_all("the state is saved (--state) before their anchor came")?;
             self.opener.tracker().save(path).map_err(io::Error::other)?;
             self.last_save = std::time::Instant::now();
             self.unsaved = false;
@@ -1130,6 +1440,7 @@ impl<'a, W: Write, E: Write> MessageSink<'a, W, E> {
     /// Saves the state (`--state`), prints one `gap: …` line per missing
     /// range and the summary line on `err`, and returns the summary.
     pub fn finish(mut self) -> io::Result<OpenSummary> {
+        self.release_all("no anchor from the same boot of the gateway came")?;
         if let Some(path) = &self.options.state {
             self.opener.tracker().save(path).map_err(io::Error::other)?;
         }
@@ -1175,19 +1486,36 @@ fn write_gaps(err: &mut impl Write, tracker: &SequenceTracker) -> io::Result<()>
 /// Appends `record` as a CSV line, preceded by a header line when its
 /// columns differ from `header` (the last header printed).
 fn write_csv(out: &mut Vec<u8>, header: &mut Option<Vec<String>>, record: &OpenedRecord) {
-    let same = header
-        .as_ref()
-        .is_some_and(|h| h.iter().map(String::as_str).eq(record.fields.names()));
+    // Records stamped before the clock was synchronised have two more
+    // columns, `ts_synced,ts_stamped`, after `ts`; the header key says so
+    // with a name no field can have.
+    const CLOCKED: &str = "\0ts_synced";
+    let clocked = record.ts_synced.is_some();
+    let same = header.as_ref().is_some_and(|h| {
+        h.iter().map(String::as_str).eq(clocked
+            .then_some(CLOCKED)
+            .into_iter()
+            .chain(record.fields.names()))
+    });
     if !same {
         let names: Vec<String> = record.fields.names().map(str::to_string).collect();
         let mut line = String::from("gateway,sensor,seq,ts");
+        if clocked {
+            line.push_str(",ts_synced,ts_stamped");
+        }
         for name in &names {
             line.push(',');
             line.push_str(&csv_cell(name));
         }
         line.push('\n');
         out.extend_from_slice(line.as_bytes());
-        *header = Some(names);
+        *header = Some(
+            clocked
+                .then(|| CLOCKED.to_string())
+                .into_iter()
+                .chain(names)
+                .collect(),
+        );
     }
     let mut line = format!(
         "{},{},{},{}",
@@ -1196,6 +1524,10 @@ fn write_csv(out: &mut Vec<u8>, header: &mut Option<Vec<String>>, record: &Opene
         record.seq,
         csv_cell(&record.ts)
     );
+    if let Some(synced) = record.ts_synced {
+        line.push_str(if synced { ",true," } else { ",false," });
+        line.push_str(&csv_cell(record.ts_stamped.as_deref().unwrap_or("")));
+    }
     for (_, value) in &record.fields {
         line.push(',');
         match value {
@@ -1333,6 +1665,8 @@ mod tests {
             sensor: sensor.into(),
             seq,
             ts: "2026-11-25T20:04:37Z".into(),
+            ts_synced: None,
+            ts_stamped: None,
             fields: map,
         }
     }
@@ -1374,6 +1708,38 @@ mod tests {
     }
 
     #[test]
+    fn csv_shows_times_stamped_before_the_clock_was_synchronised() {
+        let mut out = Vec::new();
+        let mut header = None;
+        let plain = record("room", 1, &[("temp", serde_json::json!(19))]);
+        let unsynced = OpenedRecord {
+            seq: 2,
+            ts: "2026-12-07T06:00:00Z".into(),
+            ts_synced: Some(false),
+            ts_stamped: Some("1970-01-01T00:00:10Z".into()),
+            ..plain.clone()
+        };
+        let uncorrected = OpenedRecord {
+            seq: 3,
+            ts_stamped: None,
+            ..unsynced.clone()
+        };
+        for r in [&plain, &unsynced, &uncorrected, &plain] {
+            write_csv(&mut out, &mut header, r);
+        }
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "gateway,sensor,seq,ts,temp\n\
+             gw,room,1,2026-11-25T20:04:37Z,19\n\
+             gateway,sensor,seq,ts,ts_synced,ts_stamped,temp\n\
+             gw,room,2,2026-12-07T06:00:00Z,false,1970-01-01T00:00:10Z,19\n\
+             gw,room,3,2026-12-07T06:00:00Z,false,,19\n\
+             gateway,sensor,seq,ts,temp\n\
+             gw,room,1,2026-11-25T20:04:37Z,19\n"
+        );
+    }
+
+    #[test]
     fn gaps_are_listed_per_stream_with_their_missing_range() {
         let mut t = SequenceTracker::new();
         for seq in [1, 2, 6, 9] {
@@ -1409,6 +1775,7 @@ mod tests {
             gaps: 1,
             declared: 0,
             rejected: 4,
+            ..OpenSummary::default()
         };
         assert_eq!(
             s.to_string(),

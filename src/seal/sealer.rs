@@ -1,6 +1,7 @@
 //! Sealing: a batch of records becomes one sealed message, a JWS (ES256)
 //! whose payload carries the clear fields and a JWE with the encrypted ones.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -139,6 +140,13 @@ pub struct Sealer {
     /// Hedged, unless [`seal_with`](Self::seal_with) made this sealer
     /// reproducible.
     nonces: Nonces,
+    /// This boot's id, for the batches' `clock` (version 2).
+    boot_id: [u8; 16],
+    /// Counts the batches sealed with an unsynchronised clock; a sensor
+    /// whose last anchor is from an older count anchors its next
+    /// synchronised batch ([`Sealer::clock_of`]).
+    unsynced_batches: u64,
+    anchored: HashMap<Arc<str>, u64>,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -187,6 +195,42 @@ impl Sealer {
             plaintext: Zeroizing::new(Vec::new()),
             payload_json: Vec::new(),
             nonces: Nonces::Hedged,
+            boot_id: crate::clock::boot_id(),
+            unsynced_batches: 0,
+            anchored: HashMap::new(),
+        }
+    }
+
+    /// Writes `boot_id` as this boot's id (tests; the default reads the
+    /// kernel's).
+    pub fn with_boot_id(mut self, boot_id: [u8; 16]) -> Sealer {
+        self.boot_id = boot_id;
+        self
+    }
+
+    /// The batch's `clock` entry (`docs/FORMAT.md`, "Time"): for a batch
+    /// stamped while the clock was not synchronised, and as an anchor for
+    /// a sensor's first synchronised batch since the gateway started or
+    /// since a batch (of any sensor) was stamped unsynchronised. None for
+    /// times the devices gave.
+    fn clock_of(&self, records: &[Record]) -> Option<v2::BatchClock> {
+        let mark = records.first()?.clock?;
+        let due =
+            !mark.synced || self.anchored.get(&records[0].sensor) != Some(&self.unsynced_batches);
+        due.then_some(v2::BatchClock {
+            synced: mark.synced,
+            boot: self.boot_id,
+            boot_ms: mark.boot_ms,
+        })
+    }
+
+    /// Notes a sealed batch's `clock` entry.
+    fn clock_sealed(&mut self, sensor: &Arc<str>, clock: &v2::BatchClock) {
+        if clock.synced {
+            self.anchored
+                .insert(Arc::clone(sensor), self.unsynced_batches);
+        } else {
+            self.unsynced_batches += 1;
         }
     }
 
@@ -335,6 +379,7 @@ impl Sealer {
             let aad = cose::external_aad(&self.gateway, sensor, &self.epoch, first, last);
             Some(cose::encrypt(key, &self.recipient_kid, &aad, plaintext)?)
         };
+        let clock = self.clock_of(records);
         let payload = &mut self.payload_json;
         payload.clear();
         v2::write_payload(
@@ -344,8 +389,12 @@ impl Sealer {
             &layout,
             selection,
             enc.as_deref().map(|e| (positions.as_slice(), e)),
+            clock.as_ref(),
         );
         let bytes = cose::sign1(&self.key, self.nonces, &self.cose_protected, payload)?;
+        if let Some(clock) = &clock {
+            self.clock_sealed(sensor, clock);
+        }
         Ok(SealedMessage {
             sensor: Arc::clone(sensor),
             first_seq: first,
@@ -509,6 +558,7 @@ mod tests {
             sensor: Arc::from("bike"),
             seq,
             ts: SystemTime::UNIX_EPOCH,
+            clock: None,
             fields: vec![Field {
                 name: Arc::from("heart_rate"),
                 value: Value::Int(140),

@@ -49,6 +49,7 @@ fn record(sensor: &Arc<str>, seq: u64) -> Record {
         sensor: Arc::clone(sensor),
         seq,
         ts: ts(seq),
+        clock: None,
         fields: vec![
             f("speed", Value::Float(12.5 + seq as f64)),
             f("heart_rate", Value::Int(98_700 + seq as i64)),
@@ -201,6 +202,7 @@ fn floats_survive_bit_for_bit() {
             sensor: Arc::clone(&sensor),
             seq: i as u64,
             ts: ts(0),
+            clock: None,
             fields: vec![
                 Field {
                     name: Arc::from("speed"),
@@ -567,7 +569,8 @@ fn duplicates_are_dropped_and_gaps_counted() {
             missing: 1,
             gaps: 1,
             declared: 0,
-            rejected: 0
+            rejected: 0,
+            ..OpenSummary::default()
         }
     );
 }
@@ -615,7 +618,8 @@ fn same_range_same_records_is_a_duplicate_other_records_a_conflict() {
             missing: 0,
             gaps: 0,
             declared: 0,
-            rejected: 1
+            rejected: 1,
+            ..OpenSummary::default()
         }
     );
 }
@@ -725,6 +729,7 @@ fn print_worked_example() {
             sensor: Arc::clone(&sensor),
             seq,
             ts: SystemTime::UNIX_EPOCH + Duration::new(1_764_100_000 + seq, 250_000_000),
+            clock: None,
             fields: vec![
                 f("speed", Value::Float(24.5)),
                 f("cadence", Value::Int(88)),
@@ -901,7 +906,7 @@ pub(super) mod properties {
                         let k = (shuffle as usize + i) % fs.len();
                         fs.rotate_left(k);
                     }
-                    Record { sensor: Arc::clone(&sensor), seq: first + i as u64, ts: ts(i as u64), fields: fs }
+                    Record { sensor: Arc::clone(&sensor), seq: first + i as u64, ts: ts(i as u64), clock: None, fields: fs }
                 })
                 .collect();
             let sealed = sealer.seal(&records).unwrap();
@@ -939,6 +944,7 @@ pub(super) mod properties {
                 sensor: Arc::clone(&sensor),
                 seq: first + i as u64,
                 ts: SystemTime::UNIX_EPOCH + Duration::new(secs, nanos),
+                clock: None,
                 fields: columns
                     .iter()
                     .zip(values)

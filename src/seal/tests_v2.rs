@@ -147,6 +147,7 @@ fn encrypted_columns_moved_to_another_message_do_not_open() {
         &layout,
         Selection(&encrypt),
         Some((&positions, a_batch.enc.unwrap())),
+        None,
     );
     let protected = cose::sign1_protected(&keys.gateway().public().kid_bytes());
     let message = cose::sign1(&keys.gateway(), Nonces::Hedged, &protected, &forged).unwrap();
@@ -206,12 +207,14 @@ fn sensors_with_varying_fields_keep_every_value() {
             sensor: Arc::clone(&sensor),
             seq: 7,
             ts: ts(7),
+            clock: None,
             fields: vec![f("a", Value::Int(1)), f("heart_rate", Value::Int(60))],
         },
         Record {
             sensor: Arc::clone(&sensor),
             seq: 8,
             ts: ts(8),
+            clock: None,
             fields: vec![
                 f("heart_rate", Value::Int(61)),
                 f("b", Value::Str("x".into())),
@@ -221,6 +224,7 @@ fn sensors_with_varying_fields_keep_every_value() {
             sensor: Arc::clone(&sensor),
             seq: 9,
             ts: ts(9),
+            clock: None,
             fields: vec![f("b", Value::Float(f64::INFINITY))],
         },
     ];
@@ -616,4 +620,183 @@ mod properties {
             prop_assert_eq!(keys.opener().open(&v1.bytes).unwrap().records, got);
         }
     }
+}
+
+/// Records of `sensor` stamped from `wall_s` (1 s apart) at boot clock
+/// `boot_s` onwards, synchronised or not.
+fn stamped(
+    sensor: &str,
+    seqs: std::ops::RangeInclusive<u64>,
+    wall_s: u64,
+    boot_s: u64,
+    synced: bool,
+) -> Vec<Record> {
+    let first = *seqs.start();
+    batch(sensor, seqs)
+        .into_iter()
+        .map(|mut r| {
+            let i = r.seq - first;
+            r.ts = SystemTime::UNIX_EPOCH + Duration::from_millis((wall_s + i) * 1000 + 250);
+            r.clock = Some(crate::clock::ClockMark {
+                boot_ms: (boot_s + i) * 1000,
+                synced,
+            });
+            r
+        })
+        .collect()
+}
+
+const BOOT: [u8; 16] = *b"boot-id-16-bytes";
+
+#[test]
+fn unsynchronised_batches_say_so_and_the_first_synchronised_one_anchors() {
+    let keys = Keys::new();
+    let mut sealer = v2_sealer(&keys, &encrypt_list()).with_boot_id(BOOT);
+    let clock_of = |bytes: &[u8]| {
+        let payload = payload_of(bytes);
+        let v2::PayloadIn::Batch(b) = v2::parse_payload(&payload).unwrap() else {
+            panic!("a batch")
+        };
+        b.clock
+    };
+    // Synchronised at start: the first batch of each sensor anchors.
+    let start = sealer
+        .seal(&stamped("bike", 0..=1, 5000, 10, true))
+        .unwrap();
+    assert_eq!(
+        clock_of(&start.bytes),
+        Some(v2::BatchClock {
+            synced: true,
+            boot: BOOT,
+            boot_ms: 10_000
+        })
+    );
+    let again = sealer
+        .seal(&stamped("bike", 2..=3, 5002, 12, true))
+        .unwrap();
+    assert_eq!(clock_of(&again.bytes), None, "one anchor is enough");
+    let other = sealer.seal(&stamped("row", 0..=0, 5003, 13, true)).unwrap();
+    assert!(clock_of(&other.bytes).is_some_and(|c| c.synced));
+    // Unsynchronised: every batch says so.
+    for (seqs, boot_s) in [(4..=5, 20), (6..=7, 22)] {
+        let sealed = sealer
+            .seal(&stamped("bike", seqs, 100, boot_s, false))
+            .unwrap();
+        assert_eq!(
+            clock_of(&sealed.bytes),
+            Some(v2::BatchClock {
+                synced: false,
+                boot: BOOT,
+                boot_ms: boot_s * 1000
+            })
+        );
+    }
+    // Synchronised again: each sensor anchors once more.
+    for sensor in ["row", "bike"] {
+        let sealed = sealer
+            .seal(&stamped(sensor, 8..=8, 6000, 30, true))
+            .unwrap();
+        assert!(clock_of(&sealed.bytes).is_some_and(|c| c.synced));
+        let sealed = sealer
+            .seal(&stamped(sensor, 9..=9, 6001, 31, true))
+            .unwrap();
+        assert_eq!(clock_of(&sealed.bytes), None);
+    }
+    // Times a device gave carry nothing.
+    let device = sealer.seal(&batch("bike", 10..=11)).unwrap();
+    assert_eq!(clock_of(&device.bytes), None);
+}
+
+#[test]
+fn open_corrects_what_was_stamped_before_the_anchor_and_says_which() {
+    let keys = Keys::new();
+    let mut sealer = v2_sealer(&keys, &encrypt_list()).with_boot_id(BOOT);
+    // Boot at 1970 + 0 s (no saved time); 10 s later records are read.
+    // Three hours after boot NTP sets the clock to 2026-12-07T06:00:00Z.
+    let synced_at = 1_796_709_600;
+    let mut messages = Vec::new();
+    for (seqs, boot_s) in [(0..=2, 10), (3..=5, 13)] {
+        let wall = boot_s;
+        messages.extend(
+            sealer
+                .seal(&stamped("bike", seqs, wall, boot_s, false))
+                .unwrap()
+                .bytes,
+        );
+    }
+    messages.extend(
+        sealer
+            .seal(&stamped("bike", 6..=7, synced_at, 3 * 3600, true))
+            .unwrap()
+            .bytes,
+    );
+    // Stamped unsynchronised after the anchor (the kernel lost its sync).
+    messages.extend(
+        sealer
+            .seal(&stamped("bike", 8..=8, 50, 3 * 3600 + 60, false))
+            .unwrap()
+            .bytes,
+    );
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let mut opener = keys.opener();
+    let summary = open_stream(&messages[..], &mut out, &mut err, &mut opener).unwrap();
+    let err = String::from_utf8(err).unwrap();
+    let lines: Vec<serde_json::Value> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (0..=8).collect::<Vec<_>>(),
+        "held until the anchor, in order"
+    );
+    // Record 0 was read 10 s after boot: 3 h − 10 s before the anchor.
+    let expect = |boot_s: u64| {
+        crate::record::format_ts(
+            SystemTime::UNIX_EPOCH
+                + Duration::from_millis((synced_at + boot_s - 3 * 3600) * 1000 + 250),
+        )
+    };
+    for (line, boot_s) in lines[..6].iter().zip(10..) {
+        assert_eq!(line["ts"], expect(boot_s), "{line}");
+        assert_eq!(line["ts_synced"], false);
+        assert!(line["ts_stamped"].is_string());
+    }
+    for line in &lines[6..8] {
+        assert!(line.get("ts_synced").is_none() && line.get("ts_stamped").is_none());
+    }
+    assert_eq!(lines[8]["ts"], expect(3 * 3600 + 60));
+    assert_eq!(summary.unsynced, 7);
+    assert_eq!(summary.corrected, 7);
+    assert_eq!(err.matches("corrected: ").count(), 3, "{err}");
+    assert!(
+        err.contains(
+            "seq 0..2: stamped before the gateway's clock was synchronised; times moved by +56y"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("7 records stamped before the gateway's clock was synchronised (7 corrected)"),
+        "{err}"
+    );
+
+    // Without its anchor: printed as stamped, marked, and said.
+    let first = sealer
+        .seal(&stamped("bike", 9..=9, 70, 3 * 3600 + 80, false))
+        .unwrap();
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let summary = open_stream(&first.bytes[..], &mut out, &mut err, &mut keys.opener()).unwrap();
+    let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(line["ts_synced"], false);
+    assert!(line.get("ts_stamped").is_none());
+    assert_eq!((summary.unsynced, summary.corrected), (1, 0));
+    let err = String::from_utf8(err).unwrap();
+    assert!(
+        err.contains("not corrected: bike-pi-01/bike epoch"),
+        "{err}"
+    );
 }

@@ -36,6 +36,18 @@ fn write_stream(out: &mut Vec<u8>, header: &BatchHeader<'_>) {
     cbor::uint(out, header.last);
 }
 
+/// What a batch says about the clock that stamped it (`docs/FORMAT.md`,
+/// "Time"): `[synced, boot id, boot clock ms at t[0]]`. Unsynchronised
+/// batches carry it so that their times can be corrected; a synchronised
+/// batch carrying it is an *anchor*, pairing its `t[0]` with the boot
+/// clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchClock {
+    pub synced: bool,
+    pub boot: [u8; 16],
+    pub boot_ms: u64,
+}
+
 /// Writes the payload map. `enc` is the encrypted columns' positions and
 /// the COSE_Encrypt holding them, when the batch has any.
 pub(crate) fn write_payload(
@@ -45,10 +57,26 @@ pub(crate) fn write_payload(
     layout: &Layout<'_>,
     selection: Selection<'_>,
     enc: Option<(&[usize], &[u8])>,
+    clock: Option<&BatchClock>,
 ) {
-    cbor::map(out, if enc.is_some() { 10 } else { 8 });
+    let entries = 8 + if enc.is_some() { 2 } else { 0 } + usize::from(clock.is_some());
+    cbor::map(out, entries);
     write_stream(out, header);
     columns::write_times(out, records);
+    if let Some(clock) = clock {
+        cbor::text(out, "clock");
+        cbor::array(out, 3);
+        cbor::simple(
+            out,
+            if clock.synced {
+                cbor::TRUE
+            } else {
+                cbor::FALSE
+            },
+        );
+        cbor::bytes(out, &clock.boot);
+        cbor::uint(out, clock.boot_ms);
+    }
     cbor::text(out, "cols");
     layout.write_columns(out, records, selection, false);
     if let Some((positions, encrypt)) = enc {
@@ -152,6 +180,7 @@ pub(crate) struct BatchIn<'a> {
     pub cols: Vec<Column<'a>>,
     pub ep: Option<Vec<usize>>,
     pub enc: Option<&'a [u8]>,
+    pub clock: Option<BatchClock>,
 }
 
 impl BatchIn<'_> {
@@ -233,6 +262,7 @@ pub(crate) fn parse_payload(payload: &[u8]) -> Result<PayloadIn<'_>, PayloadErro
     let mut ep: Option<Vec<usize>> = None;
     let mut enc = None;
     let (mut notice, mut cause, mut lost, mut exact) = (None, None, None, None);
+    let mut clock = None;
     let mut seen: Vec<&str> = Vec::with_capacity(entries);
     for _ in 0..entries {
         let key = text(&mut r, "a payload key")?;
@@ -284,6 +314,7 @@ pub(crate) fn parse_payload(payload: &[u8]) -> Result<PayloadIn<'_>, PayloadErro
                 Item::Bytes(b) => enc = Some(b),
                 other => return Err(bad(format!("enc is {}, not a byte string", other.kind()))),
             },
+            "clock" => clock = Some(batch_clock(&mut r)?),
             "notice" => notice = Some(text(&mut r, "notice")?),
             "cause" => cause = Some(text(&mut r, "cause")?),
             "lost" => lost = Some(uint(&mut r, "lost")?),
@@ -308,7 +339,7 @@ pub(crate) fn parse_payload(payload: &[u8]) -> Result<PayloadIn<'_>, PayloadErro
         if kind != "gap" {
             return Err(bad(format!("notice {kind:?} is not a known notice (gap)")));
         }
-        if let Some(key) = ["tu", "t", "cols", "ep", "enc"]
+        if let Some(key) = ["tu", "t", "cols", "ep", "enc", "clock"]
             .into_iter()
             .find(|k| seen.contains(k))
         {
@@ -370,7 +401,40 @@ pub(crate) fn parse_payload(payload: &[u8]) -> Result<PayloadIn<'_>, PayloadErro
         cols,
         ep,
         enc,
+        clock,
     }))
+}
+
+/// `[synced, boot id (16 bytes), boot clock ms]`.
+fn batch_clock(r: &mut Reader<'_>) -> Result<BatchClock, PayloadError> {
+    if array(r, "clock")? != 3 {
+        return Err(bad("clock is not [synced, boot, ms]"));
+    }
+    let synced = match r.next()? {
+        Item::Simple(cbor::TRUE) => true,
+        Item::Simple(cbor::FALSE) => false,
+        other => return Err(bad(format!("clock[0] is {}, not a boolean", other.kind()))),
+    };
+    let boot = match r.next()? {
+        Item::Bytes(b) => <[u8; 16]>::try_from(b).map_err(|_| {
+            bad(format!(
+                "clock[1] is {} bytes, not a 16-byte boot id",
+                b.len()
+            ))
+        })?,
+        other => {
+            return Err(bad(format!(
+                "clock[1] is {}, not a byte string",
+                other.kind()
+            )));
+        }
+    };
+    let boot_ms = uint(r, "clock[2]")?;
+    Ok(BatchClock {
+        synced,
+        boot,
+        boot_ms,
+    })
 }
 
 fn enc_positions_ok(positions: &[usize]) -> Result<(), PayloadError> {

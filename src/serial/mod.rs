@@ -392,10 +392,13 @@ impl FrameHandler<'_> {
                 return true;
             }
         };
-        let ts = match &source.time {
-            None => receive_time(SystemTime::now()),
+        let (ts, clock) = match &source.time {
+            None => {
+                let (now, mark) = self.batcher.stamp();
+                (receive_time(now), Some(mark))
+            }
             Some(field) => match field.read(&fields) {
-                Ok(t) => t,
+                Ok(t) => (t, None),
                 Err(error) => {
                     self.reject(error.reason, frame.len(), &frame, Some(&error.detail));
                     return true;
@@ -413,6 +416,7 @@ impl FrameHandler<'_> {
             sensor: source.name.clone(),
             seq: n,
             ts,
+            clock,
             fields,
         };
         Stats::add(&self.stats.records_read, 1);

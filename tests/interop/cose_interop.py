@@ -311,10 +311,11 @@ def json_value(v):
     raise TypeError(f"no JSON for {v!r}")
 
 
-def record_line(gateway, sensor, seq, ts, fields):
+def record_line(gateway, sensor, seq, ts, fields, synced=True):
     inner = ",".join(f"{json_value(name)}:{json_value(value)}" for name, value in fields)
+    unsynced = "" if synced else '"ts_synced":false,'
     return (f'{{"gateway":{json_value(gateway)},"sensor":{json_value(sensor)},'
-            f'"seq":{seq},"ts":"{ts}","fields":{{{inner}}}}}')
+            f'"seq":{seq},"ts":"{ts}",{unsynced}"fields":{{{inner}}}}}')
 
 
 EPOCH = datetime.datetime(1970, 1, 1)
@@ -432,8 +433,11 @@ def open_message(raw, gateway_key, gateway_kid, recipient_key, recipient_kid):
     if isinstance(payload, dict) and "notice" in payload:
         return [], check_notice(payload)
     base = ["v", "gateway", "sensor", "epoch", "seq", "tu", "t", "cols"]
-    exact_keys(payload, base + ["ep", "enc"] if "enc" in payload or "ep" in payload else base,
-               "the payload")
+    if isinstance(payload, dict) and ("enc" in payload or "ep" in payload):
+        base += ["ep", "enc"]
+    if isinstance(payload, dict) and "clock" in payload:
+        base += ["clock"]
+    exact_keys(payload, base, "the payload")
     if not is_int(payload["v"]) or payload["v"] != FORMAT_VERSION:
         raise Rejected(f"v {payload['v']!r} is not {FORMAT_VERSION}")
     for name in ("gateway", "sensor", "epoch"):
@@ -451,6 +455,14 @@ def open_message(raw, gateway_key, gateway_kid, recipient_key, recipient_kid):
     if not isinstance(payload["cols"], list):
         raise Rejected("cols is not an array")
     clear = [check_column(c, n, f"clear column {i}") for i, c in enumerate(payload["cols"])]
+    # The clock (FORMAT.md, Time): [synced, boot id, boot clock ms].
+    synced = True
+    if "clock" in payload:
+        clock = payload["clock"]
+        if not (isinstance(clock, list) and len(clock) == 3 and type(clock[0]) is bool
+                and type(clock[1]) is bytes and len(clock[1]) == 16 and is_uint64(clock[2])):
+            raise Rejected(f"clock {clock!r} is not [synced, 16-byte boot id, ms]")
+        synced = clock[0]
     # 5. The COSE_Encrypt.
     hidden, ep = [], []
     if "enc" in payload:
@@ -479,7 +491,7 @@ def open_message(raw, gateway_key, gateway_kid, recipient_key, recipient_kid):
         units += t[i]
         ts = format_ts(units, tu)
         fields = [(name, values[i]) for name, values in order if values[i] is not ABSENT]
-        out.append(record_line(payload["gateway"], payload["sensor"], first + i, ts, fields))
+        out.append(record_line(payload["gateway"], payload["sensor"], first + i, ts, fields, synced))
     return out, None
 
 

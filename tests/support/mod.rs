@@ -656,8 +656,16 @@ impl Rig {
 
     /// Writes a gateway configuration with the `[[sensor]]` tables given
     /// as TOML, and `extra` appended verbatim. Returns its path.
+    ///
+    /// The clock is trusted (`[time] synchronized_by = "trust"`) unless
+    /// `extra` has a `[time]` table: test machines are often VMs whose
+    /// kernel says unsynchronised (no NTP daemon), and tests about other
+    /// things should not depend on it (tests/clock.rs is about time).
     pub fn gateway_config_with(&self, name: &str, sensor_tables: &str, extra: &str) -> PathBuf {
         let mut s = String::new();
+        if !extra.contains("[time]") {
+            s.push_str("[time]\nsynchronized_by = \"trust\"\n\n");
+        }
         let _ = write!(
             s,
             "[gateway]\nid = \"test-gw\"\nstate_dir = {:?}\n\n{sensor_tables}\n",

@@ -217,11 +217,11 @@ function jsonValue(v) {
   throw new Error(`no JSON for ${show(v)}`)
 }
 
-function recordLine(gateway, sensor, seq, ts, fields) {
+function recordLine(gateway, sensor, seq, ts, fields, synced = true) {
   const inner = fields.map(([name, value]) => `${jsonValue(name)}:${jsonValue(value)}`).join(',')
   return (
     `{"gateway":${jsonValue(gateway)},"sensor":${jsonValue(sensor)},` +
-    `"seq":${seq.toString()},"ts":"${ts}","fields":{${inner}}}`
+    `"seq":${seq.toString()},"ts":"${ts}",${synced ? '' : '"ts_synced":false,'}"fields":{${inner}}}`
   )
 }
 
@@ -365,7 +365,12 @@ async function openMessage(raw, gateway, recipient) {
   }
   const base = ['v', 'gateway', 'sensor', 'epoch', 'seq', 'tu', 't', 'cols']
   const withEnc = isMap(payload) && (payload.has('enc') || payload.has('ep'))
-  exactKeys(payload, withEnc ? [...base, 'ep', 'enc'] : base, 'the payload')
+  const withClock = isMap(payload) && payload.has('clock')
+  exactKeys(
+    payload,
+    [...base, ...(withEnc ? ['ep', 'enc'] : []), ...(withClock ? ['clock'] : [])],
+    'the payload'
+  )
   const get = (k) => payload.get(k)
   if (!intIs(get('v'), FORMAT_VERSION)) fail(`v ${show(get('v'))} is not ${FORMAT_VERSION}`)
   for (const name of ['gateway', 'sensor', 'epoch']) {
@@ -381,6 +386,22 @@ async function openMessage(raw, gateway, recipient) {
     fail(`t is not an array of ${n} integers`)
   }
   if (!Array.isArray(get('cols'))) fail('cols is not an array')
+  // The clock (FORMAT.md, Time): [synced, boot id, boot clock ms].
+  let synced = true
+  if (withClock) {
+    const clock = get('clock')
+    if (
+      !Array.isArray(clock) ||
+      clock.length !== 3 ||
+      typeof clock[0] !== 'boolean' ||
+      !(clock[1] instanceof Uint8Array) ||
+      clock[1].length !== 16 ||
+      !isUint64(clock[2])
+    ) {
+      fail(`clock ${show(clock)} is not [synced, 16-byte boot id, ms]`)
+    }
+    synced = clock[0]
+  }
   const clear = get('cols').map((c, i) => checkColumn(c, n, `clear column ${i}`))
   // 5. The COSE_Encrypt.
   let hidden = []
@@ -426,7 +447,7 @@ async function openMessage(raw, gateway, recipient) {
     const fields = order
       .filter(([, values]) => values[i] !== ABSENT)
       .map(([name, values]) => [name, values[i]])
-    lines.push(recordLine(get('gateway'), get('sensor'), first + BigInt(i), ts, fields))
+    lines.push(recordLine(get('gateway'), get('sensor'), first + BigInt(i), ts, fields, synced))
   }
   return { lines, notice: null }
 }
