@@ -637,9 +637,11 @@ async fn gateway_drain(
     let tick = tokio::spawn(sync_tick(spool.clone(), stop.clone()));
     // The sender stays alive for the run: a closed watch reads as a reload.
     let (_tls_tx, tls_rx) = tokio::sync::watch::channel(Some(tls));
+    let (_clock_tx, clock_rx) = tokio::sync::watch::channel(true);
     let up = tokio::spawn(uplink::run(
         settings,
         tls_rx,
+        clock_rx,
         spool.clone(),
         stats.clone(),
         abort.clone(),

@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -312,8 +312,10 @@ impl Collector for Metrics {
             "Broker connections lost or refused.",
             s.connect_failures,
         )?;
-        if s.client_cert_not_after > 0 {
-            let now = SystemTime::now()
+        // Judged by a synchronised clock only: until then the wall clock
+        // may be years off (docs/OPERATIONS.md, "Time").
+        if s.client_cert_not_after > 0 && s.clock_unsynchronized == 0 {
+            let now = crate::clock::wall_now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             let left = s.client_cert_not_after as i64 - now as i64;

@@ -261,7 +261,7 @@ pub async fn run(
     let queues = vec![queue_depth("batches".to_string(), &batch_tx)];
     drop(batch_tx);
     let (tls_tx, tls_rx) = tokio::sync::watch::channel(tls);
-    let (clock_tx, _clock_rx) = tokio::sync::watch::channel(clock.synced());
+    let (clock_tx, clock_rx) = tokio::sync::watch::channel(clock.synced());
     let reload_task = tokio::spawn(reload_tls_on_sighup(
         cfg.mqtt.clone(),
         tls_tx,
@@ -269,10 +269,15 @@ pub async fn run(
         stats.clone(),
         abort.clone(),
     ));
-    let expiry_task = tokio::spawn(warn_of_certificate_expiry(cfg.mqtt.clone(), abort.clone()));
+    let expiry_task = tokio::spawn(warn_of_certificate_expiry(
+        cfg.mqtt.clone(),
+        clock_rx.clone(),
+        abort.clone(),
+    ));
     let mut uplink = tokio::spawn(uplink::run(
         UplinkSettings::new(&cfg),
         tls_rx,
+        clock_rx,
         spool.clone(),
         stats.clone(),
         abort.clone(),
@@ -618,16 +623,32 @@ async fn reload_tls_on_sighup(
 }
 
 /// At start and once a day: warn while the client certificate nears its
-/// end (`cert_warn_days`).
-async fn warn_of_certificate_expiry(mqtt: config::Mqtt, stop: CancellationToken) {
+/// end (`cert_warn_days`). Dates are judged only by a synchronised clock:
+/// a Pi's clock at its boot time would call a good certificate not valid
+/// yet, or one that expired good. Until the clock is synchronised the
+/// check waits, and runs as soon as it is.
+async fn warn_of_certificate_expiry(
+    mqtt: config::Mqtt,
+    mut clock: uplink::ClockWatch,
+    stop: CancellationToken,
+) {
     if !mqtt.tls {
         return;
     }
+    // The interval runs on the monotonic clock: a jump of the wall clock
+    // neither skips nor repeats a check.
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(24 * 3600));
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        while !*clock.borrow_and_update() {
+            debug!("certificate dates not checked: the clock is not synchronised");
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                changed = clock.changed() => if changed.is_err() { return },
+            }
         }
         match uplink::tls::check(&mqtt) {
             Ok(report) => {

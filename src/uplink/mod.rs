@@ -152,10 +152,17 @@ enum SessionEnd {
 /// carries `suppressed=N`. Every failure is still counted.
 const UPLINK_LOG_PERIOD: Duration = Duration::from_secs(60);
 
+/// Whether the wall clock is synchronised ([`crate::clock::watch`]).
+pub type ClockWatch = tokio::sync::watch::Receiver<bool>;
+
 /// Publishes until the spool is closed and drained, or `abort` fires.
+/// While it waits to reconnect, the clock becoming synchronised ends the
+/// wait: a connection that failed on certificate dates (a clock still at
+/// its boot time) is retried at once rather than after the backoff.
 pub async fn run(
     settings: UplinkSettings,
     mut tls: TlsWatch,
+    mut clock: ClockWatch,
     spool: Arc<Spool>,
     stats: Arc<Stats>,
     abort: CancellationToken,
@@ -272,12 +279,30 @@ pub async fn run(
         tokio::select! {
             _ = abort.cancelled() => return,
             _ = tls_changed(&mut tls) => {}
+            _ = synchronised(&mut clock) => {
+                info!(broker = %broker, "clock synchronised: connecting to the broker again now, not after the backoff");
+                backoff.reset();
+                refused = false;
+            }
             _ = tokio::time::sleep(if std::mem::take(&mut refused) {
                 // Equal jitter at the ceiling: between max/2 and max.
                 backoff.next_delay()
             } else {
                 backoff.next_delay_full_jitter()
             }) => {}
+        }
+    }
+}
+
+/// Resolves when the clock becomes synchronised; never, once nobody can
+/// say so.
+async fn synchronised(clock: &mut ClockWatch) {
+    loop {
+        if clock.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        if *clock.borrow_and_update() {
+            return;
         }
     }
 }
@@ -369,5 +394,43 @@ async fn session(
                 None => return SessionEnd::Lost("MQTT event loop ended".into(), "protocol"),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reconnect wait, as `run` has it: the backoff, or the clock
+    /// becoming synchronised. On tokio's paused clock, so what it measures
+    /// is the monotonic time the wait took.
+    async fn wait(backoff: Duration, clock: &mut ClockWatch) -> Duration {
+        let start = tokio::time::Instant::now();
+        tokio::select! {
+            _ = synchronised(clock) => {}
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        start.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_clock_becoming_synchronised_ends_the_reconnect_wait() {
+        let (tx, mut rx) = tokio::sync::watch::channel(false);
+        let setter = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            // Still not synchronised: the wait goes on.
+            tx.send_replace(false);
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            tx.send_replace(true);
+            tx
+        });
+        let ten_minutes = Duration::from_secs(600);
+        assert_eq!(wait(ten_minutes, &mut rx).await, Duration::from_secs(10));
+        let tx = setter.await.unwrap();
+        // Synchronised already: the next wait is the backoff.
+        assert_eq!(wait(ten_minutes, &mut rx).await, ten_minutes);
+        // Nobody left to say so: the backoff again, never a busy loop.
+        drop(tx);
+        assert_eq!(wait(ten_minutes, &mut rx).await, ten_minutes);
     }
 }

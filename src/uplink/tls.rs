@@ -24,7 +24,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
@@ -38,6 +38,7 @@ use rustls::{SignatureAlgorithm, SignatureScheme, crypto::CryptoProvider};
 use x509_cert::Certificate;
 use x509_cert::der::Decode as _;
 
+use crate::clock::{TlsTime, wall_now};
 use crate::config::{KeyRef, Mqtt};
 use crate::pkcs11::{TokenError, TokenKey};
 use crate::secret_file::{self, SecretFileError};
@@ -473,7 +474,7 @@ fn check_at(mqtt: &Mqtt, now: i64) -> Result<TlsReport, TlsError> {
 }
 
 fn unix_now() -> i64 {
-    match SystemTime::now().duration_since(UNIX_EPOCH) {
+    match wall_now().duration_since(UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
     }
@@ -775,7 +776,7 @@ fn build(
             .map_err(|err| BuildError::BadRoot { index, err })?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider.clone())
+    let builder = ClientConfig::builder_with_details(provider.clone(), Arc::new(TlsTime))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(BuildError::Other)?;
     let builder = match extras.server_name {
