@@ -143,12 +143,14 @@ pub struct SegmentInfo {
     pub bytes: u64,
     pub messages: u64,
     pub sensors: BTreeMap<Arc<str>, SensorRange>,
-    /// When the segment was started: no message in it is older.
-    pub created: SystemTime,
+    /// When the segment was started (no message in it is older), on the
+    /// monotonic clock: a jump of the wall clock (a Pi's clock set by NTP
+    /// hours after boot) does not age the spool by hours.
+    pub created: Instant,
 }
 
 impl SegmentInfo {
-    fn new(path: PathBuf, created: SystemTime) -> Self {
+    fn new(path: PathBuf, created: Instant) -> Self {
         SegmentInfo {
             path,
             ids: None,
@@ -354,10 +356,15 @@ impl DiskLog {
                     skipped_bytes = report.skipped_bytes, torn_tail_bytes = report.torn_tail_bytes,
                     error_kind = "corrupt", "spool segment damaged (power cut or disk fault); damaged entries skipped, the rest kept");
             }
-            let created = fs::metadata(&path)
+            // A segment from an earlier run: its age by the wall clock now,
+            // then counted on the monotonic clock.
+            let age = fs::metadata(&path)
                 .and_then(|m| m.created().or_else(|_| m.modified()))
-                .unwrap_or_else(|_| SystemTime::now());
-            let mut info = SegmentInfo::new(path, created);
+                .ok()
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .unwrap_or_default();
+            let now = Instant::now();
+            let mut info = SegmentInfo::new(path, now.checked_sub(age).unwrap_or(now));
             for m in &metas {
                 let from = expected.max(ack.below);
                 if m.id > from {
@@ -628,7 +635,7 @@ impl DiskLog {
         }
         self.bytes += SEGMENT_HEADER_LEN;
         self.segments
-            .push_back(SegmentInfo::new(path, SystemTime::now()));
+            .push_back(SegmentInfo::new(path, Instant::now()));
         self.writer = Some(writer);
         self.writer_limit = self.segment_limit();
         Ok(())

@@ -306,9 +306,10 @@ impl Spool {
         }
         match s.cache.front() {
             Some(&(front, _, _)) if below >= front => s.cache[(below - front) as usize].2.elapsed(),
-            _ => s.log.segment_of(below).map_or(Duration::ZERO, |seg| {
-                seg.created.elapsed().unwrap_or_default()
-            }),
+            _ => s
+                .log
+                .segment_of(below)
+                .map_or(Duration::ZERO, |seg| seg.created.elapsed()),
         }
     }
 
