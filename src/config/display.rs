@@ -114,7 +114,10 @@ impl fmt::Display for Config {
         w.string("format", self.log.format.as_str())?;
         w.string("stats_interval", &duration(self.log.stats_interval))?;
         w.table("[metrics]")?;
-        w.optional("listen", self.metrics.listen.as_deref())
+        w.optional("listen", self.metrics.listen.as_deref())?;
+        w.table("[time]")?;
+        w.string("synchronized_by", self.time.synchronized_by.as_str())?;
+        w.string("synchronized_flag", &path(&self.time.synchronized_flag))
     }
 }
 

@@ -110,7 +110,7 @@ mod tests {
             boot_ms: 30_000,
         };
         assert_eq!(anchors.shift("gw", &before, at(100, 0)), None);
-        // Synchronised: 2026-12-07T06:00:00.250Z, 3 h after boot.
+        // Synchronised: 2026-12-08T06:00:00.250Z, 3 h after boot.
         let anchor = MessageClock {
             synced: true,
             boot: BOOT,

@@ -712,7 +712,7 @@ fn open_corrects_what_was_stamped_before_the_anchor_and_says_which() {
     let keys = Keys::new();
     let mut sealer = v2_sealer(&keys, &encrypt_list()).with_boot_id(BOOT);
     // Boot at 1970 + 0 s (no saved time); 10 s later records are read.
-    // Three hours after boot NTP sets the clock to 2026-12-07T06:00:00Z.
+    // Three hours after boot NTP sets the clock to 2026-12-08T06:00:00Z.
     let synced_at = 1_796_709_600;
     let mut messages = Vec::new();
     for (seqs, boot_s) in [(0..=2, 10), (3..=5, 13)] {
