@@ -4,7 +4,10 @@
 //! was stored is checked by SQL: every record exactly once, a conflict kept
 //! apart, the gaps listed, what does not open kept as rejected; and across
 //! two consumers of one share group, a consumer killed mid-stream, and
-//! PostgreSQL restarted mid-stream.
+//! PostgreSQL restarted mid-stream. Times stamped before a gateway's clock
+//! was synchronised (issue 19) are stored as stamped and corrected once
+//! their boot's anchor is there, in either order; and a database of the
+//! previous schema version is migrated with its rows.
 
 mod support;
 
@@ -13,8 +16,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use sensorgate::clock::ClockMark;
 use sensorgate::record::{Field, Record, Value};
 use sensorgate::seal::{self, GapCause, GapNotice, Sealer};
+use sensorgate::sink::postgres::{Item, PgSink, Stored};
 use support::Rig;
 use support::postgres::{Consumer, Postgres};
 
@@ -192,7 +197,7 @@ fn each_record_is_stored_once_conflicts_are_kept_and_gaps_are_listed() {
     let log = consumer.log();
     assert!(
         log.contains(
-            "stored 7 messages: 25 records inserted, 10 duplicates, 2 conflicts, 1 gap notices, 1 rejected"
+            "stored 7 messages: 25 records inserted, 10 duplicates, 2 conflicts, 1 gap notices, 1 rejected, 0 times corrected"
         ),
         "{log}"
     );
@@ -505,10 +510,7 @@ async fn a_batch_with_a_message_the_database_refuses_keeps_the_others() {
         })
         .collect();
 
-    let mut opener = seal::Opener::new(
-        vec![seal::load_public_key(&rig.gateway_key.pub_path).unwrap()],
-        Some(seal::load_recipient_key(&rig.recipient.key_path).unwrap()),
-    );
+    let mut opener = rig.opener();
     let stop = tokio_util::sync::CancellationToken::new();
     let mut handler = PgHandler::connect(&pg.url(), None, &mut opener, stop.clone())
         .await
@@ -527,7 +529,7 @@ async fn a_batch_with_a_message_the_database_refuses_keeps_the_others() {
     let totals = handler.finish().await;
     assert_eq!(
         totals.to_string(),
-        "stored 6 messages: 21 records inserted, 10 duplicates, 2 conflicts, 0 gap notices, 2 rejected"
+        "stored 6 messages: 21 records inserted, 10 duplicates, 2 conflicts, 0 gap notices, 2 rejected, 0 times corrected"
     );
     assert_eq!(
         pg.query(
@@ -548,5 +550,543 @@ async fn a_batch_with_a_message_the_database_refuses_keeps_the_others() {
     assert_eq!(
         pg.query("SELECT first_missing, last_missing FROM sensorgate_gaps"),
         "10|10"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Times stamped before the gateway's clock was synchronised (issue 19)
+// ---------------------------------------------------------------------------
+
+/// The boot the records below were stamped in, and another.
+const BOOT: [u8; 16] = *b"pg-test-boot-one";
+const OTHER_BOOT: [u8; 16] = *b"pg-test-boot-two";
+
+/// Where a Pi's clock starts after a boot without network (no RTC, no
+/// fake-hwclock): 1970, here 100.25 s after the epoch, 30 s after boot.
+const UNSYNCED_AT: Duration = Duration::from_millis(100_250);
+const UNSYNCED_BOOT_MS: u64 = 30_000;
+
+/// The anchor: synchronised at 2026-12-08T06:00:00.250Z, 3 h after boot.
+/// So the record stamped 30 s after boot was read at 03:00:30.250.
+const ANCHOR_AT: Duration = Duration::from_millis(1_796_709_600_250);
+const ANCHOR_BOOT_MS: u64 = 3 * 3600 * 1000;
+
+/// Records `seqs` stamped one a second from `at` (after the epoch) and boot
+/// clock `boot_ms`, the clock synchronised or not; `variant` as for
+/// [`reading`].
+fn stamped(
+    seqs: std::ops::RangeInclusive<u64>,
+    at: Duration,
+    boot_ms: u64,
+    synced: bool,
+    variant: i64,
+) -> Vec<Record> {
+    let first = *seqs.start();
+    seqs.map(|seq| {
+        let i = seq - first;
+        Record {
+            ts: SystemTime::UNIX_EPOCH + at + Duration::from_secs(i),
+            clock: Some(ClockMark {
+                boot_ms: boot_ms + i * 1000,
+                synced,
+            }),
+            ..reading(seq, variant)
+        }
+    })
+    .collect()
+}
+
+/// A sealed message of records `seqs` stamped before the clock was
+/// synchronised, seq `s` at 1970 + 100.25 s + `s` s and boot clock 30 s +
+/// `s` s.
+fn unsynced(sealer: &mut Sealer, seqs: std::ops::RangeInclusive<u64>, variant: i64) -> Vec<u8> {
+    let first = *seqs.start();
+    let records = stamped(
+        seqs,
+        UNSYNCED_AT + Duration::from_secs(first),
+        UNSYNCED_BOOT_MS + first * 1000,
+        false,
+        variant,
+    );
+    sealer.seal(&records).unwrap().bytes
+}
+
+/// A sealed message of records `seqs` stamped synchronised, at the anchor's
+/// time and boot clock onwards: the sealer's first such message since an
+/// unsynchronised one carries the clock as an anchor.
+fn anchor(sealer: &mut Sealer, seqs: std::ops::RangeInclusive<u64>, at: Duration) -> Vec<u8> {
+    let records = stamped(seqs, at, ANCHOR_BOOT_MS, true, 0);
+    sealer.seal(&records).unwrap().bytes
+}
+
+/// What `seq|ts|ts_stamped|ts_synced` (times in UTC, NULL as nothing) the
+/// gateway's records `first..=last` have, one a line.
+fn times(pg: &Postgres, first: u64, last: u64) -> String {
+    pg.query(&format!(
+        "SELECT seq, ts AT TIME ZONE 'UTC', ts_stamped AT TIME ZONE 'UTC', ts_synced \
+         FROM sensorgate_records \
+         WHERE gateway = '{GATEWAY}' AND seq BETWEEN {first} AND {last} ORDER BY seq"
+    ))
+}
+
+/// [`times`] for records `0..=last` stamped unsynchronised as [`unsynced`]
+/// does, once corrected from the anchor at [`ANCHOR_AT`].
+fn corrected(last: u64) -> String {
+    (0..=last)
+        .map(|s| {
+            format!(
+                "{s}|2026-12-08 03:00:{}.25|1970-01-01 00:01:{}.25|f",
+                30 + s,
+                40 + s
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// [`times`] for the same records while they wait for their anchor.
+fn waiting(last: u64) -> String {
+    (0..=last)
+        .map(|s| format!("{s}|1970-01-01 00:01:{}.25||f", 40 + s))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// At most a minute.
+async fn bounded<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(WAIT, f)
+        .await
+        .expect("PostgreSQL did not answer within a minute")
+}
+
+/// A connection of the sink's own, for tests that store batch by batch.
+async fn sink(pg: &Postgres) -> PgSink {
+    bounded(PgSink::connect(&pg.url(), None)).await.unwrap()
+}
+
+/// `messages` opened as the consumer does, for the sink.
+fn items(opener: &mut seal::Opener, messages: &[&Vec<u8>]) -> Vec<Item> {
+    messages
+        .iter()
+        .map(|m| Item {
+            topic: format!("sensorgate/{GATEWAY}/{SENSOR}"),
+            payload: m.to_vec().into(),
+            opened: opener.open_untracked(m).map_err(|e| e.to_string()),
+        })
+        .collect()
+}
+
+/// Opens `messages` as the consumer does and stores them as one batch.
+async fn store(sink: &mut PgSink, opener: &mut seal::Opener, messages: &[&Vec<u8>]) -> Stored {
+    let items = items(opener, messages);
+    bounded(sink.store(&items)).await.unwrap()
+}
+
+/// Records stamped before the clock was synchronised are stored as stamped,
+/// marked, with the boot clock of each; when the anchor of their boot
+/// arrives (through the broker and a consumer, later), they are corrected
+/// in place, the time as stamped kept in `ts_stamped`.
+#[test]
+fn unsynchronised_records_are_stored_as_stamped_and_corrected_when_their_anchor_arrives() {
+    let rig = Rig::new();
+    let pg = Postgres::start();
+    let config = consumer_config(&rig, &pg, "consumer-1");
+    let mut consumer = start_consumer(&rig, &config);
+    let mut sealer = sealer(&rig).with_boot_id(BOOT);
+
+    publish(
+        &rig,
+        vec![
+            unsynced(&mut sealer, 0..=4, 0),
+            unsynced(&mut sealer, 5..=9, 0),
+        ],
+    );
+    wait_for_rows(&pg, "SELECT count(*) FROM sensorgate_records", 10, || {
+        consumer.log()
+    });
+    assert_eq!(times(&pg, 0, 9), waiting(9));
+    assert_eq!(
+        pg.query(
+            "SELECT string_agg(boot_ms::text, ',' ORDER BY seq), count(DISTINCT boot_id), \
+             min(convert_from(boot_id, 'UTF8')) FROM sensorgate_records"
+        ),
+        "30000,31000,32000,33000,34000,35000,36000,37000,38000,39000|1|pg-test-boot-one"
+    );
+    assert_eq!(pg.count("SELECT count(*) FROM sensorgate_anchors"), 0);
+
+    publish(&rig, vec![anchor(&mut sealer, 10..=11, ANCHOR_AT)]);
+    wait_for_rows(
+        &pg,
+        "SELECT count(*) FROM sensorgate_records WHERE ts_stamped IS NOT NULL",
+        10,
+        || consumer.log(),
+    );
+    assert_eq!(times(&pg, 0, 9), corrected(9));
+    // The anchor's own records were stamped synchronised: as they came.
+    assert_eq!(
+        times(&pg, 10, 11),
+        "10|2026-12-08 06:00:00.25||t\n11|2026-12-08 06:00:01.25||t"
+    );
+    assert_eq!(
+        pg.query(
+            "SELECT gateway, convert_from(boot_id, 'UTF8'), ts AT TIME ZONE 'UTC', boot_ms \
+             FROM sensorgate_anchors"
+        ),
+        format!("{GATEWAY}|pg-test-boot-one|2026-12-08 06:00:00.25|10800000")
+    );
+    // The anchor's records have no clock columns; the corrected keep theirs.
+    assert_eq!(
+        pg.count(
+            "SELECT count(*) FROM sensorgate_records WHERE boot_id IS NULL AND boot_ms IS NULL"
+        ),
+        2
+    );
+
+    assert_eq!(consumer.stop(), 0, "{}", consumer.log());
+    let log = consumer.log();
+    assert!(
+        log.contains(
+            "stored 3 messages: 12 records inserted, 0 duplicates, 0 conflicts, 0 gap notices, 0 rejected, 10 times corrected"
+        ),
+        "{log}"
+    );
+    assert!(
+        log.contains("corrected the times of 10 records stamped before their gateway's clock was synchronised"),
+        "{log}"
+    );
+}
+
+/// Unsynchronised records whose anchor is stored already are corrected as
+/// they are inserted, also when the anchor comes in the same batch (after
+/// them). The first anchor of a boot is the one kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsynchronised_records_arriving_after_their_anchor_are_corrected_on_insert() {
+    let rig = Rig::new();
+    let pg = Postgres::start();
+    let mut sealer = sealer(&rig).with_boot_id(BOOT);
+    let early = unsynced(&mut sealer, 0..=4, 0);
+    let first_anchor = anchor(&mut sealer, 5..=6, ANCHOR_AT);
+    let late = unsynced(&mut sealer, 7..=9, 0);
+    // A second anchor of the boot, saying 10 s later at the same boot
+    // clock: it would move the records 10 s further, were it kept.
+    let second_anchor = anchor(&mut sealer, 10..=11, ANCHOR_AT + Duration::from_secs(10));
+    let mut opener = rig.opener();
+    let mut sink = sink(&pg).await;
+
+    let stored = store(&mut sink, &mut opener, &[&first_anchor]).await;
+    assert_eq!((stored.inserted, stored.corrected), (2, 0));
+    let stored = store(&mut sink, &mut opener, &[&early]).await;
+    assert_eq!((stored.inserted, stored.corrected), (5, 5));
+    assert_eq!(times(&pg, 0, 4), corrected(4));
+    // Records before their anchor in the same batch.
+    let stored = store(&mut sink, &mut opener, &[&late, &second_anchor]).await;
+    assert_eq!((stored.inserted, stored.corrected), (5, 3));
+    assert_eq!(
+        times(&pg, 7, 9),
+        "7|2026-12-08 03:00:37.25|1970-01-01 00:01:47.25|f\n\
+         8|2026-12-08 03:00:38.25|1970-01-01 00:01:48.25|f\n\
+         9|2026-12-08 03:00:39.25|1970-01-01 00:01:49.25|f"
+    );
+    assert_eq!(
+        pg.query("SELECT ts AT TIME ZONE 'UTC' FROM sensorgate_anchors"),
+        "2026-12-08 06:00:00.25"
+    );
+    assert_eq!(
+        pg.count(
+            "SELECT count(*) FROM sensorgate_records WHERE NOT ts_synced AND ts_stamped IS NULL"
+        ),
+        0
+    );
+}
+
+/// Two consumers of a share group, one storing a boot's unsynchronised
+/// records while the other stores its anchor, in transactions that overlap:
+/// neither sees what the other has not committed, so each would leave the
+/// records to the other, were such transactions not taken one after the
+/// other for a gateway. Every record is corrected, round after round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_and_their_anchor_stored_at_once_by_two_consumers_are_corrected() {
+    const ROUNDS: u64 = 40;
+    let rig = Rig::new();
+    let pg = Postgres::start();
+    let mut opener = rig.opener();
+    let (mut one, mut two) = (sink(&pg).await, sink(&pg).await);
+    for round in 0..ROUNDS {
+        let mut sealer = sealer(&rig).with_boot_id([round as u8; 16]);
+        let first = round * 10;
+        let records = items(&mut opener, &[&unsynced(&mut sealer, first..=first + 4, 0)]);
+        let anchor = items(
+            &mut opener,
+            &[&anchor(&mut sealer, first + 5..=first + 6, ANCHOR_AT)],
+        );
+        let (a, b) = bounded(async { tokio::join!(one.store(&records), two.store(&anchor)) }).await;
+        assert_eq!(
+            a.unwrap().corrected + b.unwrap().corrected,
+            5,
+            "round {round}"
+        );
+    }
+    assert_eq!(
+        pg.count(
+            "SELECT count(*) FROM sensorgate_records WHERE NOT ts_synced AND ts_stamped IS NOT NULL"
+        ),
+        ROUNDS * 5
+    );
+}
+
+/// An anchor says nothing about another boot (the boot clock restarted),
+/// nor about another gateway's boot of the same id: the records stay as
+/// stamped until their own boot's anchor comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anchor_of_another_boot_corrects_nothing() {
+    let rig = Rig::new();
+    let pg = Postgres::start();
+    let mut sealer = sealer(&rig).with_boot_id(BOOT);
+    let records = unsynced(&mut sealer, 0..=4, 0);
+    let other_boot = anchor(
+        &mut self::sealer(&rig).with_boot_id(OTHER_BOOT),
+        5..=6,
+        ANCHOR_AT,
+    );
+    let other_gateway = {
+        let mut other = Sealer::new(
+            "gw-0043",
+            EPOCH,
+            seal::load_signing_key(&rig.gateway_key.key_path).unwrap(),
+            seal::load_public_key(&rig.recipient.pub_path).unwrap(),
+            &[],
+        )
+        .with_boot_id(BOOT);
+        anchor(&mut other, 0..=1, ANCHOR_AT)
+    };
+    let own = anchor(&mut sealer, 7..=8, ANCHOR_AT);
+    let mut opener = rig.opener();
+    let mut sink = sink(&pg).await;
+
+    store(&mut sink, &mut opener, &[&records]).await;
+    let stored = store(&mut sink, &mut opener, &[&other_boot, &other_gateway]).await;
+    assert_eq!((stored.inserted, stored.corrected), (4, 0));
+    assert_eq!(times(&pg, 0, 4), waiting(4));
+    assert_eq!(pg.count("SELECT count(*) FROM sensorgate_anchors"), 2);
+
+    let stored = store(&mut sink, &mut opener, &[&own]).await;
+    assert_eq!(stored.corrected, 5);
+    assert_eq!(times(&pg, 0, 4), corrected(4));
+}
+
+/// A message whose records were corrected, delivered again, is a
+/// duplicate (compared by the time as stamped) on each of the sink's
+/// paths: alone (the plain insert fails, the insert skipping existing keys
+/// follows), in a batch with new records, and message by message after the
+/// database refused another message of its batch. Other values under its
+/// numbers are still a conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrected_message_delivered_again_is_a_duplicate_not_a_conflict() {
+    use sensorgate::consumer::{Delivery, Handler, Taken};
+    use sensorgate::sink::postgres::PgHandler;
+
+    let rig = Rig::new();
+    let pg = Postgres::start();
+    let mut sealer = sealer(&rig).with_boot_id(BOOT);
+    let records = unsynced(&mut sealer, 0..=4, 0);
+    let other_values = unsynced(&mut sealer, 3..=4, 1);
+    let anchor = anchor(&mut sealer, 5..=6, ANCHOR_AT);
+    let new = batch(&mut sealer, 7..=8, 0);
+    let refused = {
+        let mut r = reading(9, 0);
+        r.fields[2].value = Value::Str("nul \0 inside".into());
+        sealer.seal(&[r]).unwrap().bytes
+    };
+    let mut opener = rig.opener();
+    let mut sink = sink(&pg).await;
+
+    store(&mut sink, &mut opener, &[&records, &anchor]).await;
+    assert_eq!(times(&pg, 0, 4), corrected(4));
+
+    let again = store(&mut sink, &mut opener, &[&records]).await;
+    assert_eq!(
+        again,
+        Stored {
+            duplicates: 5,
+            ..Stored::default()
+        }
+    );
+    let with_new = store(&mut sink, &mut opener, &[&new, &records]).await;
+    assert_eq!(
+        with_new,
+        Stored {
+            inserted: 2,
+            duplicates: 5,
+            ..Stored::default()
+        }
+    );
+    // Message by message: through the consumer's handler, whose writer
+    // falls back to that when the database refuses the batch.
+    let topic = format!("sensorgate/{GATEWAY}/{SENSOR}");
+    let deliveries = [&records, &refused, &anchor]
+        .into_iter()
+        .map(|p| Delivery {
+            topic: topic.clone(),
+            payload: p.clone().into(),
+        })
+        .collect();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut handler = bounded(PgHandler::connect(
+        &pg.url(),
+        None,
+        &mut opener,
+        stop.clone(),
+    ))
+    .await
+    .unwrap();
+    let Taken::Later(taken) = handler.handle(deliveries, &stop).await.unwrap() else {
+        panic!("the batch was not handed to the writer");
+    };
+    assert!(
+        bounded(taken).await.unwrap().unwrap(),
+        "the batch was not taken"
+    );
+    assert_eq!(
+        bounded(handler.finish()).await.to_string(),
+        "stored 3 messages: 0 records inserted, 7 duplicates, 0 conflicts, 0 gap notices, 1 rejected, 0 times corrected"
+    );
+    assert_eq!(pg.count("SELECT count(*) FROM sensorgate_conflicts"), 0);
+    assert_eq!(times(&pg, 0, 4), corrected(4));
+
+    // Other values under two of its numbers: kept apart, as stamped.
+    let conflict = store(&mut sink, &mut opener, &[&other_values]).await;
+    assert_eq!(conflict.conflicts.values().sum::<u64>(), 2);
+    assert_eq!(
+        pg.query("SELECT seq, ts AT TIME ZONE 'UTC' FROM sensorgate_conflicts ORDER BY seq"),
+        "3|1970-01-01 00:01:43.25\n4|1970-01-01 00:01:44.25"
+    );
+    assert_eq!(times(&pg, 0, 4), corrected(4));
+}
+
+/// Schema version 1, as the sink made it before issue 19 (one row of
+/// `sensorgate_schema` and the view over the records).
+const SCHEMA_1: &str = r#"
+CREATE TABLE sensorgate_schema (
+    version integer NOT NULL,
+    migrated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE sensorgate_records (
+    gateway text NOT NULL,
+    sensor text NOT NULL,
+    epoch text NOT NULL,
+    seq bigint NOT NULL,
+    ts timestamptz NOT NULL,
+    fields jsonb NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (gateway, sensor, epoch, seq)
+);
+CREATE TABLE sensorgate_conflicts (
+    id bigserial PRIMARY KEY,
+    gateway text NOT NULL,
+    sensor text NOT NULL,
+    epoch text NOT NULL,
+    seq bigint NOT NULL,
+    ts timestamptz NOT NULL,
+    fields jsonb NOT NULL,
+    topic text NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (gateway, sensor, epoch, seq, ts, fields)
+);
+CREATE TABLE sensorgate_declared (
+    gateway text NOT NULL,
+    sensor text NOT NULL,
+    epoch text NOT NULL,
+    first_seq bigint NOT NULL,
+    last_seq bigint NOT NULL,
+    cause text NOT NULL,
+    lost bigint NOT NULL,
+    exact boolean NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (gateway, sensor, epoch, first_seq, last_seq)
+);
+CREATE TABLE sensorgate_rejected (
+    id bigserial PRIMARY KEY,
+    topic text NOT NULL,
+    reason text NOT NULL,
+    payload bytea NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE VIEW sensorgate_gaps AS
+WITH ordered AS (
+    SELECT gateway, sensor, epoch, seq,
+           lead(seq) OVER (PARTITION BY gateway, sensor, epoch ORDER BY seq) AS next_seq
+    FROM sensorgate_records
+)
+SELECT o.gateway, o.sensor, o.epoch,
+       o.seq + 1 AS first_missing,
+       o.next_seq - 1 AS last_missing,
+       o.next_seq - o.seq - 1 AS missing,
+       COALESCE((
+           SELECT sum(GREATEST(0, LEAST(d.last_seq, o.next_seq - 1)
+                                  - GREATEST(d.first_seq, o.seq + 1) + 1))
+           FROM sensorgate_declared d
+           WHERE d.gateway = o.gateway AND d.sensor = o.sensor AND d.epoch = o.epoch
+       ), 0)::bigint AS declared
+FROM ordered o
+WHERE o.next_seq > o.seq + 1;
+INSERT INTO sensorgate_schema (version) VALUES (1);
+"#;
+
+/// A database of schema version 1 with a record in it: a consumer of this
+/// build migrates it at start (saying so), the record is kept, marked
+/// synchronised, and is a duplicate of the same record delivered again.
+#[test]
+fn a_database_of_schema_version_1_is_migrated_keeping_its_records() {
+    let rig = Rig::new();
+    let pg = Postgres::start();
+    pg.query(SCHEMA_1);
+    // Record 7 as version 1 stored it.
+    pg.query(&format!(
+        "INSERT INTO sensorgate_records (gateway, sensor, epoch, seq, ts, fields) VALUES \
+         ('{GATEWAY}', '{SENSOR}', '{EPOCH}', 7, '2025-11-25T19:46:47.25Z', \
+         '{{\"note\": \"confidential-7\", \"speed\": 27.5, \"heart_rate\": 127}}')"
+    ));
+
+    let config = consumer_config(&rig, &pg, "consumer-1");
+    let mut consumer = start_consumer(&rig, &config);
+    let log = consumer.log();
+    assert!(
+        log.contains("migrated the schema in PostgreSQL at postgresql://sensorgate@127.0.0.1")
+            && log.contains("from version 1 to 2"),
+        "{log}"
+    );
+    assert_eq!(
+        pg.query("SELECT string_agg(version::text, ',' ORDER BY version) FROM sensorgate_schema"),
+        "1,2"
+    );
+    assert_eq!(
+        pg.query(
+            "SELECT seq, ts AT TIME ZONE 'UTC', ts_synced, boot_id IS NULL, boot_ms IS NULL, \
+             ts_stamped IS NULL FROM sensorgate_records"
+        ),
+        "7|2025-11-25 19:46:47.25|t|t|t|t"
+    );
+    assert_eq!(pg.count("SELECT count(*) FROM sensorgate_anchors"), 0);
+
+    let mut sealer = sealer(&rig);
+    publish(&rig, vec![batch(&mut sealer, 7..=8, 0)]);
+    wait_for_rows(&pg, "SELECT count(*) FROM sensorgate_records", 2, || {
+        consumer.log()
+    });
+    assert_eq!(consumer.stop(), 0, "{}", consumer.log());
+    let log = consumer.log();
+    assert!(
+        log.contains(
+            "stored 1 messages: 1 records inserted, 1 duplicates, 0 conflicts, 0 gap notices, 0 rejected, 0 times corrected"
+        ),
+        "{log}"
+    );
+    // Started again: version 2 as it is, nothing migrated.
+    let mut again = start_consumer(&rig, &consumer_config(&rig, &pg, "consumer-2"));
+    assert_eq!(again.stop(), 0, "{}", again.log());
+    assert!(!again.log().contains("migrated"), "{}", again.log());
+    assert_eq!(
+        pg.query("SELECT string_agg(version::text, ',' ORDER BY version) FROM sensorgate_schema"),
+        "1,2"
     );
 }

@@ -15,11 +15,16 @@
 //!   ranges of each stream with how many of their numbers the gateway
 //!   declared;
 //! - a message that does not open (signature, unknown key, ...) goes into
-//!   `sensorgate_rejected` with the reason and its bytes.
+//!   `sensorgate_rejected` with the reason and its bytes;
+//! - records stamped before the gateway's clock was synchronised are stored
+//!   as stamped with `ts_synced` false and their boot clock, and corrected
+//!   in place (`ts_stamped` keeping the stamped time) once an anchor of
+//!   their boot is in `sensorgate_anchors` (`docs/FORMAT.md`, "Time").
 //!
-//! The schema is made by a migration at connection time, under an advisory
-//! lock so that consumers starting together do not race; a database whose
-//! schema is of another version is refused with what to do.
+//! The schema is made, or migrated from an older version, at connection
+//! time, under an advisory lock so that consumers starting together do not
+//! race; a database whose schema is of a version this build does not know
+//! is refused with what to do.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,13 +35,17 @@ use tokio_postgres::{Client, Statement};
 use tokio_util::sync::CancellationToken;
 
 use crate::consumer::{ConsumerError, Delivery, Taken};
-use crate::seal::OpenedMessage;
+use crate::seal::{MessageClock, OpenedMessage, OpenedRecord};
 
-/// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i32 = 1;
+/// The schema version this build writes and reads (older ones it migrates).
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Taken (transaction-scoped) while the schema is checked or made.
 const MIGRATION_LOCK: i64 = 0x7365_6e73_6f72_6761; // "sensorga"
+
+/// The class of the advisory locks (transaction-scoped, one a gateway) that
+/// a batch with clock entries takes, keyed by the hash of the gateway's id.
+const CLOCK_LOCK: i32 = 0x7367_636b; // "sgck"
 
 /// Version 1 of the schema.
 const SCHEMA_1: &str = r#"
@@ -106,6 +115,40 @@ WHERE o.next_seq > o.seq + 1;
 INSERT INTO sensorgate_schema (version) VALUES (1);
 "#;
 
+/// Version 1 to 2 (issue 19): times stamped before the gateway's clock was
+/// synchronised. The records get their clock (`boot_ms` is the record's
+/// own boot clock; both NULL for a synchronised record), the time as
+/// stamped once `ts` is corrected, and an index of those that wait for
+/// their anchor: empty but for them, so that looking for records to
+/// correct costs nothing when none waits. Adding the columns rewrites no
+/// row (the default is a constant); the index is built in one pass over
+/// the table, during which writers wait.
+const MIGRATE_TO_2: &str = r#"
+ALTER TABLE sensorgate_records
+    ADD COLUMN ts_synced boolean NOT NULL DEFAULT true,
+    ADD COLUMN boot_id bytea,
+    ADD COLUMN boot_ms bigint,
+    ADD COLUMN ts_stamped timestamptz;
+CREATE INDEX sensorgate_records_uncorrected ON sensorgate_records (gateway, boot_id)
+    WHERE NOT ts_synced AND ts_stamped IS NULL;
+CREATE TABLE sensorgate_anchors (
+    gateway text NOT NULL,
+    boot_id bytea NOT NULL,
+    ts timestamptz NOT NULL,
+    boot_ms bigint NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (gateway, boot_id)
+);
+INSERT INTO sensorgate_schema (version) VALUES (2);
+"#;
+
+/// `MIGRATIONS[i]` takes the schema from version `i + 1` to `i + 2`; an
+/// empty database gets [`SCHEMA_1`] and then all of them, so that a new
+/// database and a migrated one are the same.
+const MIGRATIONS: [&str; 1] = [MIGRATE_TO_2];
+
+const _: () = assert!(SCHEMA_VERSION as usize == MIGRATIONS.len() + 1);
+
 /// The records of a batch of messages, as arrays (one element a record),
 /// sorted by key so that consumers writing overlapping batches take their
 /// row locks in the same order (they wait for each other, and do not
@@ -114,18 +157,34 @@ INSERT INTO sensorgate_schema (version) VALUES (1);
 /// DO NOTHING` added, skipping the keys already there. Redeliveries are rare, and `ON CONFLICT` costs
 /// PostgreSQL about half as much again a row (measured: docs/BENCHMARKS.md,
 /// "Fleet into PostgreSQL").
+///
+/// Synchronised records leave the clock columns to their defaults: a batch
+/// of them (nearly all batches) goes in without the clock's arrays.
 const INSERT_NEW_RECORDS: &str = "\
 INSERT INTO sensorgate_records (gateway, sensor, epoch, seq, ts, fields)
 SELECT u.gateway, u.sensor, u.epoch, u.seq, u.ts::timestamptz, u.fields::jsonb
 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[])
   AS u(gateway, sensor, epoch, seq, ts, fields)";
 
+/// [`INSERT_NEW_RECORDS`] for a batch holding records stamped before their
+/// gateway's clock was synchronised: their boot id and boot clock (NULL
+/// for the others), stored as stamped; [`CORRECT_RECORDS`] corrects them.
+const INSERT_NEW_CLOCKED_RECORDS: &str = "\
+INSERT INTO sensorgate_records (gateway, sensor, epoch, seq, ts, fields, ts_synced, boot_id, boot_ms)
+SELECT u.gateway, u.sensor, u.epoch, u.seq, u.ts::timestamptz, u.fields::jsonb,
+       u.boot_ms IS NULL, u.boot_id, u.boot_ms
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],
+            $7::bytea[], $8::bigint[])
+  AS u(gateway, sensor, epoch, seq, ts, fields, boot_id, boot_ms)";
+
 /// The records of the batch whose key is stored with other content: run
 /// after the insert that skips existing keys (when it inserted fewer than it was given), in
 /// a statement of its own so that it sees what another consumer committed
 /// meanwhile. A record this batch inserted is stored with its own content;
 /// two records of the batch under one key with different content are a
-/// conflict, the first one stored.
+/// conflict, the first one stored. A stored record whose time was
+/// corrected is compared by its time as stamped, which is what a
+/// redelivery carries.
 const INSERT_CONFLICTS: &str = "\
 INSERT INTO sensorgate_conflicts (gateway, sensor, epoch, seq, ts, fields, topic)
 SELECT u.gateway, u.sensor, u.epoch, u.seq, u.ts::timestamptz, u.fields::jsonb, u.topic
@@ -133,9 +192,43 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::te
   AS u(gateway, sensor, epoch, seq, ts, fields, topic)
 JOIN sensorgate_records r
   ON r.gateway = u.gateway AND r.sensor = u.sensor AND r.epoch = u.epoch AND r.seq = u.seq
-WHERE r.ts <> u.ts::timestamptz OR r.fields <> u.fields::jsonb
+WHERE COALESCE(r.ts_stamped, r.ts) <> u.ts::timestamptz OR r.fields <> u.fields::jsonb
 ON CONFLICT DO NOTHING
 RETURNING topic";
+
+/// Serialises, gateway by gateway, the transactions whose batches carry
+/// clock entries: without it, a consumer storing a boot's unsynchronised
+/// records and another storing its anchor at the same time would each
+/// miss what the other has not committed, and the records would wait
+/// uncorrected. Taken first in the transaction, in the order of the lock
+/// keys (the subquery is sorted before the outer query locks), so that two
+/// such transactions do not deadlock.
+const LOCK_GATEWAYS: &str = "\
+SELECT pg_advisory_xact_lock($2::integer, s.key)
+FROM (SELECT DISTINCT hashtext(g) AS key FROM unnest($1::text[]) AS g ORDER BY key) AS s";
+
+/// The anchors of the batch's messages, the first of each boot kept
+/// (given in key order, the earliest of a boot first).
+const INSERT_ANCHORS: &str = "\
+INSERT INTO sensorgate_anchors (gateway, boot_id, ts, boot_ms)
+SELECT u.gateway, u.boot_id, u.ts::timestamptz, u.boot_ms
+FROM unnest($1::text[], $2::bytea[], $3::text[], $4::bigint[]) AS u(gateway, boot_id, ts, boot_ms)
+ON CONFLICT DO NOTHING";
+
+/// Corrects the records of the given gateways that wait for an anchor and
+/// now have one, whichever came first: the boot clock ran on while the
+/// wall clock jumped, so a record's time is the anchor's plus the boot
+/// clock's advance since it (`docs/FORMAT.md`, "Time"). The time as stamped
+/// goes into `ts_stamped`. Its conditions are those of the index
+/// `sensorgate_records_uncorrected`, which holds only the waiting records.
+const CORRECT_RECORDS: &str = "\
+UPDATE sensorgate_records r
+SET ts_stamped = r.ts,
+    ts = a.ts + (r.boot_ms - a.boot_ms) * interval '1 millisecond'
+FROM sensorgate_anchors a
+WHERE NOT r.ts_synced AND r.ts_stamped IS NULL
+  AND r.gateway = ANY($1::text[])
+  AND a.gateway = r.gateway AND a.boot_id = r.boot_id";
 
 const INSERT_DECLARED: &str = "\
 INSERT INTO sensorgate_declared (gateway, sensor, epoch, first_seq, last_seq, cause, lost, exact)
@@ -161,7 +254,7 @@ pub enum SinkError {
     Data { detail: String },
     /// The schema is of another version.
     #[error(
-        "the sensorgate schema in PostgreSQL at {url} is version {found}, and this sensorgate reads version {SCHEMA_VERSION}; run the sensorgate that made it, or migrate the database"
+        "the sensorgate schema in PostgreSQL at {url} is version {found}, and this sensorgate reads version {SCHEMA_VERSION} (migrating older ones); run the sensorgate that made it, or migrate the database"
     )]
     SchemaVersion { url: String, found: i32 },
     #[error("[sink] ca_file {}: {detail}", path.display())]
@@ -202,6 +295,9 @@ pub struct Stored {
     pub declared: u64,
     /// Messages kept in `sensorgate_rejected`.
     pub rejected: u64,
+    /// Records stamped before their gateway's clock was synchronised whose
+    /// time was corrected (they, or their anchor, came in this batch).
+    pub corrected: u64,
 }
 
 impl Stored {
@@ -211,6 +307,7 @@ impl Stored {
         self.duplicates += other.duplicates;
         self.declared += other.declared;
         self.rejected += other.rejected;
+        self.corrected += other.corrected;
         for (topic, n) in other.conflicts {
             *self.conflicts.entry(topic).or_default() += n;
         }
@@ -230,9 +327,14 @@ pub struct PgSink {
     url: String,
     insert_new_records: Statement,
     insert_records: Statement,
+    insert_new_clocked_records: Statement,
+    insert_clocked_records: Statement,
     insert_conflicts: Statement,
     insert_declared: Statement,
     insert_rejected: Statement,
+    lock_gateways: Statement,
+    insert_anchors: Statement,
+    correct_records: Statement,
 }
 
 /// The URL as it may be shown: without a password.
@@ -298,11 +400,18 @@ struct Rows<'a> {
     ts: Vec<&'a str>,
     fields: Vec<String>,
     topic: Vec<&'a str>,
+    /// For a record stamped before its gateway's clock was synchronised,
+    /// the boot; None for the others.
+    boot_id: Vec<Option<&'a [u8]>>,
+    /// The boot clock when the record was stamped, for the same records.
+    boot_ms: Vec<Option<i64>>,
+    /// How many records were stamped unsynchronised.
+    unsynced: usize,
 }
 
 impl<'a> Rows<'a> {
     fn new(items: &'a [Item]) -> Rows<'a> {
-        let mut records: Vec<(&'a Item, &'a OpenedMessage, &'a crate::seal::OpenedRecord)> = items
+        let mut records: Vec<(&'a Item, &'a OpenedMessage, &'a OpenedRecord)> = items
             .iter()
             .filter_map(|item| item.opened.as_ref().ok().map(|m| (item, m)))
             .flat_map(|(item, m)| m.records.iter().map(move |r| (item, m, r)))
@@ -321,12 +430,78 @@ impl<'a> Rows<'a> {
             rows.fields
                 .push(serde_json::to_string(&r.fields).expect("fields serialise"));
             rows.topic.push(&item.topic);
+            match (&m.clock, r.ts_synced) {
+                (Some(clock), Some(false)) => {
+                    rows.boot_id.push(Some(&clock.boot[..]));
+                    rows.boot_ms.push(Some(record_boot_ms(clock, &r.ts)));
+                    rows.unsynced += 1;
+                }
+                _ => {
+                    rows.boot_id.push(None);
+                    rows.boot_ms.push(None);
+                }
+            }
         }
         rows
     }
 
     fn len(&self) -> u64 {
         self.seq.len() as u64
+    }
+}
+
+/// The boot clock (ms) when a record of an unsynchronised batch was
+/// stamped: the batch's, taken at its first record, plus how far the record
+/// is from that one (a batch never spans a jump of the wall clock), to the
+/// nearest millisecond. A time that does not parse (the opener wrote it, so
+/// it does) counts as the first record's.
+fn record_boot_ms(clock: &MessageClock, ts: &str) -> i64 {
+    let from_first = crate::record::parse_ts(ts).map(|t| t.duration_since(clock.t0));
+    let since_first: i128 = match from_first {
+        Some(Ok(ahead)) => ahead.as_nanos() as i128,
+        Some(Err(behind)) => -(behind.duration().as_nanos() as i128),
+        None => 0,
+    };
+    let ms = i128::from(clock.boot_ms) + (since_first + 500_000).div_euclid(1_000_000);
+    ms.clamp(0, i128::from(i64::MAX)) as i64
+}
+
+/// What the messages of a batch say about their gateways' clocks: the
+/// anchors as the statement's arrays, in key order with the earliest of a
+/// boot first (the one kept), and the gateways whose messages have a clock
+/// entry (the records waiting for an anchor are looked for there).
+#[derive(Default)]
+struct Clocks<'a> {
+    gateway: Vec<&'a str>,
+    boot_id: Vec<&'a [u8]>,
+    ts: Vec<String>,
+    boot_ms: Vec<i64>,
+    gateways: Vec<&'a str>,
+}
+
+impl<'a> Clocks<'a> {
+    fn new(items: &'a [Item]) -> Clocks<'a> {
+        let mut anchors = Vec::new();
+        let mut clocks = Clocks::default();
+        for m in items.iter().filter_map(|item| item.opened.as_ref().ok()) {
+            let Some(clock) = &m.clock else { continue };
+            clocks.gateways.push(m.gateway.as_str());
+            if clock.synced {
+                anchors.push((m.gateway.as_str(), &clock.boot[..], clock.t0, clock.boot_ms));
+            }
+        }
+        clocks.gateways.sort_unstable();
+        clocks.gateways.dedup();
+        anchors.sort();
+        for (gateway, boot, t0, boot_ms) in anchors {
+            clocks.gateway.push(gateway);
+            clocks.boot_id.push(boot);
+            clocks.ts.push(crate::record::format_ts(t0));
+            clocks
+                .boot_ms
+                .push(i64::try_from(boot_ms).unwrap_or(i64::MAX));
+        }
+        clocks
     }
 }
 
@@ -364,20 +539,30 @@ impl PgSink {
         };
         migrate(&mut client, url).await?;
         let prepare = async |sql: &str| client.prepare(sql).await.map_err(|e| classify(url, &e));
+        let skipping = |sql: &str| format!("{sql}\nON CONFLICT DO NOTHING");
         let insert_new_records = prepare(INSERT_NEW_RECORDS).await?;
-        let insert_records =
-            prepare(&format!("{INSERT_NEW_RECORDS}\nON CONFLICT DO NOTHING")).await?;
+        let insert_records = prepare(&skipping(INSERT_NEW_RECORDS)).await?;
+        let insert_new_clocked_records = prepare(INSERT_NEW_CLOCKED_RECORDS).await?;
+        let insert_clocked_records = prepare(&skipping(INSERT_NEW_CLOCKED_RECORDS)).await?;
         let insert_conflicts = prepare(INSERT_CONFLICTS).await?;
         let insert_declared = prepare(INSERT_DECLARED).await?;
         let insert_rejected = prepare(INSERT_REJECTED).await?;
+        let lock_gateways = prepare(LOCK_GATEWAYS).await?;
+        let insert_anchors = prepare(INSERT_ANCHORS).await?;
+        let correct_records = prepare(CORRECT_RECORDS).await?;
         Ok(PgSink {
             client,
             url: url.to_string(),
             insert_new_records,
             insert_records,
+            insert_new_clocked_records,
+            insert_clocked_records,
             insert_conflicts,
             insert_declared,
             insert_rejected,
+            lock_gateways,
+            insert_anchors,
+            correct_records,
         })
     }
 
@@ -387,8 +572,9 @@ impl PgSink {
     }
 
     /// Stores a batch of messages in one transaction: the records of
-    /// those that opened, their gap notices, and those that did not open
-    /// as rejected.
+    /// those that opened, their gap notices and anchors, and those that did
+    /// not open as rejected; then corrects the records of the batch's
+    /// gateways that were waiting for an anchor and have one now.
     pub async fn store(&mut self, items: &[Item]) -> Result<Stored, SinkError> {
         match self.store_as(items, false).await? {
             Some(stored) => Ok(stored),
@@ -411,7 +597,22 @@ impl PgSink {
     ) -> Result<Option<Stored>, SinkError> {
         let url = self.url.as_str();
         let fail = |e: tokio_postgres::Error| classify(url, &e);
-        let tx = self.client.transaction().await.map_err(fail)?;
+        // Each statement sees what other consumers committed before it
+        // (the conflicts, the records to correct), whatever the database's
+        // default isolation.
+        let tx = self
+            .client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
+            .start()
+            .await
+            .map_err(fail)?;
+        let clocks = Clocks::new(items);
+        if !clocks.gateways.is_empty() {
+            tx.execute(&self.lock_gateways, &[&clocks.gateways, &CLOCK_LOCK])
+                .await
+                .map_err(fail)?;
+        }
         let mut stored = Stored::default();
         for item in items {
             match &item.opened {
@@ -447,9 +648,22 @@ impl PgSink {
                 }
             }
         }
+        if !clocks.ts.is_empty() {
+            tx.execute(
+                &self.insert_anchors,
+                &[
+                    &clocks.gateway,
+                    &clocks.boot_id,
+                    &clocks.ts,
+                    &clocks.boot_ms,
+                ],
+            )
+            .await
+            .map_err(fail)?;
+        }
         let rows = Rows::new(items);
         if rows.len() > 0 {
-            let arrays: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
+            let mut arrays: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
                 &rows.gateway,
                 &rows.sensor,
                 &rows.epoch,
@@ -457,8 +671,18 @@ impl PgSink {
                 &rows.ts,
                 &rows.fields,
             ];
+            let (insert_new, insert) = if rows.unsynced == 0 {
+                (&self.insert_new_records, &self.insert_records)
+            } else {
+                arrays.push(&rows.boot_id);
+                arrays.push(&rows.boot_ms);
+                (
+                    &self.insert_new_clocked_records,
+                    &self.insert_clocked_records,
+                )
+            };
             if !existing {
-                match tx.execute(&self.insert_new_records, &arrays).await {
+                match tx.execute(insert_new, &arrays).await {
                     Ok(n) => stored.inserted = n,
                     Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
                         tx.rollback().await.map_err(fail)?;
@@ -467,13 +691,11 @@ impl PgSink {
                     Err(e) => return Err(fail(e)),
                 }
             } else {
-                stored.inserted = tx
-                    .execute(&self.insert_records, &arrays)
-                    .await
-                    .map_err(fail)?;
+                stored.inserted = tx.execute(insert, &arrays).await.map_err(fail)?;
                 let mut conflicts = 0;
                 if stored.inserted < rows.len() {
-                    let mut params = arrays.to_vec();
+                    // The records' own arrays, not the clock's.
+                    let mut params = arrays[..6].to_vec();
                     params.push(&rows.topic);
                     for row in tx
                         .query(&self.insert_conflicts, &params)
@@ -486,6 +708,12 @@ impl PgSink {
                 }
                 stored.duplicates = rows.len() - stored.inserted - conflicts;
             }
+        }
+        if !clocks.gateways.is_empty() {
+            stored.corrected = tx
+                .execute(&self.correct_records, &[&clocks.gateways])
+                .await
+                .map_err(fail)?;
         }
         tx.commit().await.map_err(fail)?;
         Ok(Some(stored))
@@ -514,6 +742,7 @@ pub struct Totals {
     pub conflicts: u64,
     pub declared: u64,
     pub rejected: u64,
+    pub corrected: u64,
 }
 
 impl Totals {
@@ -524,6 +753,7 @@ impl Totals {
         self.conflicts += s.conflicts.values().sum::<u64>();
         self.declared += s.declared;
         self.rejected += s.rejected;
+        self.corrected += s.corrected;
     }
 }
 
@@ -531,13 +761,14 @@ impl std::fmt::Display for Totals {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "stored {} messages: {} records inserted, {} duplicates, {} conflicts, {} gap notices, {} rejected",
+            "stored {} messages: {} records inserted, {} duplicates, {} conflicts, {} gap notices, {} rejected, {} times corrected",
             self.messages,
             self.inserted,
             self.duplicates,
             self.conflicts,
             self.declared,
-            self.rejected
+            self.rejected,
+            self.corrected
         )
     }
 }
@@ -651,6 +882,12 @@ impl Writer {
                             "sensorgate: {n} records on topic {topic} conflict with those stored under the same sequence numbers; kept in sensorgate_conflicts"
                         );
                     }
+                    if stored.corrected > 0 {
+                        eprintln!(
+                            "sensorgate: corrected the times of {} records stamped before their gateway's clock was synchronised, from their boot's anchor (the times as stamped are in ts_stamped)",
+                            stored.corrected
+                        );
+                    }
                     self.totals.add(items.len(), &stored);
                     return Ok(true);
                 }
@@ -745,7 +982,8 @@ fn seq(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// Sets the schema up in an empty database, or checks its version.
+/// Sets the schema up in an empty database, or checks its version and
+/// migrates it from an older one, in one transaction.
 async fn migrate(client: &mut Client, url: &str) -> Result<(), SinkError> {
     let fail = |e: tokio_postgres::Error| classify(url, &e);
     let tx = client.transaction().await.map_err(fail)?;
@@ -757,14 +995,14 @@ async fn migrate(client: &mut Client, url: &str) -> Result<(), SinkError> {
         .await
         .map_err(fail)?
         .get(0);
-    if exists {
+    let found = if exists {
         let found: Option<i32> = tx
             .query_opt("SELECT max(version) FROM sensorgate_schema", &[])
             .await
             .map_err(fail)?
             .and_then(|row| row.get(0));
         match found {
-            Some(SCHEMA_VERSION) => {}
+            Some(version @ 1..=SCHEMA_VERSION) => version,
             found => {
                 return Err(SinkError::SchemaVersion {
                     url: redacted(url),
@@ -774,8 +1012,19 @@ async fn migrate(client: &mut Client, url: &str) -> Result<(), SinkError> {
         }
     } else {
         tx.batch_execute(SCHEMA_1).await.map_err(fail)?;
+        1
+    };
+    for step in &MIGRATIONS[found as usize - 1..] {
+        tx.batch_execute(step).await.map_err(fail)?;
     }
-    tx.commit().await.map_err(fail)
+    tx.commit().await.map_err(fail)?;
+    if exists && found < SCHEMA_VERSION {
+        eprintln!(
+            "sensorgate: migrated the schema in PostgreSQL at {} from version {found} to {SCHEMA_VERSION}",
+            redacted(url)
+        );
+    }
+    Ok(())
 }
 
 /// TLS to the database, its certificate checked against `ca_file` and the
