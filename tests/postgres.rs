@@ -963,75 +963,6 @@ async fn a_corrected_message_delivered_again_is_a_duplicate_not_a_conflict() {
     assert_eq!(times(&pg, 0, 4), corrected(4));
 }
 
-/// Schema version 1, as the sink made it before issue 19 (one row of
-/// `sensorgate_schema` and the view over the records).
-const SCHEMA_1: &str = r#"
-CREATE TABLE sensorgate_schema (
-    version integer NOT NULL,
-    migrated_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE sensorgate_records (
-    gateway text NOT NULL,
-    sensor text NOT NULL,
-    epoch text NOT NULL,
-    seq bigint NOT NULL,
-    ts timestamptz NOT NULL,
-    fields jsonb NOT NULL,
-    received_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (gateway, sensor, epoch, seq)
-);
-CREATE TABLE sensorgate_conflicts (
-    id bigserial PRIMARY KEY,
-    gateway text NOT NULL,
-    sensor text NOT NULL,
-    epoch text NOT NULL,
-    seq bigint NOT NULL,
-    ts timestamptz NOT NULL,
-    fields jsonb NOT NULL,
-    topic text NOT NULL,
-    received_at timestamptz NOT NULL DEFAULT now(),
-    UNIQUE (gateway, sensor, epoch, seq, ts, fields)
-);
-CREATE TABLE sensorgate_declared (
-    gateway text NOT NULL,
-    sensor text NOT NULL,
-    epoch text NOT NULL,
-    first_seq bigint NOT NULL,
-    last_seq bigint NOT NULL,
-    cause text NOT NULL,
-    lost bigint NOT NULL,
-    exact boolean NOT NULL,
-    received_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (gateway, sensor, epoch, first_seq, last_seq)
-);
-CREATE TABLE sensorgate_rejected (
-    id bigserial PRIMARY KEY,
-    topic text NOT NULL,
-    reason text NOT NULL,
-    payload bytea NOT NULL,
-    received_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE VIEW sensorgate_gaps AS
-WITH ordered AS (
-    SELECT gateway, sensor, epoch, seq,
-           lead(seq) OVER (PARTITION BY gateway, sensor, epoch ORDER BY seq) AS next_seq
-    FROM sensorgate_records
-)
-SELECT o.gateway, o.sensor, o.epoch,
-       o.seq + 1 AS first_missing,
-       o.next_seq - 1 AS last_missing,
-       o.next_seq - o.seq - 1 AS missing,
-       COALESCE((
-           SELECT sum(GREATEST(0, LEAST(d.last_seq, o.next_seq - 1)
-                                  - GREATEST(d.first_seq, o.seq + 1) + 1))
-           FROM sensorgate_declared d
-           WHERE d.gateway = o.gateway AND d.sensor = o.sensor AND d.epoch = o.epoch
-       ), 0)::bigint AS declared
-FROM ordered o
-WHERE o.next_seq > o.seq + 1;
-INSERT INTO sensorgate_schema (version) VALUES (1);
-"#;
-
 /// A database of schema version 1 with a record in it: a consumer of this
 /// build migrates it at start (saying so), the record is kept, marked
 /// synchronised, and is a duplicate of the same record delivered again.
@@ -1039,7 +970,7 @@ INSERT INTO sensorgate_schema (version) VALUES (1);
 fn a_database_of_schema_version_1_is_migrated_keeping_its_records() {
     let rig = Rig::new();
     let pg = Postgres::start();
-    pg.query(SCHEMA_1);
+    pg.query(sensorgate::sink::postgres::SCHEMA_1);
     // Record 7 as version 1 stored it.
     pg.query(&format!(
         "INSERT INTO sensorgate_records (gateway, sensor, epoch, seq, ts, fields) VALUES \

@@ -1252,13 +1252,7 @@ impl<'a, W: Write, E: Write> MessageSink<'a, W, E> {
             self.held_records -= held.records.len();
             retime(&mut held.records, shift);
             self.opener.count_corrected(held.records.len() as u64);
-            writeln!(
-                self.err,
-                "corrected: {}: stamped before the gateway's clock was synchronised; times moved by {}",
-                one_line(&held.range()),
-                retime::describe_shift(shift)
-            )?;
-            self.print(&held.records)?;
+            self.print_corrected(&held, shift)?;
         }
         self.held = waiting;
         let mut unsaid = std::collections::VecDeque::new();
@@ -1275,6 +1269,17 @@ impl<'a, W: Write, E: Write> MessageSink<'a, W, E> {
         }
         self.printed_uncorrected = unsaid;
         Ok(())
+    }
+
+    /// Says which records were corrected and by how much, and prints them.
+    fn print_corrected(&mut self, held: &Held, shift: i128) -> io::Result<()> {
+        writeln!(
+            self.err,
+            "corrected: {}: stamped before the gateway's clock was synchronised; times moved by {}",
+            one_line(&held.range()),
+            retime::describe_shift(shift)
+        )?;
+        self.print(&held.records)
     }
 
     /// Prints the oldest held records as they were stamped (no anchor in
@@ -1355,14 +1360,7 @@ impl<'a, W: Write, E: Write> MessageSink<'a, W, E> {
                     Some(_) if opened.records.is_empty() => {}
                     Some(clock) => match opened.corrected {
                         Some(shift) => {
-                            let held = Held::of(&mut opened, clock);
-                            writeln!(
-                                self.err,
-                                "corrected: {}: stamped before the gateway's clock was synchronised; times moved by {}",
-                                one_line(&held.range()),
-                                retime::describe_shift(shift)
-                            )?;
-                            self.print(&held.records)?;
+                            self.print_corrected(&Held::of(&mut opened, clock), shift)?
                         }
                         None => {
                             let mut held = Held::of(&mut opened, clock);

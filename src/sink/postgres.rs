@@ -47,8 +47,10 @@ const MIGRATION_LOCK: i64 = 0x7365_6e73_6f72_6761; // "sensorga"
 /// a batch with clock entries takes, keyed by the hash of the gateway's id.
 const CLOCK_LOCK: i32 = 0x7367_636b; // "sgck"
 
-/// Version 1 of the schema.
-const SCHEMA_1: &str = r#"
+/// Version 1 of the schema (public for the test that migrates a database
+/// of this version).
+#[doc(hidden)]
+pub const SCHEMA_1: &str = r#"
 CREATE TABLE sensorgate_schema (
     version integer NOT NULL,
     migrated_at timestamptz NOT NULL DEFAULT now()
