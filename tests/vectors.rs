@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
+use sensorgate::clock::ClockMark;
 use sensorgate::record::{Field, Record, Value, parse_ts};
 use sensorgate::seal::{
     FixedRandomness, GatewayKey, Opener, RecipientKey, SealedMessage, Sealer, SealerOptions,
@@ -47,6 +48,9 @@ struct Vector {
     /// The IV of the first message under the CEK, 12 bytes: a 4-byte
     /// prefix and a 64-bit big-endian counter.
     iv: String,
+    /// The gateway's boot id (16 bytes), for records with a `clock`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    boot_id: Option<String>,
     messages: Vec<Message>,
 }
 
@@ -79,8 +83,18 @@ struct InputRecord {
     sensor: String,
     seq: u64,
     ts: String,
+    /// What the gateway's clock said when it stamped `ts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    clock: Option<InputClock>,
     /// `[name, value]` pairs in column order.
     fields: Vec<(String, Json)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InputClock {
+    synced: bool,
+    boot_ms: u64,
 }
 
 fn hex(s: &str) -> Vec<u8> {
@@ -135,7 +149,10 @@ fn record(input: &InputRecord) -> Record {
         sensor: Arc::from(input.sensor.as_str()),
         seq: input.seq,
         ts: parse_ts(&input.ts).expect("an RFC 3339 timestamp"),
-        clock: None,
+        clock: input.clock.as_ref().map(|c| ClockMark {
+            boot_ms: c.boot_ms,
+            synced: c.synced,
+        }),
         fields: input
             .fields
             .iter()
@@ -154,12 +171,18 @@ fn expected_line(gateway: &str, input: &InputRecord) -> String {
         .iter()
         .map(|(name, v)| format!("{}:{v}", Json::from(name.as_str())))
         .collect();
+    let unsynced = input.clock.as_ref().is_some_and(|c| !c.synced);
     format!(
-        r#"{{"gateway":{},"sensor":{},"seq":{},"ts":{},"fields":{{{}}}}}"#,
+        r#"{{"gateway":{},"sensor":{},"seq":{},"ts":{},{}"fields":{{{}}}}}"#,
         Json::from(gateway),
         Json::from(input.sensor.as_str()),
         input.seq,
         Json::from(input.ts.as_str()),
+        if unsynced {
+            r#""ts_synced":false,"#
+        } else {
+            ""
+        },
         fields.join(",")
     )
 }
@@ -187,6 +210,9 @@ fn seal_all(v: &Vector) -> Vec<SealedMessage> {
                 WireFormat::V1
             },
         });
+    if let Some(boot) = &v.boot_id {
+        sealer = sealer.with_boot_id(hex(boot).try_into().expect("a 16-byte boot id"));
+    }
     let fixed = fixed(v);
     v.messages
         .iter()
@@ -422,5 +448,15 @@ fn the_vectors_cover_the_documented_cases() {
             of().any(|v| encrypted(v) >= 2),
             "version {format}: two messages under one data key"
         );
+        if format == 2 {
+            assert!(
+                of().any(|v| v
+                    .messages
+                    .iter()
+                    .flat_map(|m| &m.records)
+                    .any(|r| r.clock.as_ref().is_some_and(|c| !c.synced))),
+                "version 2: records stamped before the clock was synchronised"
+            );
+        }
     }
 }
