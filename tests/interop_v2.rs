@@ -845,3 +845,76 @@ fn sensorgate_open_accepts_a_pycose_gap_notice() {
         out.shown()
     );
 }
+
+#[test]
+fn both_consumers_read_batches_stamped_before_the_clock_was_synchronised() {
+    // Two batches stamped unsynchronised (a clock at 1970 + seconds), then
+    // an anchor: the `clock` entry both ways (docs/FORMAT.md, "Time").
+    let keys = Keys::new();
+    let mut sealer = keys.sealer().with_boot_id(*b"a-boot-id-16byte");
+    // Record n (seq FIRST_SEQ + n) is stamped n seconds after boot.
+    let stamped = |seq: u64, synced: bool| Record {
+        ts: if synced {
+            reading(seq).ts
+        } else {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(seq - FIRST_SEQ)
+        },
+        clock: Some(sensorgate::clock::ClockMark {
+            boot_ms: (seq - FIRST_SEQ) * 1000,
+            synced,
+        }),
+        ..reading(seq)
+    };
+    let batches: Vec<Vec<Record>> = vec![
+        (FIRST_SEQ..FIRST_SEQ + 2)
+            .map(|s| stamped(s, false))
+            .collect(),
+        (FIRST_SEQ + 2..FIRST_SEQ + 3)
+            .map(|s| stamped(s, false))
+            .collect(),
+        (FIRST_SEQ + 3..FIRST_SEQ + 5)
+            .map(|s| stamped(s, true))
+            .collect(),
+    ];
+    let messages: Vec<Vec<u8>> = batches
+        .iter()
+        .map(|b| sealer.seal(b).expect("seal").bytes)
+        .collect();
+    for consumer in [Consumer::Python, Consumer::JavaScript] {
+        let out = keys.open_with(consumer, &messages);
+        assert_eq!(out.code, 0, "{}", out.shown());
+        let lines: Vec<serde_json::Value> = out
+            .stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect();
+        let records: Vec<&Record> = batches.iter().flatten().collect();
+        assert_eq!(lines.len(), records.len(), "{}", out.shown());
+        for (line, record) in lines.iter().zip(records) {
+            let unsynced = record.clock.is_some_and(|c| !c.synced);
+            assert_eq!(line["seq"], record.seq);
+            assert_eq!(line["ts"], record::format_ts(record.ts), "{line}");
+            assert_eq!(
+                line.get("ts_synced"),
+                unsynced.then_some(&serde_json::Value::Bool(false)),
+                "{line}"
+            );
+        }
+    }
+    // `sensorgate open` corrects the first three from the anchor: record
+    // i was stamped at boot second i, the anchor at boot second 3.
+    let out = keys.gateway_open(&messages);
+    assert_eq!(out.code, 0, "{}", out.shown());
+    let anchor = reading(FIRST_SEQ + 3).ts;
+    for (i, line) in out.stdout.lines().take(3).enumerate() {
+        let line: serde_json::Value = serde_json::from_str(line).unwrap();
+        let seq = FIRST_SEQ + i as u64;
+        assert_eq!(
+            line["ts"],
+            record::format_ts(anchor - Duration::from_secs(3 - i as u64)),
+            "{line}"
+        );
+        assert_eq!(line["seq"], seq);
+    }
+    assert!(out.stderr.contains("corrected: "), "{}", out.shown());
+}
