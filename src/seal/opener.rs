@@ -928,6 +928,16 @@ impl Held {
     }
 }
 
+/// Unsynchronised records printed before their anchor came: what is kept
+/// to say their correction when it does.
+#[derive(Debug)]
+struct PrintedUncorrected {
+    gateway: String,
+    clock: MessageClock,
+    /// `gw/sensor epoch E: seq A..B`.
+    range: String,
+}
+
 /// Ranges printed uncorrected kept at most, to say their correction when
 /// the anchor comes.
 const MAX_PRINTED_UNCORRECTED: usize = 10_000;
@@ -1193,7 +1203,7 @@ pub struct MessageSink<'a, W: Write, E: Write> {
     held_records: usize,
     /// Unsynchronised records printed before their anchor came (their
     /// records dropped): their correction is said when it does.
-    printed_uncorrected: std::collections::VecDeque<Held>,
+    printed_uncorrected: std::collections::VecDeque<PrintedUncorrected>,
 }
 
 impl<'a, W: Write, E: Write> MessageSink<'a, W, E> {
@@ -1257,11 +1267,12 @@ impl<'a, W: Write, E: Write> MessageSink<'a, W, E> {
         self.held = waiting;
         let mut unsaid = std::collections::VecDeque::new();
         for printed in std::mem::take(&mut self.printed_uncorrected) {
+            let ours = printed.gateway == gateway && printed.clock.boot == boot;
             match self.opener.shift(&printed.gateway, &printed.clock) {
-                Some(shift) if of_boot(&printed) => writeln!(
+                Some(shift) if ours => writeln!(
                     self.err,
                     "correction: {}: printed before the anchor of its boot came, with times stamped before the gateway's clock was synchronised; they are off by {} (add it)",
-                    one_line(&printed.range()),
+                    one_line(&printed.range),
                     retime::describe_shift(shift)
                 )?,
                 _ => unsaid.push_back(printed),
@@ -1285,33 +1296,23 @@ impl<'a, W: Write, E: Write> MessageSink<'a, W, E> {
     /// Prints the oldest held records as they were stamped (no anchor in
     /// time), remembering their range.
     fn release_oldest(&mut self) -> io::Result<bool> {
-        let Some(mut held) = self.held.pop_front() else {
+        let Some(held) = self.held.pop_front() else {
             return Ok(false);
         };
         self.held_records -= held.records.len();
         self.print(&held.records)?;
-        self.printed(&mut held);
+        self.printed(held);
         Ok(true)
     }
 
     /// Remembers unsynchronised records printed uncorrected.
-    fn printed(&mut self, held: &mut Held) {
+    fn printed(&mut self, held: Held) {
         if self.printed_uncorrected.len() >= MAX_PRINTED_UNCORRECTED {
             self.printed_uncorrected.pop_front();
         }
-        // The first and last records say the range.
-        let n = held.records.len();
-        if n > 2 {
-            held.records.drain(1..n - 1);
-        }
-        for r in &mut held.records {
-            r.fields = FieldMap::new();
-        }
-        self.printed_uncorrected.push_back(Held {
-            records: std::mem::take(&mut held.records),
-            gateway: std::mem::take(&mut held.gateway),
-            sensor: std::mem::take(&mut held.sensor),
-            epoch: std::mem::take(&mut held.epoch),
+        self.printed_uncorrected.push_back(PrintedUncorrected {
+            range: held.range(),
+            gateway: held.gateway,
             clock: held.clock,
         });
     }
@@ -1363,10 +1364,10 @@ impl<'a, W: Write, E: Write> MessageSink<'a, W, E> {
                             self.print_corrected(&Held::of(&mut opened, clock), shift)?
                         }
                         None => {
-                            let mut held = Held::of(&mut opened, clock);
+                            let held = Held::of(&mut opened, clock);
                             if self.options.hold_unsynced == 0 {
                                 self.print(&held.records)?;
-                                self.printed(&mut held);
+                                self.printed(held);
                             } else {
                                 self.held_records += held.records.len();
                                 self.held.push_back(held);

@@ -800,3 +800,49 @@ fn open_corrects_what_was_stamped_before_the_anchor_and_says_which() {
         "{err}"
     );
 }
+
+#[test]
+fn without_holding_open_prints_at_once_and_says_the_correction_later() {
+    let keys = Keys::new();
+    let mut sealer = v2_sealer(&keys, &encrypt_list()).with_boot_id(BOOT);
+    let mut messages = Vec::new();
+    messages.extend(
+        sealer
+            .seal(&stamped("bike", 0..=1, 10, 10, false))
+            .unwrap()
+            .bytes,
+    );
+    messages.extend(
+        sealer
+            .seal(&stamped("bike", 2..=2, 5000, 100, true))
+            .unwrap()
+            .bytes,
+    );
+    let options = StreamOptions {
+        hold_unsynced: 0,
+        ..StreamOptions::default()
+    };
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    open_stream_with(
+        &messages[..],
+        &mut out,
+        &mut err,
+        &mut keys.opener(),
+        &options,
+    )
+    .unwrap();
+    let out = String::from_utf8(out).unwrap();
+    let err = String::from_utf8(err).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines[0].contains("\"ts_synced\":false") && !lines[0].contains("ts_stamped"));
+    // Boot second 10 is 90 s before the anchor: stamped at 10.25 s, really
+    // at 4910.25 s, so 4900 s off.
+    assert!(
+        err.contains("correction: bike-pi-01/bike epoch")
+            && err.contains("seq 0..1: printed before the anchor of its boot came")
+            && err.contains("they are off by +1h 21m 40s (add it)"),
+        "{err}"
+    );
+    assert!(!err.contains("not corrected"), "{err}");
+}
